@@ -1,0 +1,230 @@
+"""The ``diffdenoise`` command line: denoise, apply, info and demo.
+
+Errors the user can fix are printed as one line (``diffdenoise: error: ...``) with exit code 2 for bad
+usage or input, 1 for other failures and 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import __version__
+from .errors import Cancelled, DiffDenoiseError, InputError
+from .progress import ProgressEvent
+
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line instead of usage text + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class TqdmProgress:
+    """Progress callback drawing one tqdm bar per stage on stderr."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+        self.stage: str | None = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if not self.enabled:
+            return
+        if event.stage != self.stage:
+            self.close()
+            self.stage = event.stage
+            self.bar = tqdm(total=event.total, desc=event.stage, unit="step", dynamic_ncols=True, leave=True)
+        assert self.bar is not None
+        self.bar.n = event.step
+        if event.loss is not None:
+            self.bar.set_postfix(loss=f"{event.loss:.4g}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _check_output(input_path: Path, output_path: Path) -> None:
+    if output_path.resolve() == input_path.resolve():
+        raise InputError(f"output {output_path} would overwrite the input: choose another output path")
+
+
+def _write_result(input_volume, denoised, output: Path, output_dtype: str) -> None:
+    from .io import write_volume
+    from .preprocessing import match_dtype
+
+    dtype = input_volume.array.dtype if output_dtype == "input" else "float32"
+    write_volume(output, input_volume.with_array(match_dtype(denoised, dtype)), description="DiffDenoise")
+
+
+def _slice_axis(volume, choice: str) -> int:
+    return volume.geometry.slice_axis() if choice == "auto" else int(choice)
+
+
+def cmd_denoise(args: argparse.Namespace, progress: TqdmProgress) -> int:
+    from .bundle import save_bundle
+    from .denoise import denoise
+    from .io import read_volume
+
+    _check_output(args.input, args.output)
+    volume = read_volume(args.input)
+    result = denoise(volume.array, method=args.method, noise=args.noise, preset=args.preset, device=args.device,
+                     slice_axis=_slice_axis(volume, args.slice_axis), seed=args.seed, steps=args.steps,
+                     progress=progress)
+    progress.close()
+    _write_result(volume, result.denoised, args.output, args.output_dtype)
+    print(f"noise: {result.noise.kind} (sigma ~ {result.noise.sigma:.4g}, "
+          f"{100 * result.noise.relative_sigma:.1f}% of range); wrote {args.output} in {result.timings['total_s']:.0f} s")
+    if args.save_model:
+        path = save_bundle(args.save_model, result.bundle)
+        print(f"saved model bundle {path}")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace, progress: TqdmProgress) -> int:
+    from .bundle import load_bundle
+    from .denoise import apply_bundle
+    from .io import read_volume
+
+    _check_output(args.input, args.output)
+    bundle = load_bundle(args.model)
+    volume = read_volume(args.input)
+    axis = None if args.slice_axis == "bundle" else _slice_axis(volume, args.slice_axis)
+    denoised = apply_bundle(bundle, volume.array, device=args.device, slice_axis=axis, progress=progress)
+    progress.close()
+    _write_result(volume, denoised, args.output, args.output_dtype)
+    print(f"applied {bundle.method} bundle {args.model}; wrote {args.output}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, progress: TqdmProgress) -> int:
+    if args.input.suffix == ".safetensors":
+        from .bundle import read_bundle_metadata
+
+        print(json.dumps(read_bundle_metadata(args.input), indent=2))
+        return 0
+    import numpy as np
+
+    from .io import read_volume
+    from .noise import estimate_noise
+
+    volume = read_volume(args.input)
+    array, geometry = volume.array, volume.geometry
+    print(f"file:      {args.input}")
+    print(f"shape:     {array.shape} (numpy order, slowest axis first)")
+    print(f"dtype:     {array.dtype}")
+    print(f"spacing:   {tuple(round(s, 4) for s in geometry.spacing)} mm (x, y, z)")
+    print(f"origin:    {tuple(round(o, 3) for o in geometry.origin)} mm (LPS)")
+    finite = np.isfinite(array)
+    print(f"range:     {np.min(array[finite]) if finite.any() else 'n/a'} .. "
+          f"{np.max(array[finite]) if finite.any() else 'n/a'}"
+          + ("" if finite.all() else f" ({array.size - int(finite.sum())} NaN/Inf voxels)"))
+    if array.ndim in (2, 3):
+        noise = estimate_noise(array)
+        print(f"noise:     sigma ~ {noise.sigma:.4g} ({100 * noise.relative_sigma:.2f}% of the robust range)")
+        print(f"noise type: {noise.kind} (neighbour correlation {noise.neighbour_correlation:+.2f}; "
+              "> +0.02 counts as spatially correlated)")
+        print(f"slice axis: {geometry.slice_axis()} (coarsest spacing)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, progress: TqdmProgress) -> int:
+    from .demo import run_demo
+
+    report = run_demo(args.out, steps=args.steps, device=args.device, progress=progress)
+    progress.close()
+    print(report)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .denoise import METHODS, NOISE_CHOICES, PRESETS
+    from .devices import DEVICE_CHOICES
+
+    parser = _Parser(prog="diffdenoise", description="Self-supervised denoising of medical images: it learns "
+                     "from the noisy scan itself, no clean data needed.")
+    parser.add_argument("--version", action="version", version=f"diffdenoise {__version__}")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add_common(sub: argparse.ArgumentParser, default_axis: str) -> None:
+        sub.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
+        sub.add_argument("--slice-axis", default=default_axis, choices=("auto", "0", "1", "2", "bundle"),
+                         help="numpy axis of 3D volumes to slice along; auto = coarsest spacing")
+        sub.add_argument("--output-dtype", default="input", choices=("input", "float32"),
+                         help="data type of the output file (default: the input's, rounded for integers)")
+
+    denoise = commands.add_parser("denoise", help="train on the input itself and denoise it")
+    denoise.add_argument("input", type=Path, help="image file (NIfTI, NRRD, MHA, DICOM, PNG, TIFF) or DICOM folder")
+    denoise.add_argument("output", type=Path, help="output file (format from the extension) or DICOM folder")
+    denoise.add_argument("--method", default="bsn", choices=METHODS)
+    denoise.add_argument("--noise", default="auto", choices=NOISE_CHOICES, help="noise type (auto: measured)")
+    denoise.add_argument("--preset", default="quick", choices=PRESETS, help="training budget (README: Presets)")
+    denoise.add_argument("--steps", type=int, help="training steps, overriding the preset")
+    denoise.add_argument("--seed", type=int, default=0)
+    denoise.add_argument("--save-model", type=Path, help="also save the trained model bundle (.safetensors)")
+    add_common(denoise, "auto")
+    denoise.set_defaults(run=cmd_denoise)
+
+    apply = commands.add_parser("apply", help="denoise with a saved model bundle (fast, no training)")
+    apply.add_argument("--model", type=Path, required=True, help="bundle saved with denoise --save-model")
+    apply.add_argument("input", type=Path)
+    apply.add_argument("output", type=Path)
+    add_common(apply, "bundle")
+    apply.set_defaults(run=cmd_apply)
+
+    info = commands.add_parser("info", help="image shape, spacing, noise level and type; or a bundle's metadata")
+    info.add_argument("input", type=Path)
+    info.set_defaults(run=cmd_info)
+
+    demo = commands.add_parser("demo", help="denoise the embedded knee MRI sample with known added noise")
+    demo.add_argument("--out", type=Path, default=Path("diffdenoise-demo"), help="output folder")
+    demo.add_argument("--steps", type=int, help="training steps (default: the quick preset's)")
+    demo.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import torch  # after parsing, so usage errors stay fast; every command but info needs it anyway
+
+    progress = TqdmProgress(enabled=not args.no_progress)
+    try:
+        return args.run(args, progress)
+    except Cancelled as error:
+        progress.close()
+        print(f"diffdenoise: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        progress.close()
+        print("diffdenoise: interrupted; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except InputError as error:
+        progress.close()
+        print(f"diffdenoise: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except DiffDenoiseError as error:
+        progress.close()
+        print(f"diffdenoise: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (MemoryError, torch.OutOfMemoryError):
+        progress.close()
+        print("diffdenoise: error: out of memory: use a smaller preset, fewer slices or --device cuda",
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

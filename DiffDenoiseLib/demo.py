@@ -1,0 +1,67 @@
+"""``diffdenoise demo``: denoise the embedded knee MRI after adding known noise, and show the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .data import SAMPLE_KNEE
+from .denoise import denoise
+from .io import read_volume, write_volume
+from .metrics import psnr, ssim
+from .noise import add_noise, robust_range
+from .progress import ProgressCallback
+
+DEMO_NOISE_LEVEL = 0.1  # Gaussian sigma as a fraction of the robust intensity range
+
+
+def save_figure(path: Path, panels: dict[str, np.ndarray], display_range: tuple[float, float]) -> None:
+    """One row of grey-scale panels with titles (the residual panel is centred on zero)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    low, high = display_range
+    for axis, (title, image) in zip(axes, panels.items(), strict=True):
+        if title.startswith("residual"):
+            limit = (high - low) / 4
+            axis.imshow(image, cmap="gray", vmin=-limit, vmax=limit)
+        else:
+            axis.imshow(image, cmap="gray", vmin=low, vmax=high)
+        axis.set_title(title, fontsize=10)
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def run_demo(out: Path, steps: int | None = None, device: str = "auto",
+             progress: ProgressCallback | None = None) -> str:
+    """Run the demo into folder ``out``; returns the printed report (PSNR/SSIM before and after)."""
+    out.mkdir(parents=True, exist_ok=True)
+    sample = read_volume(SAMPLE_KNEE)
+    clean = sample.array.astype(np.float32)
+    noisy = add_noise(clean, "gaussian", DEMO_NOISE_LEVEL, seed=0)
+    result = denoise(noisy, method="bsn", noise="auto", preset="quick", device=device, steps=steps,
+                     slice_axis=sample.geometry.slice_axis(), progress=progress)
+    low, high = robust_range(clean)
+    scores = {name: (psnr(clean, image, high - low), ssim(clean, image, high - low))
+              for name, image in (("noisy", noisy), ("denoised", result.denoised))}
+    write_volume(out / "noisy.nii.gz", sample.with_array(noisy))
+    write_volume(out / "denoised.nii.gz", sample.with_array(result.denoised))
+    middle = clean.shape[0] // 2
+    save_figure(out / "demo.png", {
+        "clean": clean[middle], "noisy": noisy[middle], "denoised (BSN)": result.denoised[middle],
+        "residual (noisy - denoised)": noisy[middle] - result.denoised[middle]}, (low, high))
+    gain = scores["denoised"][0] - scores["noisy"][0]
+    return "\n".join([
+        f"sample: knee MRI {clean.shape}, Gaussian noise sigma = {DEMO_NOISE_LEVEL} x robust range",
+        f"noise detected: {result.noise.kind}; trained the BSN for {result.timings['train_bsn_s']:.0f} s",
+        f"noisy:    PSNR {scores['noisy'][0]:6.2f} dB  SSIM {scores['noisy'][1]:.3f}",
+        f"denoised: PSNR {scores['denoised'][0]:6.2f} dB  SSIM {scores['denoised'][1]:.3f}",
+        f"PSNR gain: {gain:+.2f} dB",
+        f"wrote {out / 'denoised.nii.gz'}, {out / 'noisy.nii.gz'} and {out / 'demo.png'}",
+    ])

@@ -1,0 +1,80 @@
+"""Small building blocks shared by the networks (NAFNet-style gated blocks, per-pixel layer norm)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm2d(nn.Module):
+    """Layer norm over channels at each pixel (never mixes pixels, so it keeps a blind spot intact)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class SimpleGate(nn.Module):
+    """Split the channels in two halves and multiply them (NAFNet's activation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, second = x.chunk(2, dim=1)
+        return first * second
+
+
+class GatedBlock(nn.Module):
+    """NAFNet block: norm -> 1x1 -> 3x3 depthwise -> gate [-> channel attention] -> 1x1, then a gated FFN.
+
+    Both branches are residual with learned scales initialised at zero, so a fresh block is the identity.
+
+    Args:
+        channels: feature channels in and out.
+        dilation: dilation of the depthwise 3x3 conv (2 in blind-spot networks, to skip the blind pixel).
+        channel_attention: global-pool channel attention; it mixes every pixel, so blind-spot networks
+            must turn it off.
+        expansion: channel expansion inside both branches.
+    """
+
+    def __init__(self, channels: int, dilation: int = 1, channel_attention: bool = True, expansion: int = 2) -> None:
+        super().__init__()
+        hidden = channels * expansion
+        self.norm1 = LayerNorm2d(channels)
+        self.expand = nn.Conv2d(channels, hidden, 1)
+        self.depthwise = nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation, groups=hidden)
+        self.gate = SimpleGate()
+        self.attention = (
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(hidden // 2, hidden // 2, 1))
+            if channel_attention else None
+        )
+        self.project = nn.Conv2d(hidden // 2, channels, 1)
+        self.norm2 = LayerNorm2d(channels)
+        self.ffn_expand = nn.Conv2d(channels, hidden, 1)
+        self.ffn_project = nn.Conv2d(hidden // 2, channels, 1)
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.gate(self.depthwise(self.expand(self.norm1(x))))
+        if self.attention is not None:
+            y = y * self.attention(y)
+        x = x + self.beta * self.project(y)
+        y = self.ffn_project(self.gate(self.ffn_expand(self.norm2(x))))
+        return x + self.gamma * y
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad the bottom/right of ``x`` so height and width are multiples of ``multiple``.
+
+    Returns the padded tensor and the original (height, width) to crop back to. Reflection (the default,
+    not edge replication) puts each mirrored copy of a pixel at an even offset from it, which a blind-spot
+    network with dilation 2 never sees.
+    """
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    return x, (height, width)

@@ -1,0 +1,137 @@
+"""Noise simulation (for benchmarks and the demo) and noise analysis of real images.
+
+Simulated noise levels are relative to the image's robust intensity range (0.5th to 99.5th percentile), so
+``level=0.1`` means the same visual strength on a uint8 PNG and on a float CT in Hounsfield units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+from skimage.restoration import estimate_sigma
+
+from .errors import InputError
+
+NoiseKind = Literal["gaussian", "poisson", "gamma", "rician", "correlated"]
+NOISE_KINDS: tuple[str, ...] = ("gaussian", "poisson", "gamma", "rician", "correlated")
+
+# Lag-1 correlation of the fine-scale noise residual above which noise counts as spatially correlated.
+# Calibrated on real images (knee MRI, MNI T1, head CT): gaussian, poisson and rician white noise measure
+# -0.14 +- 0.02; Gaussian-filtered noise of kernel sigma 0.7 px measures >= 0.18 (1 px: >= 0.36).
+# Images with little noise measure the anatomy's own texture (0.1 to 0.35) and count as correlated.
+CORRELATION_THRESHOLD = 0.02
+
+
+def robust_range(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
+    """The (low, high) percentiles of the finite voxels: an intensity range that ignores outliers."""
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        raise InputError("the image has no finite voxels (all NaN or Inf): check the input file")
+    lo, hi = np.percentile(finite, [low, high])
+    if hi <= lo:  # very sparse images: fall back to the full range
+        lo, hi = float(finite.min()), float(finite.max())
+    return float(lo), float(hi)
+
+
+def correlated_gaussian(shape: tuple[int, ...], correlation_sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance Gaussian noise correlated within each 2D slice (Gaussian kernel of ``correlation_sigma`` px)."""
+    white = rng.standard_normal(shape)
+    in_plane = [0.0] * (len(shape) - 2) + [correlation_sigma, correlation_sigma]
+    field = ndimage.gaussian_filter(white, sigma=in_plane, mode="wrap")
+    return field / field.std()
+
+
+def add_noise(clean: np.ndarray, kind: NoiseKind, level: float, seed: int = 0,
+              correlation_sigma: float = 1.0) -> np.ndarray:
+    """Return a noisy float32 copy of ``clean``.
+
+    Args:
+        clean: image of any dimensionality (2D slices are the last two axes).
+        kind: ``gaussian`` (additive, std = level x robust range), ``correlated`` (same, but filtered in-plane
+            by a Gaussian of ``correlation_sigma`` px), ``rician`` (magnitude of complex Gaussian noise of
+            std level x range, as in MR magnitude images), ``poisson`` (photon counting with
+            ``level`` = counts at the top of the robust range, the "peak"), ``gamma`` (multiplicative speckle
+            with ``level`` = number of looks L; mean 1, variance 1/L).
+        level: noise strength as described for each kind.
+        seed: random seed; the same seed gives the same noise.
+    """
+    if level <= 0:
+        raise InputError(f"noise level must be positive, got {level}")
+    rng = np.random.default_rng(seed)
+    image = clean.astype(np.float64)
+    low, high = robust_range(image)
+    scale = high - low
+    if kind == "gaussian":
+        noisy = image + level * scale * rng.standard_normal(image.shape)
+    elif kind == "correlated":
+        noisy = image + level * scale * correlated_gaussian(image.shape, correlation_sigma, rng)
+    elif kind == "rician":
+        sigma = level * scale
+        noisy = np.hypot(image + sigma * rng.standard_normal(image.shape), sigma * rng.standard_normal(image.shape))
+    elif kind == "poisson":
+        counts = np.clip((image - low) / scale, 0, None) * level
+        noisy = rng.poisson(counts) / level * scale + low
+    elif kind == "gamma":
+        noisy = image * rng.gamma(shape=level, scale=1.0 / level, size=image.shape)
+    else:
+        raise InputError(f"unknown noise kind '{kind}': use one of {', '.join(NOISE_KINDS)}")
+    return noisy.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class NoiseAnalysis:
+    """What the noise in an image looks like."""
+
+    sigma: float  # estimated noise standard deviation, in image intensity units
+    relative_sigma: float  # sigma as a fraction of the robust intensity range
+    neighbour_correlation: float  # lag-1 correlation of the fine-scale residual (about 0 for white noise)
+    kind: Literal["iid", "correlated"]
+
+
+def _slices(image: np.ndarray) -> np.ndarray:
+    if image.ndim < 2:
+        raise InputError(f"noise analysis needs a 2D or 3D image, got {image.ndim}D")
+    return image.reshape(-1, *image.shape[-2:]).astype(np.float64)
+
+
+def neighbour_correlation(image: np.ndarray) -> float:
+    """Lag-1 correlation of the noise, measured on the residual of a 3x3 median in flat regions.
+
+    White noise gives a value near 0 (slightly negative), spatially correlated noise a clearly positive one.
+    Only the flattest half of 8x8 blocks is used, so anatomy edges do not count as correlation.
+    """
+    values = []
+    for plane in _slices(image):
+        residual = plane - ndimage.median_filter(plane, size=3)
+        height, width = (s - s % 8 for s in plane.shape)
+        if height < 16 or width < 16:
+            continue
+        blocks = residual[:height, :width].reshape(height // 8, 8, width // 8, 8).transpose(0, 2, 1, 3)
+        blocks = blocks.reshape(-1, 8, 8)
+        energy = plane[:height, :width].reshape(height // 8, 8, width // 8, 8).std(axis=(1, 3)).ravel()
+        active = blocks[energy > 0] if np.any(energy > 0) else blocks
+        energy = energy[energy > 0] if np.any(energy > 0) else energy
+        flat = active[energy <= np.median(energy)]
+        centred = flat - flat.mean(axis=(1, 2), keepdims=True)
+        horizontal = (centred[:, :, 1:] * centred[:, :, :-1]).sum()
+        vertical = (centred[:, 1:, :] * centred[:, :-1, :]).sum()
+        norm = 0.5 * ((centred[:, :, 1:] ** 2).sum() + (centred[:, :, :-1] ** 2).sum()) + 1e-12
+        values.append(0.5 * (horizontal + vertical) / norm)
+    if not values:
+        raise InputError(f"slices of {image.shape[-2:]} px are too small for noise analysis (need 16x16)")
+    return float(np.median(values))
+
+
+def estimate_noise(image: np.ndarray) -> NoiseAnalysis:
+    """Estimate the noise level (wavelet MAD, per slice, median) and whether it is i.i.d. or correlated."""
+    planes = _slices(image)
+    if not np.all(np.isfinite(planes)):
+        raise InputError("the image contains NaN or Inf voxels: replace or mask them before noise analysis")
+    low, high = robust_range(planes)
+    sigma = float(np.median([estimate_sigma(plane) for plane in planes]))
+    correlation = neighbour_correlation(planes)
+    kind: Literal["iid", "correlated"] = "correlated" if correlation > CORRELATION_THRESHOLD else "iid"
+    return NoiseAnalysis(sigma, sigma / (high - low), correlation, kind)

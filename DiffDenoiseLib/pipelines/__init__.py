@@ -1,0 +1,1 @@
+"""Method pipelines: each trains its networks on the noisy slices themselves and returns a bundle."""

@@ -1,0 +1,80 @@
+"""Input checks, intensity normalisation and volume <-> slice-stack conversion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .noise import robust_range
+
+LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
+
+
+def check_image(image: np.ndarray, min_size: int) -> None:
+    """Refuse what cannot be denoised as a 2D image or 3D volume, with a message saying what to do."""
+    if image.ndim not in (2, 3):
+        hint = " (a 4D series: denoise each 3D volume, or use DDM2 mode for diffusion MRI)" if image.ndim == 4 else ""
+        raise InputError(f"expected a 2D image or a 3D volume, got a {image.ndim}D array of shape "
+                         f"{image.shape}{hint}")
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
+        raise InputError(f"unsupported data type {image.dtype}: expected a numeric image")
+    if np.issubdtype(image.dtype, np.complexfloating):
+        raise InputError("complex-valued image: denoise the magnitude (np.abs) or each channel separately")
+    if image.size == 0:
+        raise InputError(f"the image is empty (shape {image.shape})")
+    finite = np.isfinite(image)
+    if not finite.all():
+        bad = int(image.size - finite.sum())
+        what = "every voxel is" if bad == image.size else f"{bad} of {image.size} voxels are"
+        raise InputError(f"{what} NaN or Inf: replace them (e.g. with 0 or the background value) and retry")
+    low, high = float(image.min()), float(image.max())
+    if low == high:
+        raise InputError(f"the image is constant (every voxel is {low}): there is nothing to denoise")
+    if min(image.shape[-2:]) < min_size:
+        raise InputError(f"slices of {image.shape[-2]}x{image.shape[-1]} px are smaller than the network's "
+                         f"minimum of {min_size}x{min_size}: resample or pad the image")
+
+
+@dataclass(frozen=True)
+class IntensityScaling:
+    """Linear map of the robust intensity range [low, high] onto [0, 1] (and back)."""
+
+    low: float
+    high: float
+
+    @classmethod
+    def fit(cls, image: np.ndarray) -> IntensityScaling:
+        return cls(*robust_range(image, LOW_PERCENTILE, HIGH_PERCENTILE))
+
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        return ((image.astype(np.float32) - self.low) / (self.high - self.low)).astype(np.float32)
+
+    def denormalise(self, image: np.ndarray) -> np.ndarray:
+        return (image * (self.high - self.low) + self.low).astype(np.float32)
+
+
+def to_slices(volume: np.ndarray, axis: int = 0) -> np.ndarray:
+    """A 2D image or 3D volume as a (N, 1, H, W) stack of 2D slices taken along ``axis``."""
+    if volume.ndim == 2:
+        return volume[None, None]
+    return np.moveaxis(volume, axis, 0)[:, None]
+
+
+def from_slices(slices: np.ndarray, shape: tuple[int, ...], axis: int = 0) -> np.ndarray:
+    """Inverse of :func:`to_slices` for a single-channel stack."""
+    if len(shape) == 2:
+        return slices[0, 0]
+    return np.ascontiguousarray(np.moveaxis(slices[:, 0], 0, axis))
+
+
+def match_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast a float result to ``dtype``: integers are rounded and clipped to the type's range."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(image), info.min, info.max).astype(dtype)
+    if dtype == np.bool_:
+        raise InputError("cannot store a denoised image as boolean: write a float image")
+    return image.astype(dtype)

@@ -1,0 +1,216 @@
+"""The one training loop of the project: random patches from slices, any network, any loss.
+
+Features every stage gets for free: optimizer and learning-rate schedule from :class:`TrainConfig`,
+progress callback, cancel check, checkpoints every N steps with exact resume (model, optimizer, schedule,
+patch sampler and RNG state), seed, device ``auto`` and mixed precision where it is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .devices import choose_precision, resolve_device
+from .errors import Cancelled, InputError
+from .progress import CancelCheck, ProgressCallback, report
+
+LossFunction = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one training run (stored in bundles as the training summary)."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    patch_size: int = 64
+    learning_rate: float = 1e-3
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    augment: bool = True  # random flips and 90-degree rotations of each patch
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: bool = True
+    channels_last: bool = True  # use channels_last where the precision policy allows it
+    checkpoint_every: int = 0  # steps between checkpoints (0 = none)
+    checkpoint_path: str | None = None
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.steps < 1 or self.batch_size < 1 or self.patch_size < 4:
+            raise InputError("training needs steps >= 1, batch_size >= 1 and patch_size >= 4")
+
+
+@dataclass
+class TrainSummary:
+    """What a training run did; goes into the model bundle."""
+
+    steps: int
+    final_loss: float
+    seconds: float
+    device: str
+    resumed_from_step: int = 0
+    loss_curve: list[float] = field(default_factory=list)  # mean loss per 5% of the run
+
+
+class PatchSampler:
+    """Draws random (augmented) patches from a stack of slices, reproducibly from its own generator.
+
+    ``slices`` is (N, C, H, W): every channel is cropped and augmented together, so paired data (input and
+    target as channels) stays aligned. Patches larger than a slice are reduced to the slice size.
+    """
+
+    def __init__(self, slices: torch.Tensor, patch_size: int, batch_size: int, augment: bool, seed: int) -> None:
+        if slices.ndim != 4:
+            raise InputError(f"patch sampler needs (N, C, H, W) slices, got shape {tuple(slices.shape)}")
+        self.slices = slices
+        self.patch = min(patch_size, slices.shape[-2], slices.shape[-1])
+        self.batch_size = batch_size
+        self.augment = augment
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self) -> torch.Tensor:
+        n, _, height, width = self.slices.shape
+        g = self.generator
+        index = torch.randint(n, (self.batch_size,), generator=g)
+        top = torch.randint(height - self.patch + 1, (self.batch_size,), generator=g)
+        left = torch.randint(width - self.patch + 1, (self.batch_size,), generator=g)
+        transform = torch.randint(8, (self.batch_size,), generator=g)
+        patches = []
+        for i, y, x, t in zip(index.tolist(), top.tolist(), left.tolist(), transform.tolist(), strict=True):
+            patch = self.slices[i, :, y:y + self.patch, x:x + self.patch]
+            if self.augment:
+                patch = torch.rot90(patch, t % 4, dims=(1, 2))
+                if t >= 4:
+                    patch = patch.flip(-1)
+            patches.append(patch)
+        return torch.stack(patches)
+
+
+def _learning_rate_factor(config: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config.optimizer]
+    return optimizer_class(model.parameters(), lr=config.learning_rate, betas=config.betas,
+                           weight_decay=config.weight_decay)
+
+
+def _config_fingerprint(config: TrainConfig, model: nn.Module) -> str:
+    """Settings that must match for a checkpoint to resume this run (not device or checkpoint cadence)."""
+    settings = {k: v for k, v in asdict(config).items()
+                if k not in ("device", "checkpoint_every", "checkpoint_path", "mixed_precision", "channels_last")}
+    settings["parameters"] = [list(p.shape) for p in model.parameters()]
+    return json.dumps(settings, sort_keys=True)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically, so a crash while saving keeps the previous checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def train(model: nn.Module, slices: torch.Tensor | np.ndarray, loss_fn: LossFunction, config: TrainConfig,
+          progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
+          stage: str = "train") -> TrainSummary:
+    """Train ``model`` in place on random patches of ``slices`` (N, C, H, W) minimising ``loss_fn(model, batch)``.
+
+    Resumes from ``config.checkpoint_path`` when it exists and was written by the same settings; writes it
+    every ``config.checkpoint_every`` steps and when cancelled (then raises :class:`Cancelled`). With the same
+    seed, an interrupted and resumed run ends with the same weights as an uninterrupted one.
+    The model is left on the training device in eval mode.
+    """
+    device = resolve_device(config.device)
+    precision = choose_precision(device, config.mixed_precision)
+    channels_last = precision.channels_last and config.channels_last
+    torch.manual_seed(config.seed)
+    slices = torch.as_tensor(slices, dtype=torch.float32)
+    sampler = PatchSampler(slices, config.patch_size, config.batch_size, config.augment, config.seed)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_factor(config))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.autocast_dtype == torch.float16)
+    fingerprint = _config_fingerprint(config, model)
+    checkpoint = Path(config.checkpoint_path) if config.checkpoint_path else None
+    start_step, losses = 0, []
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != fingerprint:
+            raise InputError(f"checkpoint {checkpoint} was written by a run with other settings: "
+                             "delete it or use another checkpoint path")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.generator.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step, losses = int(state["step"]), list(state["losses"])
+
+    def state_at(step: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "sampler_rng": sampler.generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "step": step, "losses": losses, "fingerprint": fingerprint}
+
+    model.train()
+    started = time.perf_counter()
+    for step in range(start_step, config.steps):
+        if cancel is not None and cancel():
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, state_at(step))
+            raise Cancelled(f"cancelled during {stage} at step {step}/{config.steps}")
+        batch = sampler.sample().to(device)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with precision.autocast(device):
+            loss = loss_fn(model, batch)
+        if not torch.isfinite(loss):
+            raise InputError(f"{stage}: the loss became {loss.item()} at step {step}; lower the learning rate "
+                             "or check the input for extreme values")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        report(progress, stage, step + 1, config.steps, losses[-1])
+        if checkpoint is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+            _save_checkpoint(checkpoint, state_at(step + 1))
+    model.eval()
+    chunks = np.array_split(np.asarray(losses), min(20, len(losses)))
+    return TrainSummary(
+        steps=config.steps,
+        final_loss=float(np.mean(losses[-max(1, len(losses) // 20):])),
+        seconds=round(time.perf_counter() - started, 2),
+        device=str(device),
+        resumed_from_step=start_step,
+        loss_curve=[round(float(c.mean()), 6) for c in chunks],
+    )
