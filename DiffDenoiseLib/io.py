@@ -175,7 +175,7 @@ def volume_to_image(volume: Volume) -> sitk.Image:
         array = array.astype(np.float32)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
     if len(volume.geometry.spacing) != image.GetDimension():
         raise InputError(f"geometry has {len(volume.geometry.spacing)} dimensions but the array has "
                          f"{image.GetDimension()}")
@@ -237,14 +237,17 @@ def _write_dicom_series(folder: Path, volume: Volume, description: str) -> None:
     _write_dicom_slices(folder, volume, description)
 
 
-def _dicom_pixels(array: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Integer pixels plus (slope, intercept) such that value = pixel * slope + intercept."""
-    if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize <= 2:
-        return array, 1.0, 0.0
-    low, high = float(np.min(array)), float(np.max(array))
-    slope = (high - low) / 65535.0 if high > low else 1.0
-    pixels = np.round((array.astype(np.float64) - low) / slope).astype(np.uint16)
-    return pixels, slope, low
+def _dicom_pixels(image: sitk.Image) -> tuple[sitk.Image, dict[str, str]]:
+    """Pixels GDCM can store, plus the tags that say how: integers as they are, floats as unsigned 16-bit
+    with RescaleSlope/Intercept (GDCM applies the inverse rescale; it needs an integer intercept)."""
+    if image.GetPixelID() in (sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16):
+        return image, {}
+    array = sitk.GetArrayViewFromImage(image)
+    intercept = float(np.floor(array.min()))
+    slope = max(float(array.max()) - intercept, 1e-6) / 65535.0
+    pixels = sitk.Cast(image, sitk.sitkFloat64)
+    return pixels, {"0028|1053": f"{slope:.12g}", "0028|1052": f"{intercept:.0f}", "0028|0100": "16",
+                    "0028|0101": "16", "0028|0102": "15", "0028|0103": "0"}
 
 
 def _write_dicom_slices(folder: Path, volume: Volume, description: str, single_file: Path | None = None) -> None:
@@ -256,9 +259,7 @@ def _write_dicom_slices(folder: Path, volume: Volume, description: str, single_f
     if single_file is not None and image.GetSize()[2] != 1:
         raise InputError(f"a single .dcm file holds one slice, this volume has {image.GetSize()[2]}: "
                          "give a folder name to write a DICOM series")
-    pixels, slope, intercept = _dicom_pixels(sitk.GetArrayFromImage(image))
-    pixel_image = sitk.GetImageFromArray(pixels)
-    pixel_image.CopyInformation(image)
+    pixel_image, rescale_tags = _dicom_pixels(image)
     direction = image.GetDirection()
     series_uid = f"2.25.{uuid.uuid4().int}"
     tags = dict(volume.metadata)
@@ -269,8 +270,7 @@ def _write_dicom_slices(folder: Path, volume: Volume, description: str, single_f
         "0028|0030": f"{image.GetSpacing()[1]:.10g}\\{image.GetSpacing()[0]:.10g}",
         "0018|0050": f"{image.GetSpacing()[2]:.10g}",
         "0008|0008": "DERIVED\\SECONDARY",
-        "0028|1053": f"{slope:.10g}",
-        "0028|1052": f"{intercept:.10g}",
+        **rescale_tags,
     })
     tags.setdefault("0020|000d", f"2.25.{uuid.uuid4().int}")
     writer = sitk.ImageFileWriter()

@@ -1,0 +1,262 @@
+"""DiffDenoise: self-supervised denoising of volumes loaded in 3D Slicer.
+
+The widget only gathers the panel's state and calls :class:`DiffDenoiseLogic`; the logic converts MRML nodes
+to arrays + geometry and calls the same library function as the ``diffdenoise`` CLI. From the Python
+console::
+
+    logic = slicer.modules.diffdenoise.widgetRepresentation().self().logic  # or DiffDenoiseLogic()
+    outputNode = logic.process(getNode("MRHead"), preset="quick")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import slicer
+import vtk
+
+try:  # the Slicer application; absent under slicer-core (headless MRML), where only the logic is used
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+except ImportError:
+
+    class _OutsideSlicerApp:
+        """Stand-in base class under slicer-core, where only the logic runs (tests, plain-Python batch)."""
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+    ScriptedLoadableModule = ScriptedLoadableModuleWidget = _OutsideSlicerApp
+    ScriptedLoadableModuleLogic = ScriptedLoadableModuleTest = _OutsideSlicerApp
+from slicer.util import VTKObservationMixin
+
+_MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _import_library() -> None:
+    """Make DiffDenoiseLib importable: bundled next to this file when installed, one level up in a checkout.
+
+    Imported lazily (not at module load) so Slicer starts even before torch is installed.
+    """
+    try:
+        import DiffDenoiseLib  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, os.path.dirname(_MODULE_DIR))
+
+
+#
+# DiffDenoise (module metadata)
+#
+
+
+class DiffDenoise(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "DiffDenoise"
+        self.parent.categories = ["Filtering.Denoising"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["DiffDenoise developers"]
+        self.parent.helpText = (
+            "Self-supervised denoising: a blind-spot network learns from the noisy volume itself, no clean "
+            "data needed. Select a volume, choose a preset and Apply; the result is a new volume. "
+            "See the README on the extension's home page for methods, presets and scripting."
+        )
+        self.parent.acknowledgementText = (
+            "Methods: PUCA blind-spot network (Jang et al., NeurIPS 2023); DiffDenoise (arXiv 2504.00264). "
+            "Sample data: knee MRI from pymskt (MIT)."
+        )
+
+
+#
+# DiffDenoiseLogic (GUI-free: the scripting API, also used by batch runs)
+#
+
+
+def node_geometry(volumeNode):
+    """Geometry (ITK/LPS convention, as DiffDenoiseLib uses) of a volume node's IJK-to-RAS transform."""
+    _import_library()
+    from DiffDenoiseLib.io import Geometry
+
+    ijkToRas = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRas)
+    matrix = slicer.util.arrayFromVTKMatrix(ijkToRas)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    rasToLps = np.diag([-1.0, -1.0, 1.0])
+    direction = rasToLps @ (matrix[:3, :3] / spacing)
+    origin = rasToLps @ matrix[:3, 3]
+    return Geometry(tuple(spacing.tolist()), tuple(origin.tolist()), tuple(direction.ravel().tolist()))
+
+
+class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
+    """Denoise volume nodes; every result is a new node, the input is never modified.
+
+    ``process`` trains on the input itself; ``apply`` uses a saved model bundle. Both block until done;
+    pass ``progressCallback`` (called with a ``ProgressEvent``) and ``cancelCallback`` (return True to stop).
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    @staticmethod
+    def _checkInput(inputVolumeNode, outputVolumeNode):
+        if inputVolumeNode is None or not inputVolumeNode.IsA("vtkMRMLScalarVolumeNode"):
+            raise ValueError("Select a scalar volume as input")
+        if inputVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise ValueError(f"'{inputVolumeNode.GetName()}' is a label map (segmentation); select an image")
+        if inputVolumeNode.GetImageData() is None:
+            raise ValueError(f"'{inputVolumeNode.GetName()}' has no image data")
+        if outputVolumeNode is not None and outputVolumeNode is inputVolumeNode:
+            raise ValueError("The output volume must differ from the input: the input is never overwritten")
+
+    @staticmethod
+    def _writeOutput(inputVolumeNode, outputVolumeNode, denoised):
+        scene = inputVolumeNode.GetScene() or slicer.mrmlScene
+        if outputVolumeNode is None:
+            outputVolumeNode = scene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{inputVolumeNode.GetName()} denoised"))
+            outputVolumeNode.CreateDefaultDisplayNodes()
+        ijkToRas = vtk.vtkMatrix4x4()
+        inputVolumeNode.GetIJKToRASMatrix(ijkToRas)
+        outputVolumeNode.SetIJKToRASMatrix(ijkToRas)
+        outputVolumeNode.SetAndObserveTransformNodeID(inputVolumeNode.GetTransformNodeID())
+        slicer.util.updateVolumeFromArray(outputVolumeNode, denoised.astype(np.float32))
+        return outputVolumeNode
+
+    def process(self, inputVolumeNode, outputVolumeNode=None, method: str = "bsn", noise: str = "auto",
+                preset: str = "quick", device: str = "auto", steps: int | None = None, seed: int = 0,
+                saveModelPath: str | None = None, progressCallback: Callable | None = None,
+                cancelCallback: Callable[[], bool] | None = None):
+        """Denoise ``inputVolumeNode`` by training on it; returns the output node (new unless one is given).
+
+        Options are those of ``DiffDenoiseLib.denoise.denoise`` (method, noise, preset, device, steps, seed);
+        ``saveModelPath`` also saves the trained bundle for ``apply`` on other volumes.
+        """
+        self._checkInput(inputVolumeNode, outputVolumeNode)
+        _import_library()
+        from DiffDenoiseLib.bundle import save_bundle
+        from DiffDenoiseLib.denoise import denoise
+
+        array = slicer.util.arrayFromVolume(inputVolumeNode).copy()  # (k, j, i) = (z, y, x), like the library
+        geometry = node_geometry(inputVolumeNode)
+        result = denoise(array, method=method, noise=noise, preset=preset, device=device,
+                         slice_axis=geometry.slice_axis(), seed=seed, steps=steps,
+                         progress=progressCallback, cancel=cancelCallback)
+        if saveModelPath:
+            save_bundle(saveModelPath, result.bundle)
+        logging.info(f"DiffDenoise: noise {result.noise.kind}, timings {result.timings}")
+        return self._writeOutput(inputVolumeNode, outputVolumeNode, result.denoised)
+
+    def apply(self, inputVolumeNode, modelPath: str, outputVolumeNode=None, device: str = "auto",
+              progressCallback: Callable | None = None, cancelCallback: Callable[[], bool] | None = None):
+        """Denoise ``inputVolumeNode`` with a saved bundle (no training); returns the output node."""
+        self._checkInput(inputVolumeNode, outputVolumeNode)
+        _import_library()
+        from DiffDenoiseLib.bundle import load_bundle
+        from DiffDenoiseLib.denoise import apply_bundle
+
+        bundle = load_bundle(modelPath)
+        array = slicer.util.arrayFromVolume(inputVolumeNode).copy()
+        denoised = apply_bundle(bundle, array, device=device, progress=progressCallback, cancel=cancelCallback)
+        return self._writeOutput(inputVolumeNode, outputVolumeNode, denoised)
+
+
+#
+# DiffDenoiseWidget (thin: gathers the panel's state and calls the logic)
+#
+
+
+class DiffDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._cancelRequested = False
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DiffDenoise.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = DiffDenoiseLogic()
+        self.ui.methodComboBox.addItems(["bsn"])
+        self.ui.noiseComboBox.addItems(["auto", "iid", "correlated"])
+        self.ui.presetComboBox.addItems(["quick", "standard", "full"])
+        self.ui.deviceComboBox.addItems(["auto", "cpu", "cuda"])
+        self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.progressBar.setVisible(False)
+        self.updateButtons()
+
+    def updateButtons(self, *_):
+        self.ui.applyButton.enabled = self.ui.inputSelector.currentNode() is not None
+        self.ui.cancelButton.enabled = False
+
+    def _onProgress(self, event):
+        self.ui.progressBar.setVisible(True)
+        self.ui.progressBar.setFormat(f"{event.stage}: %p%")
+        self.ui.progressBar.setMaximum(event.total)
+        self.ui.progressBar.setValue(event.step)
+        slicer.app.processEvents()  # keeps Cancel clickable during the blocking run
+
+    def onCancelButton(self):
+        self._cancelRequested = True
+
+    def onApplyButton(self):
+        self._cancelRequested = False
+        self.ui.applyButton.enabled = False
+        self.ui.cancelButton.enabled = True
+        modelPath = self.ui.modelPathLineEdit.currentPath
+        try:
+            with slicer.util.tryWithErrorDisplay("DiffDenoise failed.", waitCursor=True):
+                options = {"outputVolumeNode": self.ui.outputSelector.currentNode(),
+                           "progressCallback": self._onProgress, "cancelCallback": lambda: self._cancelRequested}
+                if self.ui.applyModelCheckBox.checked:
+                    output = self.logic.apply(self.ui.inputSelector.currentNode(), modelPath,
+                                              device=self.ui.deviceComboBox.currentText, **options)
+                else:
+                    output = self.logic.process(
+                        self.ui.inputSelector.currentNode(), method=self.ui.methodComboBox.currentText,
+                        noise=self.ui.noiseComboBox.currentText, preset=self.ui.presetComboBox.currentText,
+                        device=self.ui.deviceComboBox.currentText, saveModelPath=modelPath or None, **options)
+                self.ui.outputSelector.setCurrentNode(output)
+                slicer.util.setSliceViewerLayers(background=output)
+        finally:
+            self.ui.progressBar.setVisible(False)
+            self.updateButtons()
+
+
+#
+# DiffDenoiseTest (runs inside Slicer: Developer mode > Reload and Test)
+#
+
+
+class DiffDenoiseTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_DenoiseSample()
+
+    def test_DenoiseSample(self):
+        """Denoise the embedded knee sample with a short training; the input node must stay untouched."""
+        _import_library()
+        from DiffDenoiseLib.data import SAMPLE_KNEE
+
+        inputNode = slicer.util.loadVolume(str(SAMPLE_KNEE))
+        before = slicer.util.arrayFromVolume(inputNode).copy()
+        output = DiffDenoiseLogic().process(inputNode, steps=20)
+        self.assertEqual(output.GetName(), f"{inputNode.GetName()} denoised")
+        self.assertTrue(np.array_equal(before, slicer.util.arrayFromVolume(inputNode)))
+        self.assertEqual(slicer.util.arrayFromVolume(output).shape, before.shape)
+        self.delayDisplay("DiffDenoise test passed")

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny network settings, the embedded sample, and the optional shared data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from DiffDenoiseLib.data import SAMPLE_KNEE
+from DiffDenoiseLib.io import read_volume
+from DiffDenoiseLib.models import PUCAConfig
+from DiffDenoiseLib.pipelines.bsn import BsnSettings
+from DiffDenoiseLib.training import TrainConfig
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_settings() -> BsnSettings:
+    return BsnSettings(PUCAConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,)),
+                       TrainConfig(steps=4, batch_size=2, patch_size=32))
+
+
+@pytest.fixture(scope="session")
+def knee_crop() -> np.ndarray:
+    """A small real volume: 4 slices of 64x64 from the embedded knee sample."""
+    return read_volume(SAMPLE_KNEE).array[4:8, 64:128, 64:128].astype(np.float32)
