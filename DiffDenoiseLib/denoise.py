@@ -22,7 +22,15 @@ from .errors import InputError
 from .inference import predict_slices
 from .noise import NoiseAnalysis, estimate_noise
 from .pipelines.bsn import BSN_PRESETS, BsnSettings, bsn_settings, train_bsn
-from .preprocessing import HIGH_PERCENTILE, LOW_PERCENTILE, IntensityScaling, check_image, from_slices, to_slices
+from .preprocessing import (
+    HIGH_PERCENTILE,
+    LOW_PERCENTILE,
+    IntensityScaling,
+    check_image,
+    check_slice_size,
+    from_slices,
+    to_slices,
+)
 from .progress import CancelCheck, ProgressCallback
 
 METHODS = ("bsn",)
@@ -73,15 +81,16 @@ def denoise(image: np.ndarray, *, method: str = "bsn", noise: str = "auto",
     if image.ndim == 3 and slice_axis not in (0, 1, 2):
         raise InputError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
     started = time.perf_counter()
-    check_image(image, min_size=16)
-    analysis, noise_kind = _noise_kind(image, noise)
+    check_image(image)
+    scaling = IntensityScaling.fit(image)
+    slices = to_slices(scaling.normalise(image), slice_axis if image.ndim == 3 else 0)
+    check_slice_size(slices, 16)  # noise analysis works on 8x8 blocks
+    analysis, noise_kind = _noise_kind(slices[:, 0], noise)
     settings = bsn_settings(preset, noise_kind)
-    check_image(image, min_size=settings.network.min_size)
+    check_slice_size(slices, settings.network.min_size)
     overrides = {"seed": seed, "device": device} | ({"steps": steps} if steps is not None else {})
     settings = replace(settings, training=replace(settings.training, **overrides))
     resolve_device(device)  # fail early on an unavailable device, before any training
-    scaling = IntensityScaling.fit(image)
-    slices = to_slices(scaling.normalise(image), slice_axis if image.ndim == 3 else 0)
     timings = {"analysis_s": time.perf_counter() - started}
 
     network, summary = train_bsn(slices, settings, progress, cancel)
@@ -115,12 +124,13 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
     scans of one protocol whose intensity scale differs. ``slice_axis`` defaults to the bundle's.
     """
     network = bundle.networks[bundle.inference_network]
-    check_image(image, min_size=network.min_size)
+    check_image(image)
     axis = bundle.metadata.get("slice_axis", 0) if slice_axis is None else slice_axis
     axis = axis if image.ndim == 3 else 0
     torch_device = resolve_device(device)
     scaling = IntensityScaling.fit(image)
     slices = to_slices(scaling.normalise(image), axis)
+    check_slice_size(slices, network.min_size)
     batch = batch_size or (8 if torch_device.type == "cuda" else 2)
     output = predict_slices(network, slices, torch_device, batch, progress=progress, cancel=cancel)
     return scaling.denormalise(from_slices(output, image.shape, axis))

@@ -12,7 +12,7 @@ from .noise import robust_range
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
 
 
-def check_image(image: np.ndarray, min_size: int) -> None:
+def check_image(image: np.ndarray) -> None:
     """Refuse what cannot be denoised as a 2D image or 3D volume, with a message saying what to do."""
     if image.ndim not in (2, 3):
         hint = " (a 4D series: denoise each 3D volume, or use DDM2 mode for diffusion MRI)" if image.ndim == 4 else ""
@@ -32,9 +32,13 @@ def check_image(image: np.ndarray, min_size: int) -> None:
     low, high = float(image.min()), float(image.max())
     if low == high:
         raise InputError(f"the image is constant (every voxel is {low}): there is nothing to denoise")
-    if min(image.shape[-2:]) < min_size:
-        raise InputError(f"slices of {image.shape[-2]}x{image.shape[-1]} px are smaller than the network's "
-                         f"minimum of {min_size}x{min_size}: resample or pad the image")
+
+
+def check_slice_size(slices: np.ndarray, min_size: int) -> None:
+    """Refuse slices smaller than a network can process."""
+    if min(slices.shape[-2:]) < min_size:
+        raise InputError(f"slices of {slices.shape[-2]}x{slices.shape[-1]} px are smaller than the network's "
+                         f"minimum of {min_size}x{min_size}: resample or pad the image, or pick another slice axis")
 
 
 @dataclass(frozen=True)

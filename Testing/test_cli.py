@@ -1,0 +1,84 @@
+"""The diffdenoise command: real subprocess runs, exit codes and one-line errors."""
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from DiffDenoiseLib.io import Geometry, Volume, read_volume, write_volume
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "DiffDenoiseLib.cli", "--no-progress", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def _one_line_error(result, text):
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line]
+    assert len(lines) == 1, result.stderr
+    assert "error" in lines[0] and text in lines[0]
+
+
+@pytest.fixture
+def noisy_file(tmp_path, knee_crop):
+    path = tmp_path / "noisy.nrrd"
+    write_volume(path, Volume(knee_crop.astype(np.int16), Geometry((0.6, 0.6, 4.0), (1.0, 2.0, 3.0),
+                                                                   tuple(np.eye(3).ravel()))))
+    return path
+
+
+def test_denoise_apply_and_info(tmp_path, noisy_file):
+    out, model = tmp_path / "out.nii.gz", tmp_path / "model.safetensors"
+    result = run_cli("denoise", noisy_file, out, "--steps", "2", "--save-model", model, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    written, source = read_volume(out), read_volume(noisy_file)
+    assert written.array.shape == source.array.shape and written.array.dtype == np.int16
+    np.testing.assert_allclose(written.geometry.spacing, source.geometry.spacing, atol=1e-6)
+    np.testing.assert_allclose(written.geometry.origin, source.geometry.origin, atol=1e-6)
+
+    applied = tmp_path / "applied.nrrd"
+    result = run_cli("apply", "--model", model, noisy_file, applied, "--output-dtype", "float32")
+    assert result.returncode == 0, result.stderr
+    assert read_volume(applied).array.dtype == np.float32
+
+    info = run_cli("info", noisy_file)
+    assert info.returncode == 0 and "noise type:" in info.stdout and "(0.6, 0.6, 4.0)" in info.stdout
+    bundle_info = run_cli("info", model)
+    assert bundle_info.returncode == 0 and '"method": "bsn"' in bundle_info.stdout
+
+
+def test_missing_file(tmp_path):
+    _one_line_error(run_cli("denoise", tmp_path / "nope.nii.gz", tmp_path / "o.nii.gz"), "not found")
+
+
+def test_5d_array(tmp_path):
+    path = tmp_path / "five.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 4, 2, 2)).astype(np.float32), np.eye(4)), path)
+    _one_line_error(run_cli("denoise", path, tmp_path / "o.nii.gz"), "5D")
+
+
+def test_nan_only_volume(tmp_path):
+    path = tmp_path / "nan.nrrd"
+    write_volume(path, Volume(np.full((2, 32, 32), np.nan, np.float32), Geometry.identity(3)))
+    result = run_cli("denoise", path, tmp_path / "o.nrrd")
+    _one_line_error(result, "NaN")
+    assert not (tmp_path / "o.nrrd").exists()
+
+
+def test_unknown_option(tmp_path, noisy_file):
+    result = run_cli("denoise", noisy_file, tmp_path / "o.nrrd", "--colour", "blue")
+    _one_line_error(result, "unrecognized arguments")
+    assert result.returncode == 2
+
+
+def test_output_may_not_overwrite_input(noisy_file):
+    _one_line_error(run_cli("denoise", noisy_file, noisy_file), "overwrite the input")
+
+
+def test_bad_bundle(tmp_path, noisy_file):
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"not a model")
+    _one_line_error(run_cli("apply", "--model", fake, noisy_file, tmp_path / "o.nrrd"), "never unpickles")

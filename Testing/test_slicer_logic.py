@@ -1,0 +1,73 @@
+"""The Slicer module's logic on a real MRML scene from slicer-core (no mocks)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
+import vtk  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DiffDenoise"))
+from DiffDenoise import DiffDenoiseLogic, node_geometry  # noqa: E402
+
+IJK_TO_RAS = np.array([[0.0, -0.6, 0.0, 12.5], [0.7, 0.0, 0.0, -30.0], [0.0, 0.0, 4.0, 8.25], [0, 0, 0, 1]])
+
+
+@pytest.fixture
+def scene_with_volume(knee_crop):
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    node = slicer.util.addVolumeFromArray(knee_crop.astype(np.int16), name="knee")
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(IJK_TO_RAS))
+    yield scene, node
+    scene.Clear(1)
+
+
+def _ijk_to_ras(node):
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def test_process_creates_a_new_node_with_the_same_geometry(scene_with_volume, tmp_path):
+    scene, node = scene_with_volume
+    before = slicer.util.arrayFromVolume(node).copy()
+    events = []
+    output = DiffDenoiseLogic().process(node, steps=2, device="cpu", progressCallback=events.append,
+                                        saveModelPath=str(tmp_path / "m.safetensors"))
+    assert output is not node and output.GetName() == "knee denoised"
+    assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 2
+    np.testing.assert_allclose(_ijk_to_ras(output), IJK_TO_RAS, atol=1e-9)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+    np.testing.assert_allclose(_ijk_to_ras(node), IJK_TO_RAS, atol=1e-9)
+    assert slicer.util.arrayFromVolume(output).shape == before.shape
+    assert events and (tmp_path / "m.safetensors").exists()
+
+    again = DiffDenoiseLogic().apply(node, str(tmp_path / "m.safetensors"))
+    assert again.GetName() == "knee denoised_1"
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(again), slicer.util.arrayFromVolume(output), atol=1e-3)
+
+
+def test_geometry_conversion_matches_itk_conventions(scene_with_volume):
+    _, node = scene_with_volume
+    geometry = node_geometry(node)
+    np.testing.assert_allclose(geometry.spacing, (0.7, 0.6, 4.0))
+    np.testing.assert_allclose(geometry.origin, (-12.5, 30.0, 8.25))  # RAS -> LPS
+    assert geometry.slice_axis() == 0
+
+
+def test_output_cannot_be_the_input(scene_with_volume):
+    _, node = scene_with_volume
+    with pytest.raises(ValueError, match="never overwritten"):
+        DiffDenoiseLogic().process(node, outputVolumeNode=node)
+
+
+def test_label_maps_are_refused(scene_with_volume):
+    scene, _ = scene_with_volume
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "seg")
+    with pytest.raises(ValueError, match="label map"):
+        DiffDenoiseLogic().process(labels)
