@@ -72,7 +72,7 @@ def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
     tensors = {f"{name}.{key}": value.detach().cpu().contiguous()
                for name, net in bundle.networks.items() for key, value in net.state_dict().items()}
     metadata = bundle.describe()
-    metadata["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    metadata["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     metadata["weights_sha256"] = _weights_digest(tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial")

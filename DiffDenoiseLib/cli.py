@@ -83,8 +83,9 @@ def cmd_denoise(args: argparse.Namespace, progress: TqdmProgress) -> int:
                      progress=progress)
     progress.close()
     _write_result(volume, result.denoised, args.output, args.output_dtype)
-    print(f"noise: {result.noise.kind} (sigma ~ {result.noise.sigma:.4g}, "
-          f"{100 * result.noise.relative_sigma:.1f}% of range); wrote {args.output} in {result.timings['total_s']:.0f} s")
+    noise = result.noise
+    print(f"noise: {noise.kind} (sigma ~ {noise.sigma:.4g}, {100 * noise.relative_sigma:.1f}% of range); "
+          f"wrote {args.output} in {result.timings['total_s']:.0f} s")
     if args.save_model:
         path = save_bundle(args.save_model, result.bundle)
         print(f"saved model bundle {path}")

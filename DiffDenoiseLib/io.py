@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.misc import is_dicom
 
 from .errors import InputError
 
@@ -96,12 +97,6 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _is_dicom_file(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        handle.seek(128)
-        return handle.read(4) == b"DICM"
-
-
 def read_volume(path: str | os.PathLike, series_id: str | None = None) -> Volume:
     """Read an image file or a DICOM series folder.
 
@@ -119,7 +114,8 @@ def read_volume(path: str | os.PathLike, series_id: str | None = None) -> Volume
             image, metadata = _read_file(path)
     except RuntimeError as error:  # SimpleITK reports unreadable or truncated files this way
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise InputError(f"cannot read {path}: {first_line} (is the file complete and in a supported format?)") from None
+        raise InputError(f"cannot read {path}: {first_line} "
+                         "(is the file complete and in a supported format?)") from None
     if image.GetNumberOfComponentsPerPixel() > 1:
         image = _to_luminance(image)
     return Volume(sitk.GetArrayFromImage(image), Geometry.from_image(image), metadata)
@@ -127,7 +123,7 @@ def read_volume(path: str | os.PathLike, series_id: str | None = None) -> Volume
 
 def _read_file(path: Path) -> tuple[sitk.Image, dict[str, str]]:
     suffix = _suffix(path)
-    if suffix not in VOLUME_SUFFIXES and not _is_dicom_file(path):
+    if suffix not in VOLUME_SUFFIXES and not is_dicom(str(path)):
         raise InputError(
             f"unsupported file type '{path.name}': use one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder"
         )
@@ -135,7 +131,7 @@ def _read_file(path: Path) -> tuple[sitk.Image, dict[str, str]]:
     reader.SetFileName(str(path))
     image = reader.Execute()
     metadata = {}
-    if suffix == ".dcm" or _is_dicom_file(path):
+    if suffix == ".dcm" or is_dicom(str(path)):
         metadata = {key: reader.GetMetaData(key) for key in _DICOM_TAGS_KEPT if reader.HasMetaDataKey(key)}
     return image, metadata
 
