@@ -10,12 +10,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from . import __version__
 from .errors import Cancelled, DiffDenoiseError, InputError
 from .progress import ProgressEvent
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .io import Volume
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -59,7 +65,7 @@ def _check_output(input_path: Path, output_path: Path) -> None:
         raise InputError(f"output {output_path} would overwrite the input: choose another output path")
 
 
-def _write_result(input_volume, denoised, output: Path, output_dtype: str) -> None:
+def _write_result(input_volume: Volume, denoised: np.ndarray, output: Path, output_dtype: str) -> None:
     from .io import write_volume
     from .preprocessing import match_dtype
 
@@ -67,7 +73,7 @@ def _write_result(input_volume, denoised, output: Path, output_dtype: str) -> No
     write_volume(output, input_volume.with_array(match_dtype(denoised, dtype)), description="DiffDenoise")
 
 
-def _slice_axis(volume, choice: str) -> int:
+def _slice_axis(volume: Volume, choice: str) -> int:
     return volume.geometry.slice_axis() if choice == "auto" else int(choice)
 
 

@@ -112,9 +112,10 @@ def neighbour_correlation(image: np.ndarray) -> float:
         blocks = residual[:height, :width].reshape(height // 8, 8, width // 8, 8).transpose(0, 2, 1, 3)
         blocks = blocks.reshape(-1, 8, 8)
         energy = plane[:height, :width].reshape(height // 8, 8, width // 8, 8).std(axis=(1, 3)).ravel()
-        active = blocks[energy > 0] if np.any(energy > 0) else blocks
-        energy = energy[energy > 0] if np.any(energy > 0) else energy
-        flat = active[energy <= np.median(energy)]
+        textured = energy > 0  # exactly constant blocks (clipped background) carry no noise to measure
+        if textured.any():
+            blocks, energy = blocks[textured], energy[textured]
+        flat = blocks[energy <= np.median(energy)]
         centred = flat - flat.mean(axis=(1, 2), keepdims=True)
         horizontal = (centred[:, :, 1:] * centred[:, :, :-1]).sum()
         vertical = (centred[:, 1:, :] * centred[:, :-1, :]).sum()
