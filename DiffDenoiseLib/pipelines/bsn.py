@@ -23,8 +23,8 @@ class BsnSettings:
     training: TrainConfig
 
 
-# Budgets measured on 2 CPU cores (see README "Presets"): quick ~1-2 min, standard ~10 min; full is
-# paper-scale (PUCA width 128, [3,4]/4/[4,3]) and meant for a GPU.
+# Budgets measured on 2 CPU cores for a 24x256x256 volume (README "Presets"): quick ~3 min, standard ~1.5 h;
+# full is paper-scale (PUCA width 128, [3,4]/4/[4,3]) and meant for a GPU.
 BSN_PRESETS: dict[str, BsnSettings] = {
     "quick": BsnSettings(
         PUCAConfig(width=32, encoder_blocks=(1, 1), middle_blocks=2, decoder_blocks=(1, 1)),
