@@ -187,10 +187,13 @@ class DiffDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = DiffDenoiseLogic()
-        self.ui.methodComboBox.addItems(["bsn"])
-        self.ui.noiseComboBox.addItems(["auto", "iid", "correlated"])
-        self.ui.presetComboBox.addItems(["quick", "standard", "full"])
-        self.ui.deviceComboBox.addItems(["auto", "cpu", "cuda"])
+        _import_library()
+        from DiffDenoiseLib.options import DEVICE_CHOICES, METHODS, NOISE_CHOICES, PRESETS  # no torch needed
+
+        self.ui.methodComboBox.addItems(list(METHODS))
+        self.ui.noiseComboBox.addItems(list(NOISE_CHOICES))
+        self.ui.presetComboBox.addItems(list(PRESETS))
+        self.ui.deviceComboBox.addItems(list(DEVICE_CHOICES))
         self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)

@@ -155,8 +155,7 @@ def cmd_demo(args: argparse.Namespace, progress: TqdmProgress) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .denoise import METHODS, NOISE_CHOICES, PRESETS
-    from .devices import DEVICE_CHOICES
+    from .options import DEVICE_CHOICES, METHODS, NOISE_CHOICES, PRESETS
 
     parser = _Parser(prog="diffdenoise", description="Self-supervised denoising of medical images: it learns "
                      "from the noisy scan itself, no clean data needed.")

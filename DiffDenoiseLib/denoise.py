@@ -20,8 +20,9 @@ from .bundle import ModelBundle
 from .devices import resolve_device
 from .errors import InputError
 from .inference import predict_slices
-from .noise import NoiseAnalysis, estimate_noise
-from .pipelines.bsn import BSN_PRESETS, BsnSettings, bsn_settings, train_bsn
+from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise
+from .options import METHODS, NOISE_CHOICES
+from .pipelines.bsn import BsnSettings, bsn_settings, train_bsn
 from .preprocessing import (
     HIGH_PERCENTILE,
     LOW_PERCENTILE,
@@ -32,10 +33,6 @@ from .preprocessing import (
     to_slices,
 )
 from .progress import CancelCheck, ProgressCallback
-
-METHODS = ("bsn",)
-NOISE_CHOICES = ("auto", "iid", "correlated")
-PRESETS = tuple(BSN_PRESETS)
 
 
 @dataclass
@@ -84,7 +81,7 @@ def denoise(image: np.ndarray, *, method: str = "bsn", noise: str = "auto",
     check_image(image)
     scaling = IntensityScaling.fit(image)
     slices = to_slices(scaling.normalise(image), slice_axis if image.ndim == 3 else 0)
-    check_slice_size(slices, 16)  # noise analysis works on 8x8 blocks
+    check_slice_size(slices, MIN_ANALYSIS_SIZE)
     analysis, noise_kind = _noise_kind(slices[:, 0], noise)
     settings = bsn_settings(preset, noise_kind)
     check_slice_size(slices, settings.network.min_size)

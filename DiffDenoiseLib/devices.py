@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+from .options import DEVICE_CHOICES
 
 
 def resolve_device(name: str = "auto") -> torch.device:

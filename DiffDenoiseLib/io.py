@@ -123,7 +123,8 @@ def read_volume(path: str | os.PathLike, series_id: str | None = None) -> Volume
 
 def _read_file(path: Path) -> tuple[sitk.Image, dict[str, str]]:
     suffix = _suffix(path)
-    if suffix not in VOLUME_SUFFIXES and not is_dicom(str(path)):
+    dicom = suffix == ".dcm" or (suffix not in VOLUME_SUFFIXES and is_dicom(str(path)))
+    if suffix not in VOLUME_SUFFIXES and not dicom:
         raise InputError(
             f"unsupported file type '{path.name}': use one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder"
         )
@@ -131,7 +132,7 @@ def _read_file(path: Path) -> tuple[sitk.Image, dict[str, str]]:
     reader.SetFileName(str(path))
     image = reader.Execute()
     metadata = {}
-    if suffix == ".dcm" or is_dicom(str(path)):
+    if dicom:
         metadata = {key: reader.GetMetaData(key) for key in _DICOM_TAGS_KEPT if reader.HasMetaDataKey(key)}
     return image, metadata
 

@@ -23,6 +23,7 @@ NOISE_KINDS: tuple[str, ...] = ("gaussian", "poisson", "gamma", "rician", "corre
 # -0.14 +- 0.02; Gaussian-filtered noise of kernel sigma 0.7 px measures >= 0.18 (1 px: >= 0.36).
 # Images with little noise measure the anatomy's own texture (0.1 to 0.35) and count as correlated.
 CORRELATION_THRESHOLD = 0.02
+MIN_ANALYSIS_SIZE = 16  # slices need at least two 8x8 blocks per side
 
 
 def robust_range(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
@@ -107,7 +108,7 @@ def neighbour_correlation(image: np.ndarray) -> float:
     for plane in _slices(image):
         residual = plane - ndimage.median_filter(plane, size=3)
         height, width = (s - s % 8 for s in plane.shape)
-        if height < 16 or width < 16:
+        if height < MIN_ANALYSIS_SIZE or width < MIN_ANALYSIS_SIZE:
             continue
         blocks = residual[:height, :width].reshape(height // 8, 8, width // 8, 8).transpose(0, 2, 1, 3)
         blocks = blocks.reshape(-1, 8, 8)
@@ -122,7 +123,8 @@ def neighbour_correlation(image: np.ndarray) -> float:
         norm = 0.5 * ((centred[:, :, 1:] ** 2).sum() + (centred[:, :, :-1] ** 2).sum()) + 1e-12
         values.append(0.5 * (horizontal + vertical) / norm)
     if not values:
-        raise InputError(f"slices of {image.shape[-2:]} px are too small for noise analysis (need 16x16)")
+        raise InputError(f"slices of {image.shape[-2:]} px are too small for noise analysis "
+                         f"(need {MIN_ANALYSIS_SIZE}x{MIN_ANALYSIS_SIZE})")
     return float(np.median(values))
 
 

@@ -71,3 +71,10 @@ def test_correlated_noise_uses_pixel_shuffle(knee_crop, tiny_settings):
     result = denoise(knee_crop, noise="correlated", preset=tiny_settings, device="cpu")
     config = result.bundle.networks["bsn"].config
     assert (config.pd_train, config.pd_infer, config.r3_passes) == (4, 2, 8)
+
+
+def test_offered_presets_are_the_defined_ones():
+    from DiffDenoiseLib.options import PRESETS
+    from DiffDenoiseLib.pipelines.bsn import BSN_PRESETS
+
+    assert tuple(BSN_PRESETS) == PRESETS
