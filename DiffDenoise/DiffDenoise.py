@@ -104,6 +104,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        self.lastExtraNodes = {}
 
     @staticmethod
     def _checkInput(inputVolumeNode, outputVolumeNode):
@@ -117,11 +118,11 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
             raise ValueError("The output volume must differ from the input: the input is never overwritten")
 
     @staticmethod
-    def _writeOutput(inputVolumeNode, outputVolumeNode, denoised):
+    def _writeOutput(inputVolumeNode, outputVolumeNode, denoised, suffix: str = "denoised"):
         scene = inputVolumeNode.GetScene() or slicer.mrmlScene
         if outputVolumeNode is None:
             outputVolumeNode = scene.AddNewNodeByClass(
-                "vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{inputVolumeNode.GetName()} denoised"))
+                "vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{inputVolumeNode.GetName()} {suffix}"))
             outputVolumeNode.CreateDefaultDisplayNodes()
         ijkToRas = vtk.vtkMatrix4x4()
         inputVolumeNode.GetIJKToRASMatrix(ijkToRas)
@@ -130,14 +131,23 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         slicer.util.updateVolumeFromArray(outputVolumeNode, denoised.astype(np.float32))
         return outputVolumeNode
 
-    def process(self, inputVolumeNode, outputVolumeNode=None, method: str = "bsn", noise: str = "auto",
+    def _writeResult(self, inputVolumeNode, outputVolumeNode, result):
+        """The denoised image into the output node; each extra output into a new node "<input> <extra>"."""
+        self.lastExtraNodes = {name: self._writeOutput(inputVolumeNode, None, image, name)
+                               for name, image in result.extras.items()}
+        return self._writeOutput(inputVolumeNode, outputVolumeNode, result.denoised)
+
+    def process(self, inputVolumeNode, outputVolumeNode=None, method: str = "diffdenoise", noise: str = "auto",
                 preset: str = "quick", device: str = "auto", steps: int | None = None, seed: int = 0,
-                saveModelPath: str | None = None, progressCallback: Callable | None = None,
-                cancelCallback: Callable[[], bool] | None = None):
+                srdsPairs: int | None = None, ddimSteps: int | None = None, distillSlices: int | None = None,
+                extraOutputs: tuple[str, ...] = (), saveModelPath: str | None = None,
+                progressCallback: Callable | None = None, cancelCallback: Callable[[], bool] | None = None):
         """Denoise ``inputVolumeNode`` by training on it; returns the output node (new unless one is given).
 
-        Options are those of ``DiffDenoiseLib.denoise.denoise`` (method, noise, preset, device, steps, seed);
-        ``saveModelPath`` also saves the trained bundle for ``apply`` on other volumes.
+        Options are those of ``DiffDenoiseLib.denoise.denoise`` (method, noise, preset, device, steps, seed,
+        SRDS pairs, DDIM steps, distillation slices). ``extraOutputs`` (``residual``, ``uncertainty``, ``bsn``,
+        ``srds``) become new volume nodes, listed in ``self.lastExtraNodes``. ``saveModelPath`` also saves the
+        trained bundle for ``apply`` on other volumes.
         """
         self._checkInput(inputVolumeNode, outputVolumeNode)
         _import_library()
@@ -147,16 +157,21 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         array = slicer.util.arrayFromVolume(inputVolumeNode).copy()  # (k, j, i) = (z, y, x), like the library
         geometry = node_geometry(inputVolumeNode)
         result = denoise(array, method=method, noise=noise, preset=preset, device=device,
-                         slice_axis=geometry.slice_axis(), seed=seed, steps=steps,
+                         slice_axis=geometry.slice_axis(), seed=seed, steps=steps, srds_pairs=srdsPairs,
+                         ddim_steps=ddimSteps, distill_slices=distillSlices, outputs=tuple(extraOutputs),
                          progress=progressCallback, cancel=cancelCallback)
         if saveModelPath:
             save_bundle(saveModelPath, result.bundle)
         logging.info(f"DiffDenoise: noise {result.noise.kind}, timings {result.timings}")
-        return self._writeOutput(inputVolumeNode, outputVolumeNode, result.denoised)
+        return self._writeResult(inputVolumeNode, outputVolumeNode, result)
 
     def apply(self, inputVolumeNode, modelPath: str, outputVolumeNode=None, device: str = "auto",
-              progressCallback: Callable | None = None, cancelCallback: Callable[[], bool] | None = None):
-        """Denoise ``inputVolumeNode`` with a saved bundle (no training); returns the output node."""
+              extraOutputs: tuple[str, ...] = (), progressCallback: Callable | None = None,
+              cancelCallback: Callable[[], bool] | None = None):
+        """Denoise ``inputVolumeNode`` with a saved bundle (no training); returns the output node.
+
+        A DiffDenoise bundle runs only its distilled NAFNet: one forward pass per slice.
+        """
         self._checkInput(inputVolumeNode, outputVolumeNode)
         _import_library()
         from DiffDenoiseLib.bundle import load_bundle
@@ -164,8 +179,9 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
 
         bundle = load_bundle(modelPath)
         array = slicer.util.arrayFromVolume(inputVolumeNode).copy()
-        denoised = apply_bundle(bundle, array, device=device, progress=progressCallback, cancel=cancelCallback)
-        return self._writeOutput(inputVolumeNode, outputVolumeNode, denoised)
+        result = apply_bundle(bundle, array, device=device, outputs=tuple(extraOutputs), progress=progressCallback,
+                              cancel=cancelCallback)
+        return self._writeResult(inputVolumeNode, outputVolumeNode, result)
 
 
 #
@@ -211,6 +227,10 @@ class DiffDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setValue(event.step)
         slicer.app.processEvents()  # keeps Cancel clickable during the blocking run
 
+    def _extraOutputs(self) -> tuple[str, ...]:
+        checked = {"residual": self.ui.residualCheckBox.checked, "uncertainty": self.ui.uncertaintyCheckBox.checked}
+        return tuple(name for name, on in checked.items() if on)
+
     def onCancelButton(self):
         self._cancelRequested = True
 
@@ -225,12 +245,15 @@ class DiffDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                            "progressCallback": self._onProgress, "cancelCallback": lambda: self._cancelRequested}
                 if self.ui.applyModelCheckBox.checked:
                     output = self.logic.apply(self.ui.inputSelector.currentNode(), modelPath,
-                                              device=self.ui.deviceComboBox.currentText, **options)
+                                              device=self.ui.deviceComboBox.currentText,
+                                              extraOutputs=self._extraOutputs(), **options)
                 else:
                     output = self.logic.process(
                         self.ui.inputSelector.currentNode(), method=self.ui.methodComboBox.currentText,
                         noise=self.ui.noiseComboBox.currentText, preset=self.ui.presetComboBox.currentText,
-                        device=self.ui.deviceComboBox.currentText, saveModelPath=modelPath or None, **options)
+                        device=self.ui.deviceComboBox.currentText, srdsPairs=self.ui.srdsPairsSpinBox.value or None,
+                        ddimSteps=self.ui.ddimStepsSpinBox.value or None, extraOutputs=self._extraOutputs(),
+                        saveModelPath=modelPath or None, **options)
                 self.ui.outputSelector.setCurrentNode(output)
                 slicer.util.setSliceViewerLayers(background=output)
         finally:
@@ -258,7 +281,7 @@ class DiffDenoiseTest(ScriptedLoadableModuleTest):
 
         inputNode = slicer.util.loadVolume(str(SAMPLE_KNEE))
         before = slicer.util.arrayFromVolume(inputNode).copy()
-        output = DiffDenoiseLogic().process(inputNode, steps=20)
+        output = DiffDenoiseLogic().process(inputNode, steps=20, ddimSteps=2)
         self.assertEqual(output.GetName(), f"{inputNode.GetName()} denoised")
         self.assertTrue(np.array_equal(before, slicer.util.arrayFromVolume(inputNode)))
         self.assertEqual(slicer.util.arrayFromVolume(output).shape, before.shape)

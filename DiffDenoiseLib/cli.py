@@ -73,6 +73,20 @@ def _write_result(input_volume: Volume, denoised: np.ndarray, output: Path, outp
     write_volume(output, input_volume.with_array(match_dtype(denoised, dtype)), description="DiffDenoise")
 
 
+def extra_output_path(output: Path, name: str) -> Path:
+    """``out.nii.gz`` -> ``out_residual.nii.gz`` (a DICOM folder ``out`` -> ``out_residual``)."""
+    suffixes = "".join(output.suffixes[-2:]) if output.name.endswith(".nii.gz") else output.suffix
+    return output.with_name(f"{output.name[:len(output.name) - len(suffixes)]}_{name}{suffixes}")
+
+
+def _write_extras(input_volume: Volume, extras: dict[str, np.ndarray], output: Path) -> None:
+    """Extra outputs are float32 (a residual is signed; an uncertainty is fractional)."""
+    for name, image in extras.items():
+        path = extra_output_path(output, name)
+        _write_result(input_volume, image, path, "float32")
+        print(f"wrote {name} to {path}")
+
+
 def _slice_axis(volume: Volume, choice: str) -> int:
     return volume.geometry.slice_axis() if choice == "auto" else int(choice)
 
@@ -86,9 +100,11 @@ def cmd_denoise(args: argparse.Namespace, progress: TqdmProgress) -> int:
     volume = read_volume(args.input)
     result = denoise(volume.array, method=args.method, noise=args.noise, preset=args.preset, device=args.device,
                      slice_axis=_slice_axis(volume, args.slice_axis), seed=args.seed, steps=args.steps,
-                     progress=progress)
+                     srds_pairs=args.srds_pairs, ddim_steps=args.ddim_steps, distill_slices=args.distill_slices,
+                     outputs=tuple(args.extra), progress=progress)
     progress.close()
     _write_result(volume, result.denoised, args.output, args.output_dtype)
+    _write_extras(volume, result.extras, args.output)
     noise = result.noise
     print(f"noise: {noise.kind} (sigma ~ {noise.sigma:.4g}, {100 * noise.relative_sigma:.1f}% of range); "
           f"wrote {args.output} in {result.timings['total_s']:.0f} s")
@@ -107,9 +123,11 @@ def cmd_apply(args: argparse.Namespace, progress: TqdmProgress) -> int:
     bundle = load_bundle(args.model)
     volume = read_volume(args.input)
     axis = None if args.slice_axis == "bundle" else _slice_axis(volume, args.slice_axis)
-    denoised = apply_bundle(bundle, volume.array, device=args.device, slice_axis=axis, progress=progress)
+    result = apply_bundle(bundle, volume.array, device=args.device, slice_axis=axis, outputs=tuple(args.extra),
+                          progress=progress)
     progress.close()
-    _write_result(volume, denoised, args.output, args.output_dtype)
+    _write_result(volume, result.denoised, args.output, args.output_dtype)
+    _write_extras(volume, result.extras, args.output)
     print(f"applied {bundle.method} bundle {args.model}; wrote {args.output}")
     return 0
 
@@ -155,7 +173,7 @@ def cmd_demo(args: argparse.Namespace, progress: TqdmProgress) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .options import DEVICE_CHOICES, METHODS, NOISE_CHOICES, PRESETS
+    from .options import DEVICE_CHOICES, EXTRA_OUTPUTS, METHODS, NOISE_CHOICES, PRESETS
 
     parser = _Parser(prog="diffdenoise", description="Self-supervised denoising of medical images: it learns "
                      "from the noisy scan itself, no clean data needed.")
@@ -169,14 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
                          help="numpy axis of 3D volumes to slice along; auto = coarsest spacing")
         sub.add_argument("--output-dtype", default="input", choices=("input", "float32"),
                          help="data type of the output file (default: the input's, rounded for integers)")
+        sub.add_argument("--extra", nargs="+", default=[], choices=EXTRA_OUTPUTS, metavar="OUTPUT",
+                         help="also write OUTPUT_<name> float32 files: residual (input - output), uncertainty "
+                              "(SRDS pair disagreement), bsn (BSN output), srds (SRDS output)")
 
     denoise = commands.add_parser("denoise", help="train on the input itself and denoise it")
     denoise.add_argument("input", type=Path, help="image file (NIfTI, NRRD, MHA, DICOM, PNG, TIFF) or DICOM folder")
     denoise.add_argument("output", type=Path, help="output file (format from the extension) or DICOM folder")
-    denoise.add_argument("--method", default="bsn", choices=METHODS)
+    denoise.add_argument("--method", default="diffdenoise", choices=METHODS,
+                         help="diffdenoise: BSN -> diffusion -> SRDS -> distilled NAFNet (default); diffusion: "
+                              "SRDS output; bsn: blind-spot network only")
     denoise.add_argument("--noise", default="auto", choices=NOISE_CHOICES, help="noise type (auto: measured)")
     denoise.add_argument("--preset", default="quick", choices=PRESETS, help="training budget (README: Presets)")
-    denoise.add_argument("--steps", type=int, help="training steps, overriding the preset")
+    denoise.add_argument("--steps", type=int, help="training steps of every stage, overriding the preset")
+    denoise.add_argument("--srds-pairs", type=int, help="antithetic SRDS pairs averaged per slice")
+    denoise.add_argument("--ddim-steps", type=int, help="DDIM steps per SRDS trajectory")
+    denoise.add_argument("--distill-slices", type=int,
+                         help="SRDS-sample at most this many evenly spaced slices to train the NAFNet")
     denoise.add_argument("--seed", type=int, default=0)
     denoise.add_argument("--save-model", type=Path, help="also save the trained model bundle (.safetensors)")
     add_common(denoise, "auto")

@@ -3,9 +3,9 @@
 This is the function the CLI, the Slicer logic and the batch script all call::
 
     from DiffDenoiseLib.denoise import denoise
-    result = denoise(volume_array, method="bsn", preset="quick")
-    clean = result.denoised            # float32, same shape as the input
-    save_bundle("knee.safetensors", result.bundle)   # reuse on other scans with apply_bundle
+    result = denoise(volume_array, preset="quick")     # full DiffDenoise: BSN -> diffusion -> SRDS -> NAFNet
+    clean = result.denoised                            # float32, same shape as the input
+    save_bundle("knee.safetensors", result.bundle)     # reuse on other scans with apply_bundle
 """
 
 from __future__ import annotations
@@ -15,14 +15,23 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+import torch
 
 from .bundle import ModelBundle
 from .devices import resolve_device
+from .diffusion import NoiseSchedule
 from .errors import InputError
 from .inference import predict_slices
 from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise
-from .options import METHODS, NOISE_CHOICES
-from .pipelines.bsn import BsnSettings, bsn_settings, train_bsn
+from .options import EXTRA_OUTPUTS, METHODS, NOISE_CHOICES
+from .pipelines.bsn import train_bsn
+from .pipelines.diffdenoise import (
+    SamplingSettings,
+    distillation_indices,
+    sample_srds,
+    train_diffusion,
+    train_distillation,
+)
 from .preprocessing import (
     HIGH_PERCENTILE,
     LOW_PERCENTILE,
@@ -32,17 +41,28 @@ from .preprocessing import (
     from_slices,
     to_slices,
 )
+from .presets import PipelineSettings, pipeline_settings
 from .progress import CancelCheck, ProgressCallback
+
+# the network that `apply` runs for a bundle of each method
+INFERENCE_NETWORK = {"diffdenoise": "nafnet", "diffusion": "diffusion", "bsn": "bsn"}
 
 
 @dataclass
-class DenoiseResult:
-    """Output of :func:`denoise`: the denoised image, the trained bundle and what was measured."""
+class Denoised:
+    """A denoised image and the optional extra outputs, all float32 in the input's shape and units."""
 
     denoised: np.ndarray
-    bundle: ModelBundle
-    noise: NoiseAnalysis
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # "residual", "uncertainty" when asked for
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DenoiseResult(Denoised):
+    """Output of :func:`denoise`: also the trained bundle and the noise analysis."""
+
+    bundle: ModelBundle | None = None
+    noise: NoiseAnalysis | None = None
 
 
 def _noise_kind(image: np.ndarray, noise: str) -> tuple[NoiseAnalysis, Literal["iid", "correlated"]]:
@@ -52,82 +72,183 @@ def _noise_kind(image: np.ndarray, noise: str) -> tuple[NoiseAnalysis, Literal["
     return analysis, analysis.kind if noise == "auto" else noise  # type: ignore[return-value]
 
 
-def denoise(image: np.ndarray, *, method: str = "bsn", noise: str = "auto",
-            preset: str | BsnSettings = "quick", device: str = "auto", slice_axis: int = 0,
-            seed: int = 0, steps: int | None = None, progress: ProgressCallback | None = None,
-            cancel: CancelCheck | None = None) -> DenoiseResult:
+def _check_choices(method: str, outputs: tuple[str, ...]) -> None:
+    if method not in METHODS:
+        raise InputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
+    unknown = set(outputs) - set(EXTRA_OUTPUTS)
+    if unknown:
+        raise InputError(f"unknown extra output {sorted(unknown)}: use {', '.join(EXTRA_OUTPUTS)}")
+    if {"uncertainty", "srds"} & set(outputs) and method == "bsn":
+        raise InputError("the uncertainty map and SRDS output come from SRDS: use method diffusion or diffdenoise")
+
+
+def _with_overrides(settings: PipelineSettings, seed: int, device: str, steps: int | None, srds_pairs: int | None,
+                    ddim_steps: int | None, distill_slices: int | None) -> PipelineSettings:
+    training = {"seed": seed, "device": device} | ({"steps": steps} if steps is not None else {})
+    sampling = {k: v for k, v in (("pairs", srds_pairs), ("steps", ddim_steps), ("distill_slices", distill_slices))
+                if v is not None}
+    return PipelineSettings(
+        replace(settings.bsn, training=replace(settings.bsn.training, **training)),
+        replace(settings.diffusion, training=replace(settings.diffusion.training, **training)),
+        replace(settings.sampling, **sampling),
+        replace(settings.distillation, training=replace(settings.distillation.training, **training)),
+    )
+
+
+def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "auto",
+            preset: str | PipelineSettings = "quick", device: str = "auto", slice_axis: int = 0, seed: int = 0,
+            steps: int | None = None, srds_pairs: int | None = None, ddim_steps: int | None = None,
+            distill_slices: int | None = None, outputs: tuple[str, ...] = (),
+            progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> DenoiseResult:
     """Denoise ``image`` (2D, or 3D processed as 2D slices along ``slice_axis``) without clean data.
 
     Args:
         image: the noisy image; it is never modified.
-        method: ``bsn`` (PUCA blind-spot network trained on the image itself).
-        noise: ``auto`` (measured), ``iid`` (pixel-independent) or ``correlated`` (spatially correlated).
-        preset: ``quick``, ``standard`` or ``full`` (see the README for their budgets), or explicit settings.
+        method: ``diffdenoise`` (BSN -> conditional diffusion -> SRDS -> distilled NAFNet; the default),
+            ``diffusion`` (the SRDS output, no distillation) or ``bsn`` (the blind-spot network alone).
+        noise: ``auto`` (measured), ``iid`` (pixel-independent: PUCA) or ``correlated`` (LG-BPN).
+        preset: ``quick``, ``standard`` or ``full`` (budgets in the README), or explicit settings.
         device: ``auto`` (CUDA > MPS > CPU), ``cpu``, ``cuda`` or ``mps``.
         slice_axis: numpy axis of a 3D volume to slice along (use the coarsest one; see ``Geometry.slice_axis``).
-        seed: random seed of training; the same seed and inputs give the same result on the same device.
-        steps: training steps, overriding the preset's.
-        progress: called with :class:`ProgressEvent` during training and inference.
+        seed: random seed of training and sampling; same seed and inputs give the same result on one device.
+        steps: training steps of every stage, overriding the preset's (for quick trials).
+        srds_pairs: antithetic SRDS pairs averaged per slice (preset's by default).
+        ddim_steps: DDIM steps per SRDS trajectory (preset's by default).
+        distill_slices: at most this many evenly spaced slices are SRDS-sampled to train the NAFNet.
+        outputs: extra outputs: ``residual`` (input - output), ``uncertainty`` (mean |half-difference| of the
+            SRDS pairs, in intensity units), ``bsn`` (the BSN output), ``srds`` (the SRDS output). Asking for
+            ``uncertainty`` or ``srds`` runs SRDS on every slice.
+        progress: called with :class:`ProgressEvent` during every stage.
         cancel: polled often; when it returns True the run stops with :class:`Cancelled`.
 
     Returns:
-        :class:`DenoiseResult` with a float32 image of the input's shape, in the input's intensity units.
+        :class:`DenoiseResult` with float32 images of the input's shape, in the input's intensity units.
     """
-    if method not in METHODS:
-        raise InputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
+    _check_choices(method, tuple(outputs))
     if image.ndim == 3 and slice_axis not in (0, 1, 2):
         raise InputError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
     started = time.perf_counter()
     check_image(image)
     scaling = IntensityScaling.fit(image)
-    slices = to_slices(scaling.normalise(image), slice_axis if image.ndim == 3 else 0)
+    axis = slice_axis if image.ndim == 3 else 0
+    slices = to_slices(scaling.normalise(image), axis)
     check_slice_size(slices, MIN_ANALYSIS_SIZE)
     analysis, noise_kind = _noise_kind(slices[:, 0], noise)
-    settings = bsn_settings(preset, noise_kind)
-    check_slice_size(slices, settings.network.min_size)
-    overrides = {"seed": seed, "device": device} | ({"steps": steps} if steps is not None else {})
-    settings = replace(settings, training=replace(settings.training, **overrides))
-    resolve_device(device)  # fail early on an unavailable device, before any training
+    settings = _with_overrides(pipeline_settings(preset, noise_kind), seed, device, steps, srds_pairs, ddim_steps,
+                               distill_slices)
+    torch_device = resolve_device(device)  # fail early on an unavailable device, before any training
+    check_slice_size(slices, max(settings.bsn.network.min_size, settings.diffusion.network.min_size))
     timings = {"analysis_s": time.perf_counter() - started}
+    training: dict[str, dict] = {}
+    networks: dict[str, torch.nn.Module] = {}
 
-    network, summary = train_bsn(slices, settings, progress, cancel)
-    timings["train_bsn_s"] = summary.seconds
-    bundle = ModelBundle(
-        method=method,
-        networks={"bsn": network},
-        inference_network="bsn",
-        metadata={
-            "normalization": {"mode": "robust_percentiles", "low_percentile": LOW_PERCENTILE,
-                              "high_percentile": HIGH_PERCENTILE, "training_range": [scaling.low, scaling.high]},
-            "noise": {"requested": noise, "used": noise_kind, **asdict(analysis)},
-            "preset": preset if isinstance(preset, str) else "custom",
-            "slice_axis": slice_axis,
-            "training": {"bsn": {"config": asdict(settings.training), "summary": asdict(summary)}},
-        },
-    )
-    inference_started = time.perf_counter()
-    denoised = apply_bundle(bundle, image, device=device, slice_axis=slice_axis, progress=progress, cancel=cancel)
-    timings["inference_s"] = time.perf_counter() - inference_started
+    def stage_done(name: str, network: torch.nn.Module, config: object, summary: object) -> None:
+        networks[name] = network
+        training[name] = {"config": asdict(config), "summary": asdict(summary)}
+        timings[f"train_{name}_s"] = summary.seconds
+
+    predictions = targets = uncertainty = None
+    if method == "bsn" or settings.diffusion.conditioning == "bsn":
+        bsn, summary = train_bsn(slices, settings.bsn, progress, cancel)
+        stage_done("bsn", bsn, settings.bsn.training, summary)
+        clock = time.perf_counter()
+        predictions = predict_slices(bsn, slices, torch_device, _batch(torch_device), progress=progress,
+                                     cancel=cancel, stage="bsn inference")
+        timings["bsn_inference_s"] = time.perf_counter() - clock
+    output = condition = predictions if predictions is not None else slices  # identity conditioning: no BSN
+    if method != "bsn":
+        diffusion, summary = train_diffusion(slices, condition, settings.diffusion, progress, cancel)
+        stage_done("diffusion", diffusion, settings.diffusion.training, summary)
+        every_slice = method == "diffusion" or bool({"uncertainty", "srds"} & set(outputs))
+        sampled = distillation_indices(len(slices), None if every_slice else settings.sampling.distill_slices)
+        clock = time.perf_counter()
+        targets, uncertainty = sample_srds(diffusion, condition[sampled], settings.diffusion.schedule,
+                                           settings.sampling, torch_device, seed, progress, cancel)
+        timings["srds_s"] = time.perf_counter() - clock
+        output = targets
+        if method == "diffdenoise":
+            nafnet, summary = train_distillation(slices[sampled], targets, settings.distillation, progress, cancel)
+            stage_done("nafnet", nafnet, settings.distillation.training, summary)
+            clock = time.perf_counter()
+            output = predict_slices(nafnet, slices, torch_device, _batch(torch_device), progress=progress,
+                                    cancel=cancel)
+            timings["nafnet_inference_s"] = time.perf_counter() - clock
+
+    denoised = scaling.denormalise(from_slices(output, image.shape, axis))
+    stages = {"bsn": predictions, "srds": targets, "uncertainty": uncertainty}
+    extras = _extras(image, denoised, tuple(outputs), stages, scaling, axis)
+    bundle = ModelBundle(method=method, networks=networks, inference_network=INFERENCE_NETWORK[method], metadata={
+        "normalization": {"mode": "robust_percentiles", "low_percentile": LOW_PERCENTILE,
+                          "high_percentile": HIGH_PERCENTILE, "training_range": [scaling.low, scaling.high]},
+        "noise": {"requested": noise, "used": noise_kind, **asdict(analysis)},
+        "preset": preset if isinstance(preset, str) else "custom",
+        "slice_axis": slice_axis,
+        "training": training,
+        **({} if method == "bsn" else {
+            "diffusion": {"schedule": asdict(settings.diffusion.schedule), "prediction": "epsilon",
+                          "conditioning": settings.diffusion.conditioning, "model_range": [-1, 1]},
+            "sampling": asdict(settings.sampling) | {"seed": seed}}),
+    })
     timings["total_s"] = time.perf_counter() - started
-    return DenoiseResult(denoised, bundle, analysis, {k: round(v, 3) for k, v in timings.items()})
+    return DenoiseResult(denoised, extras, {k: round(v, 3) for k, v in timings.items()}, bundle, analysis)
+
+
+def _batch(device: torch.device) -> int:
+    return 8 if device.type == "cuda" else 2
+
+
+def _extras(image: np.ndarray, denoised: np.ndarray, outputs: tuple[str, ...],
+            stages: dict[str, np.ndarray | None], scaling: IntensityScaling, axis: int) -> dict[str, np.ndarray]:
+    """The requested extra outputs in the input's units; ``stages`` holds normalised (N, 1, H, W) slices."""
+    extras = {}
+    for name in outputs:
+        if name == "residual":
+            extras[name] = (image.astype(np.float32) - denoised).astype(np.float32)
+            continue
+        if stages.get(name) is None:
+            raise InputError(f"this run has no '{name}' output (a distilled bundle runs only its NAFNet)")
+        volume = from_slices(stages[name], image.shape, axis)
+        extras[name] = (volume * (scaling.high - scaling.low)).astype(np.float32) if name == "uncertainty" \
+            else scaling.denormalise(volume)
+    return extras
 
 
 def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto", slice_axis: int | None = None,
-                 batch_size: int | None = None, progress: ProgressCallback | None = None,
-                 cancel: CancelCheck | None = None) -> np.ndarray:
-    """Denoise ``image`` with a trained bundle: one forward pass of its inference network per slice.
+                 outputs: tuple[str, ...] = (), progress: ProgressCallback | None = None,
+                 cancel: CancelCheck | None = None) -> Denoised:
+    """Denoise ``image`` with a trained bundle.
 
+    A ``diffdenoise`` bundle runs only its distilled NAFNet (one forward pass per slice), a ``bsn`` bundle its
+    BSN; a ``diffusion`` bundle runs the BSN and then SRDS with the sampling settings it was trained with.
     The image is normalised by its own robust intensity range (as in training), so bundles transfer between
     scans of one protocol whose intensity scale differs. ``slice_axis`` defaults to the bundle's.
     """
-    network = bundle.networks[bundle.inference_network]
+    _check_choices(bundle.method, tuple(outputs))
+    started = time.perf_counter()
     check_image(image)
     axis = bundle.metadata.get("slice_axis", 0) if slice_axis is None else slice_axis
     axis = axis if image.ndim == 3 else 0
     torch_device = resolve_device(device)
     scaling = IntensityScaling.fit(image)
     slices = to_slices(scaling.normalise(image), axis)
-    check_slice_size(slices, network.min_size)
-    batch = batch_size or (8 if torch_device.type == "cuda" else 2)
-    output = predict_slices(network, slices, torch_device, batch, progress=progress, cancel=cancel)
-    return scaling.denormalise(from_slices(output, image.shape, axis))
+    check_slice_size(slices, max(network.min_size for network in bundle.networks.values()))
+    stages: dict[str, np.ndarray | None] = {}
+    if bundle.inference_network == "diffusion":
+        diffusion = bundle.metadata["diffusion"]
+        condition = slices
+        if diffusion["conditioning"] == "bsn":
+            condition = stages["bsn"] = predict_slices(bundle.networks["bsn"], slices, torch_device,
+                                                       _batch(torch_device), progress=progress, cancel=cancel,
+                                                       stage="bsn inference")
+        sampling = dict(bundle.metadata["sampling"])
+        seed = sampling.pop("seed", 0)
+        schedule = NoiseSchedule(**diffusion["schedule"])
+        output, stages["uncertainty"] = sample_srds(bundle.networks["diffusion"], condition, schedule,
+                                                    SamplingSettings(**sampling), torch_device, seed, progress, cancel)
+        stages["srds"] = output
+    else:
+        output = predict_slices(bundle.networks[bundle.inference_network], slices, torch_device, _batch(torch_device),
+                                progress=progress, cancel=cancel)
+    denoised = scaling.denormalise(from_slices(output, image.shape, axis))
+    extras = _extras(image, denoised, tuple(outputs), stages, scaling, axis)
+    return Denoised(denoised, extras, {"total_s": round(time.perf_counter() - started, 3)})

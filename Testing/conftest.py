@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from DiffDenoiseLib.data import SAMPLE_KNEE
+from DiffDenoiseLib.diffusion import NoiseSchedule
 from DiffDenoiseLib.io import read_volume
-from DiffDenoiseLib.models import PUCAConfig
+from DiffDenoiseLib.models import NAFNetConfig, PUCAConfig
 from DiffDenoiseLib.pipelines.bsn import BsnSettings
+from DiffDenoiseLib.pipelines.diffdenoise import DiffusionSettings, DistillationSettings, SamplingSettings
+from DiffDenoiseLib.presets import PipelineSettings
 from DiffDenoiseLib.training import TrainConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -23,10 +26,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def make_tiny_settings() -> PipelineSettings:
+    """Every stage of the pipeline at toy size: seconds on a CPU, for contracts, not quality."""
+    training = TrainConfig(steps=4, batch_size=2, patch_size=32)
+    nafnet = NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,))
+    return PipelineSettings(
+        BsnSettings(PUCAConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,)), training),
+        DiffusionSettings(nafnet, training, NoiseSchedule(steps=50)),
+        SamplingSettings(steps=2, pairs=1),
+        DistillationSettings(nafnet, training),
+    )
+
+
 @pytest.fixture
-def tiny_settings() -> BsnSettings:
-    return BsnSettings(PUCAConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,)),
-                       TrainConfig(steps=4, batch_size=2, patch_size=32))
+def tiny_settings() -> PipelineSettings:
+    return make_tiny_settings()
 
 
 @pytest.fixture(scope="session")

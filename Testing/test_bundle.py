@@ -6,36 +6,52 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_settings
 from safetensors.torch import save_file
 
 from DiffDenoiseLib.bundle import load_bundle, read_bundle_metadata, save_bundle
 from DiffDenoiseLib.denoise import apply_bundle, denoise
-from DiffDenoiseLib.errors import BundleError
+from DiffDenoiseLib.errors import BundleError, InputError
 
 
 @pytest.fixture(scope="module")
 def trained(knee_crop):
-    from DiffDenoiseLib.models import PUCAConfig
-    from DiffDenoiseLib.pipelines.bsn import BsnSettings
-    from DiffDenoiseLib.training import TrainConfig
-
-    settings = BsnSettings(PUCAConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,)),
-                           TrainConfig(steps=4, batch_size=2, patch_size=32))
-    return denoise(knee_crop, preset=settings, device="cpu")
+    return denoise(knee_crop, noise="iid", preset=make_tiny_settings(), device="cpu")
 
 
-def test_round_trip_reproduces_outputs_exactly(tmp_path, trained, knee_crop):
+def test_full_pipeline_round_trip_keeps_every_stage(tmp_path, trained, knee_crop):
     path = save_bundle(tmp_path / "model", trained.bundle)
     assert path.name == "model.safetensors"
     loaded = load_bundle(path)
+    assert set(loaded.networks) == {"bsn", "diffusion", "nafnet"} and loaded.inference_network == "nafnet"
+    for name, network in trained.bundle.networks.items():
+        for (key, value), (key_again, value_again) in zip(network.state_dict().items(),
+                                                          loaded.networks[name].state_dict().items(), strict=True):
+            assert key == key_again and torch.equal(value.cpu(), value_again)
     again = apply_bundle(loaded, knee_crop, device="cpu")
-    np.testing.assert_array_equal(again, trained.denoised)
+    np.testing.assert_array_equal(again.denoised, trained.denoised)
     metadata = read_bundle_metadata(path)
-    assert metadata["method"] == "bsn" and metadata["networks"]["bsn"]["architecture"] == "puca"
+    assert metadata["method"] == "diffdenoise" and metadata["networks"]["bsn"]["architecture"] == "puca"
+    assert metadata["networks"]["diffusion"]["config"]["time_conditioned"] is True
     assert metadata["normalization"]["mode"] == "robust_percentiles"
     assert metadata["noise"]["used"] in ("iid", "correlated")
-    assert metadata["training"]["bsn"]["summary"]["steps"] == 4
+    assert metadata["diffusion"]["schedule"]["steps"] == 50 and metadata["sampling"]["pairs"] == 1
+    assert {stage: metadata["training"][stage]["summary"]["steps"] for stage in metadata["training"]} == {
+        "bsn": 4, "diffusion": 4, "nafnet": 4}
     assert len(metadata["weights_sha256"]) == 64 and metadata["package_version"]
+
+
+def test_apply_runs_only_the_distilled_nafnet(tmp_path, trained, knee_crop):
+    loaded = load_bundle(save_bundle(tmp_path / "model", trained.bundle))
+    calls = {name: 0 for name in loaded.networks}
+    for name, network in loaded.networks.items():
+        network.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    other_volume = knee_crop[:, ::-1].copy() * 3.0 + 100.0  # a new "scan": other content and intensity scale
+    result = apply_bundle(loaded, other_volume, device="cpu")
+    assert calls["nafnet"] >= 1 and calls["bsn"] == 0 and calls["diffusion"] == 0
+    assert result.denoised.shape == other_volume.shape
+    with pytest.raises(InputError, match="no 'uncertainty' output"):
+        apply_bundle(loaded, other_volume, device="cpu", outputs=("uncertainty",))
 
 
 def test_altered_weights_are_detected(tmp_path, trained):

@@ -32,10 +32,15 @@ def noisy_file(tmp_path, knee_crop):
 
 def test_denoise_apply_and_info(tmp_path, noisy_file):
     out, model = tmp_path / "out.nii.gz", tmp_path / "model.safetensors"
-    result = run_cli("denoise", noisy_file, out, "--steps", "2", "--save-model", model, "--device", "cpu")
+    result = run_cli("denoise", noisy_file, out, "--steps", "2", "--ddim-steps", "2", "--srds-pairs", "2",
+                     "--save-model", model, "--device", "cpu", "--extra", "residual", "uncertainty")
     assert result.returncode == 0, result.stderr
     written, source = read_volume(out), read_volume(noisy_file)
     assert written.array.shape == source.array.shape and written.array.dtype == np.int16
+    for name in ("residual", "uncertainty"):
+        extra = read_volume(tmp_path / f"out_{name}.nii.gz")
+        assert extra.array.shape == source.array.shape and extra.array.dtype == np.float32
+        np.testing.assert_allclose(extra.geometry.origin, source.geometry.origin, atol=1e-6)
     np.testing.assert_allclose(written.geometry.spacing, source.geometry.spacing, atol=1e-6)
     np.testing.assert_allclose(written.geometry.origin, source.geometry.origin, atol=1e-6)
 
@@ -47,7 +52,23 @@ def test_denoise_apply_and_info(tmp_path, noisy_file):
     info = run_cli("info", noisy_file)
     assert info.returncode == 0 and "noise type:" in info.stdout and "(0.6, 0.6, 4.0)" in info.stdout
     bundle_info = run_cli("info", model)
-    assert bundle_info.returncode == 0 and '"method": "bsn"' in bundle_info.stdout
+    assert bundle_info.returncode == 0 and '"method": "diffdenoise"' in bundle_info.stdout
+    assert '"pairs": 2' in bundle_info.stdout
+
+
+def test_bsn_method_has_no_uncertainty(tmp_path, noisy_file):
+    result = run_cli("denoise", noisy_file, tmp_path / "o.nrrd", "--method", "bsn", "--extra", "uncertainty")
+    _one_line_error(result, "use method diffusion or diffdenoise")
+
+
+def test_extra_output_names():
+    from pathlib import Path
+
+    from DiffDenoiseLib.cli import extra_output_path
+
+    assert extra_output_path(Path("/d/out.nii.gz"), "residual") == Path("/d/out_residual.nii.gz")
+    assert extra_output_path(Path("/d/out.nrrd"), "uncertainty") == Path("/d/out_uncertainty.nrrd")
+    assert extra_output_path(Path("/d/series"), "residual") == Path("/d/series_residual")
 
 
 def test_missing_file(tmp_path):

@@ -16,8 +16,9 @@ def test_denoise_returns_float32_of_the_same_shape_and_leaves_the_input(knee_cro
     assert result.denoised.shape == noisy.shape and result.denoised.dtype == np.float32
     assert np.array_equal(noisy, before)
     assert result.noise.kind == "iid"
-    assert {e.stage for e in events} == {"train bsn", "denoise"}
-    assert set(result.timings) >= {"train_bsn_s", "inference_s", "total_s"}
+    assert {e.stage for e in events} == {"train bsn", "bsn inference", "train diffusion", "srds", "train nafnet",
+                                         "denoise"}
+    assert set(result.timings) >= {"train_bsn_s", "train_diffusion_s", "srds_s", "train_nafnet_s", "total_s"}
 
 
 def test_same_seed_same_result(knee_crop, tiny_settings):
@@ -67,14 +68,61 @@ def test_cancel_stops_the_run(knee_crop, tiny_settings):
         denoise(knee_crop, preset=tiny_settings, cancel=lambda: True)
 
 
-def test_correlated_noise_uses_pixel_shuffle(knee_crop, tiny_settings):
-    result = denoise(knee_crop, noise="correlated", preset=tiny_settings, device="cpu")
-    config = result.bundle.networks["bsn"].config
-    assert (config.pd_train, config.pd_infer, config.r3_passes) == (4, 2, 8)
+def test_noise_type_picks_the_blind_spot_network(knee_crop, tiny_settings):
+    correlated = denoise(knee_crop, method="bsn", noise="correlated", preset=tiny_settings, device="cpu")
+    assert correlated.bundle.networks["bsn"].architecture == "lgbpn"
+    iid = denoise(knee_crop, method="bsn", noise="iid", preset=tiny_settings, device="cpu")
+    assert iid.bundle.networks["bsn"].architecture == "puca"
+    filtered = add_noise(knee_crop, "correlated", 0.1, seed=0, correlation_sigma=1.0)
+    auto = denoise(filtered, method="bsn", noise="auto", preset=tiny_settings, device="cpu")
+    assert auto.noise.kind == "correlated" and auto.bundle.networks["bsn"].architecture == "lgbpn"
+
+
+@pytest.mark.parametrize("method,networks", [("bsn", {"bsn"}), ("diffusion", {"bsn", "diffusion"}),
+                                             ("diffdenoise", {"bsn", "diffusion", "nafnet"})])
+def test_methods_train_their_stages_and_give_extra_outputs(knee_crop, tiny_settings, method, networks):
+    outputs = ("residual", "bsn") if method == "bsn" else ("residual", "uncertainty", "bsn", "srds")
+    result = denoise(knee_crop, method=method, preset=tiny_settings, device="cpu", outputs=outputs)
+    assert set(result.bundle.networks) == networks
+    assert set(result.extras) == set(outputs)
+    for image in result.extras.values():
+        assert image.shape == knee_crop.shape and image.dtype == np.float32
+    np.testing.assert_allclose(result.extras["residual"], knee_crop - result.denoised, atol=1e-3)
+    if method == "diffusion":
+        np.testing.assert_array_equal(result.extras["srds"], result.denoised)
+    if "uncertainty" in outputs:
+        assert (result.extras["uncertainty"] >= 0).all()
+
+
+def test_srds_options_and_identity_conditioning(knee_crop, tiny_settings):
+    from dataclasses import replace
+
+    result = denoise(knee_crop, method="diffusion", preset=tiny_settings, device="cpu", srds_pairs=2, ddim_steps=3)
+    assert result.bundle.metadata["sampling"]["pairs"] == 2 and result.bundle.metadata["sampling"]["steps"] == 3
+    identity = replace(tiny_settings, diffusion=replace(tiny_settings.diffusion, conditioning="identity"))
+    plain = denoise(knee_crop, method="diffusion", preset=identity, device="cpu")
+    assert set(plain.bundle.networks) == {"diffusion"}
+    distilled = denoise(knee_crop, preset=tiny_settings, device="cpu", distill_slices=2)
+    assert distilled.timings["srds_s"] > 0
+
+
+def test_uncertainty_needs_srds(knee_crop, tiny_settings):
+    with pytest.raises(InputError, match="use method diffusion or diffdenoise"):
+        denoise(knee_crop, method="bsn", preset=tiny_settings, outputs=("uncertainty",))
+    with pytest.raises(InputError, match="unknown extra output"):
+        denoise(knee_crop, preset=tiny_settings, outputs=("variance",))
 
 
 def test_offered_presets_are_the_defined_ones():
     from DiffDenoiseLib.options import PRESETS
-    from DiffDenoiseLib.pipelines.bsn import BSN_PRESETS
+    from DiffDenoiseLib.presets import PRESETS as DEFINED
 
-    assert tuple(BSN_PRESETS) == PRESETS
+    assert tuple(DEFINED) == PRESETS
+
+
+def test_demo_writes_its_files_and_report(tmp_path):
+    from DiffDenoiseLib.demo import run_demo
+
+    report = run_demo(tmp_path, steps=2, device="cpu")
+    assert "PSNR gain" in report and "BSN:" in report
+    assert {p.name for p in tmp_path.iterdir()} == {"noisy.nii.gz", "denoised.nii.gz", "demo.png"}

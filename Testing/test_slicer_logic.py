@@ -37,10 +37,17 @@ def test_process_creates_a_new_node_with_the_same_geometry(scene_with_volume, tm
     scene, node = scene_with_volume
     before = slicer.util.arrayFromVolume(node).copy()
     events = []
-    output = DiffDenoiseLogic().process(node, steps=2, device="cpu", progressCallback=events.append,
-                                        saveModelPath=str(tmp_path / "m.safetensors"))
+    logic = DiffDenoiseLogic()
+    output = logic.process(node, steps=2, ddimSteps=2, device="cpu", progressCallback=events.append,
+                           extraOutputs=("residual", "uncertainty"), saveModelPath=str(tmp_path / "m.safetensors"))
     assert output is not node and output.GetName() == "knee denoised"
-    assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 2
+    assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 4
+    assert {name: extra.GetName() for name, extra in logic.lastExtraNodes.items()} == {
+        "residual": "knee residual", "uncertainty": "knee uncertainty"}
+    for extra in logic.lastExtraNodes.values():
+        np.testing.assert_allclose(_ijk_to_ras(extra), IJK_TO_RAS, atol=1e-9)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(logic.lastExtraNodes["residual"]),
+                               before - slicer.util.arrayFromVolume(output), atol=1e-2)
     np.testing.assert_allclose(_ijk_to_ras(output), IJK_TO_RAS, atol=1e-9)
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
     np.testing.assert_allclose(_ijk_to_ras(node), IJK_TO_RAS, atol=1e-9)

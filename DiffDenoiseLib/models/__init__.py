@@ -5,10 +5,14 @@ from __future__ import annotations
 from torch import nn
 
 from .bsn import BlindSpotDenoiser, PUCAConfig
+from .lgbpn import LGBPN, LGBPNConfig
+from .nafnet import NAFNet, NAFNetConfig
 
 # architecture name -> (network class, config class); bundles store the name and the config fields.
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
     BlindSpotDenoiser.architecture: (BlindSpotDenoiser, PUCAConfig),
+    LGBPN.architecture: (LGBPN, LGBPNConfig),
+    NAFNet.architecture: (NAFNet, NAFNetConfig),
 }
 
 
@@ -20,4 +24,5 @@ def build_network(architecture: str, config: dict) -> nn.Module:
     return network_class(config_class(**config))
 
 
-__all__ = ["ARCHITECTURES", "BlindSpotDenoiser", "PUCAConfig", "build_network"]
+__all__ = ["ARCHITECTURES", "BlindSpotDenoiser", "LGBPN", "LGBPNConfig", "NAFNet", "NAFNetConfig", "PUCAConfig",
+           "build_network"]

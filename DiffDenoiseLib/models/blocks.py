@@ -37,9 +37,12 @@ class GatedBlock(nn.Module):
         channel_attention: global-pool channel attention; it mixes every pixel, so blind-spot networks
             must turn it off.
         expansion: channel expansion inside both branches.
+        time_channels: size of a conditioning vector (a diffusion timestep embedding) that scales and shifts
+            the first normalisation per channel (FiLM); 0 for none.
     """
 
-    def __init__(self, channels: int, dilation: int = 1, channel_attention: bool = True, expansion: int = 2) -> None:
+    def __init__(self, channels: int, dilation: int = 1, channel_attention: bool = True, expansion: int = 2,
+                 time_channels: int = 0) -> None:
         super().__init__()
         hidden = channels * expansion
         self.norm1 = LayerNorm2d(channels)
@@ -56,9 +59,14 @@ class GatedBlock(nn.Module):
         self.ffn_project = nn.Conv2d(hidden // 2, channels, 1)
         self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.modulation = nn.Linear(time_channels, 2 * channels) if time_channels else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.gate(self.depthwise(self.expand(self.norm1(x))))
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.norm1(x)
+        if self.modulation is not None:
+            scale, shift = self.modulation(condition)[:, :, None, None].chunk(2, dim=1)
+            y = y * (1 + scale) + shift
+        y = self.gate(self.depthwise(self.expand(y)))
         if self.attention is not None:
             y = y * self.attention(y)
         x = x + self.beta * self.project(y)

@@ -139,15 +139,21 @@ class BlindSpotDenoiser(nn.Module):
     """A blind-spot network with pixel-shuffle downsampling, padding for any input size and R3 refinement.
 
     Takes and returns (N, 1, H, W) images of any size at least :attr:`min_size` on each side. Uses
-    ``pd_train`` in training mode and ``pd_infer`` (plus R3 when configured) in eval mode.
+    ``pd_train`` in training mode and ``pd_infer`` (plus R3 when configured) in eval mode. This class runs a
+    :class:`PUCANet`; subclasses set another ``net`` (whose sub-image padding is ``inner_padding``).
     """
 
     architecture = "puca"
+    pd_padding = "circular"
+    inner_padding = "reflect"
 
     def __init__(self, config: PUCAConfig | None = None) -> None:
         super().__init__()
         self.config = config or PUCAConfig()
-        self.net = PUCANet(self.config)
+        self.net = self._build(self.config)
+
+    def _build(self, config: PUCAConfig) -> nn.Module:
+        return PUCANet(config)
 
     @property
     def min_size(self) -> int:
@@ -158,10 +164,11 @@ class BlindSpotDenoiser(nn.Module):
 
     def blind_spot_forward(self, x: torch.Tensor, pd: int) -> torch.Tensor:
         """Run the network with pixel-shuffle factor ``pd``; the output never depends on the same input pixel."""
-        # Circular padding for PD puts each copy of a pixel in another sub-image, which the network processes
-        # separately; inside a sub-image, reflection keeps copies at even (unseen) offsets.
-        x, (height, width) = pad_to_multiple(x, pd, mode="circular")
-        sub_images, (sub_height, sub_width) = pad_to_multiple(pd_down(x, pd), self.net.multiple)
+        # PUCA: circular padding for PD puts each copy of a pixel in another sub-image, which the network
+        # processes separately; inside a sub-image, reflection keeps copies at even (unseen) offsets.
+        x, (height, width) = pad_to_multiple(x, pd, mode=self.pd_padding)
+        sub_images, (sub_height, sub_width) = pad_to_multiple(pd_down(x, pd), self.net.multiple,
+                                                              self.inner_padding)
         out = self.net(sub_images)[..., :sub_height, :sub_width]
         return pd_up(out, pd)[..., :height, :width]
 

@@ -1,0 +1,56 @@
+"""Deterministic DDIM sampling (Song et al. 2021, eta = 0): the start point is the only randomness."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+from ..progress import CancelCheck, ProgressCallback, raise_if_cancelled, report
+from .schedules import NoiseSchedule
+
+# model(x_t, timesteps (N,)) -> the network's prediction for x_t (noise or clean image, see ``prediction``)
+DenoisingModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Prediction = Literal["epsilon", "x0"]
+
+
+def ddim_timesteps(schedule: NoiseSchedule, steps: int, start: int | None = None) -> list[int]:
+    """The descending timesteps visited by a ``steps``-step DDIM run from ``start`` (default T-1) down to 0."""
+    start = schedule.steps - 1 if start is None else start
+    if not 0 <= start < schedule.steps:
+        raise ValueError(f"DDIM start step {start} is outside the schedule's 0..{schedule.steps - 1}")
+    if steps < 1:
+        raise ValueError("DDIM needs at least 1 step")
+    visited = torch.linspace(start, 0, min(steps, start + 1), dtype=torch.float64).round().long()
+    return visited.tolist()
+
+
+@torch.no_grad()
+def ddim_sample(model: DenoisingModel, x_start: torch.Tensor, schedule: NoiseSchedule, steps: int,
+                start: int | None = None, prediction: Prediction = "epsilon",
+                progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
+                stage: str = "ddim") -> torch.Tensor:
+    """Run DDIM with eta = 0 from ``x_start`` (x at timestep ``start``, default T-1) to a clean estimate.
+
+    Every update moves exactly to the noise level of the next visited timestep (the last one to abar = 1),
+    so any step count is consistent with the schedule.
+    """
+    abar = schedule.alphas_cumprod().to(x_start.device)
+    visited = ddim_timesteps(schedule, steps, start)
+    x = x_start
+    for index, t in enumerate(visited):
+        raise_if_cancelled(cancel, stage)
+        timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        output = model(x, timesteps).to(x.dtype)
+        a_t = abar[t].to(x.dtype)
+        if prediction == "epsilon":
+            eps = output
+            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        else:
+            x0 = output
+            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        a_prev = abar[visited[index + 1]].to(x.dtype) if index + 1 < len(visited) else torch.ones_like(a_t)
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        report(progress, stage, index + 1, len(visited))
+    return x

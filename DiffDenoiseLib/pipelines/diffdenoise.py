@@ -1,0 +1,175 @@
+"""Stages 2-4 of DiffDenoise: conditional diffusion on the noisy slices, SRDS sampling, NAFNet distillation.
+
+All stages work on robust-normalised (N, 1, H, W) slices (about 0..1); the diffusion model sees them mapped to
+[-1, 1]. No clean image is used anywhere: the diffusion model learns the distribution of the noisy slices
+given the BSN output, and the NAFNet learns to reproduce the SRDS output from the noisy slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..devices import choose_precision
+from ..diffusion import NoiseSchedule, srds_sample
+from ..diffusion.ddim import DenoisingModel
+from ..models import NAFNet, NAFNetConfig
+from ..progress import CancelCheck, ProgressCallback, report
+from ..training import TrainConfig, TrainSummary, train
+
+
+@dataclass
+class DiffusionSettings:
+    """The conditional diffusion stage: network, training, noise schedule and what it is conditioned on.
+
+    ``conditioning="identity"`` conditions on the noisy slice itself instead of the BSN output (the paper's
+    ablation; worse, kept for benchmarks).
+    """
+
+    network: NAFNetConfig
+    training: TrainConfig
+    schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
+    conditioning: Literal["bsn", "identity"] = "bsn"
+
+    def __post_init__(self) -> None:
+        self.network = replace(self.network, in_channels=2, out_channels=1, residual=False, time_conditioned=True)
+
+
+@dataclass
+class SamplingSettings:
+    """SRDS sampling: DDIM steps, antithetic pairs averaged, slices per network call and distillation data.
+
+    ``distill_slices`` caps how many evenly spaced slices are sampled to train the NAFNet (None = every slice).
+    ``batch_slices`` is how many slices share one network call (their pairs too); 0 picks 1 on a CPU (cache-
+    bound, measured fastest) and 8 on a GPU.
+    """
+
+    steps: int = 10
+    pairs: int = 1
+    distill_slices: int | None = None
+    batch_slices: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.pairs < 1:
+            raise ValueError("SRDS needs at least 1 DDIM step and 1 pair")
+        if self.distill_slices is not None and self.distill_slices < 1:
+            raise ValueError("distill_slices must be at least 1 (or None for every slice)")
+
+
+@dataclass
+class DistillationSettings:
+    """The distilled NAFNet: a deterministic one-pass denoiser trained on (noisy, SRDS output) pairs."""
+
+    network: NAFNetConfig
+    training: TrainConfig
+
+    def __post_init__(self) -> None:
+        self.network = replace(self.network, in_channels=1, out_channels=1, residual=True, time_conditioned=False)
+
+
+def to_model_range(x: torch.Tensor) -> torch.Tensor:
+    """Normalised slices (about 0..1) -> the diffusion model's [-1, 1]."""
+    return x * 2 - 1
+
+
+def from_model_range(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_model_range`."""
+    return (x + 1) / 2
+
+
+def diffusion_loss(schedule: NoiseSchedule):
+    """The DDPM objective on (B, 2, H, W) batches of [noisy slice, condition]: predict the added noise."""
+    abar = schedule.alphas_cumprod().float()
+
+    def loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        x0, condition = to_model_range(batch[:, :1]), to_model_range(batch[:, 1:])
+        # Drawn from the CPU generator that training checkpoints, so resumed runs are exact on any device.
+        timesteps = torch.randint(schedule.steps, (batch.shape[0],)).to(batch.device)
+        noise = torch.randn(x0.shape).to(batch.device, x0.dtype)
+        a = abar.to(batch.device)[timesteps].view(-1, 1, 1, 1).to(x0.dtype)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        return F.mse_loss(model(torch.cat([x_t, condition], dim=1), timesteps).float(), noise.float())
+
+    return loss
+
+
+def distillation_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Reproduce the SRDS output (channel 1) from the noisy slice (channel 0)."""
+    return F.mse_loss(model(batch[:, :1]).float(), batch[:, 1:].float())
+
+
+def train_diffusion(noisy: np.ndarray, condition: np.ndarray, settings: DiffusionSettings,
+                    progress: ProgressCallback | None = None,
+                    cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
+    """Train the conditional diffusion network on (N, 1, H, W) noisy slices and their condition."""
+    torch.manual_seed(settings.training.seed)
+    network = NAFNet(settings.network)
+    pairs = np.concatenate([noisy, condition], axis=1)
+    training = _fit_patch(settings.training, network.multiple)
+    summary = train(network, pairs, diffusion_loss(settings.schedule), training, progress, cancel,
+                    stage="train diffusion")
+    return network, summary
+
+
+def conditioned_model(network: nn.Module, condition: torch.Tensor, device: torch.device) -> DenoisingModel:
+    """``model(x_t, t)`` for the samplers: item i of a batch is conditioned on ``condition[i % N]``."""
+    precision = choose_precision(device, True)
+
+    def model(x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        tiled = condition.repeat(x_t.shape[0] // condition.shape[0], 1, 1, 1)
+        with precision.autocast(device):
+            return network(torch.cat([x_t, tiled], dim=1), timesteps).float()
+
+    return model
+
+
+def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedule, settings: SamplingSettings,
+                device: torch.device, seed: int = 0, progress: ProgressCallback | None = None,
+                cancel: CancelCheck | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """SRDS over (N, 1, H, W) condition slices; returns (denoised, uncertainty) slices in normalised units.
+
+    The start noise of slice i depends only on ``seed`` and i, so any subset or batching of slices gives the
+    same result for a slice.
+    """
+    network.eval().to(device)
+    batch = settings.batch_slices or (8 if device.type == "cuda" else 1)
+    means, uncertainties = [], []
+    for start in range(0, len(condition), batch):
+        chunk = torch.from_numpy(np.ascontiguousarray(condition[start:start + batch], dtype=np.float32))
+        chunk = to_model_range(chunk.to(device))
+        noises = [torch.Generator().manual_seed(seed * 100003 + start + i) for i in range(len(chunk))]
+        eps = torch.stack([torch.randn((settings.pairs, *chunk.shape[1:]), generator=g) for g in noises], dim=1)
+        result = srds_sample(conditioned_model(network, chunk, device), eps.to(device), schedule, settings.steps,
+                             cancel=cancel)
+        means.append(from_model_range(result.mean).cpu().numpy())
+        uncertainties.append((result.uncertainty / 2).cpu().numpy())  # half of [-1, 1] units = normalised units
+        report(progress, "srds", min(start + batch, len(condition)), len(condition))
+    return np.concatenate(means), np.concatenate(uncertainties)
+
+
+def train_distillation(noisy: np.ndarray, targets: np.ndarray, settings: DistillationSettings,
+                       progress: ProgressCallback | None = None,
+                       cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
+    """Train the NAFNet on (noisy, SRDS output) slice pairs, with the training loop's flips and rotations."""
+    torch.manual_seed(settings.training.seed)
+    network = NAFNet(settings.network)
+    pairs = np.concatenate([noisy, targets], axis=1)
+    training = _fit_patch(settings.training, network.multiple)
+    summary = train(network, pairs, distillation_loss, training, progress, cancel, stage="train nafnet")
+    return network, summary
+
+
+def distillation_indices(count: int, limit: int | None) -> np.ndarray:
+    """Indices of at most ``limit`` evenly spaced slices out of ``count`` (all when ``limit`` is None)."""
+    if limit is None or limit >= count:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(int))
+
+
+def _fit_patch(config: TrainConfig, multiple: int) -> TrainConfig:
+    return replace(config, patch_size=max(multiple, config.patch_size - config.patch_size % multiple))

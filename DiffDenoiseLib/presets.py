@@ -1,0 +1,76 @@
+"""Named settings of the whole pipeline: what each stage trains, and for how long.
+
+Budgets measured on 2 CPU cores for a 24x256x256 volume are in the README ("Presets"). ``quick`` is for a
+first look (whole pipeline about 10 minutes on a laptop CPU), ``standard`` for results (about an hour on
+a CPU, minutes on a GPU), ``full`` is paper-scale and meant for a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .diffusion import NoiseSchedule
+from .errors import InputError
+from .models import NAFNetConfig, PUCAConfig
+from .pipelines.bsn import BsnSettings, for_noise
+from .pipelines.diffdenoise import DiffusionSettings, DistillationSettings, SamplingSettings
+from .training import TrainConfig
+
+
+@dataclass
+class PipelineSettings:
+    """Settings of every stage of DiffDenoise."""
+
+    bsn: BsnSettings
+    diffusion: DiffusionSettings
+    sampling: SamplingSettings
+    distillation: DistillationSettings
+
+
+def _nafnet(width: int, encoder: tuple[int, ...], middle: int, decoder: tuple[int, ...]) -> NAFNetConfig:
+    return NAFNetConfig(width=width, encoder_blocks=encoder, middle_blocks=middle, decoder_blocks=decoder)
+
+
+PRESETS: dict[str, PipelineSettings] = {
+    "quick": PipelineSettings(
+        BsnSettings(PUCAConfig(width=32, encoder_blocks=(1, 1), middle_blocks=2, decoder_blocks=(1, 1)),
+                    TrainConfig(steps=600, batch_size=8, patch_size=64, learning_rate=2e-3)),
+        DiffusionSettings(_nafnet(16, (1, 1, 1), 1, (1, 1, 1)),
+                          TrainConfig(steps=1000, batch_size=8, patch_size=64, learning_rate=1e-3)),
+        SamplingSettings(steps=10, pairs=1),
+        DistillationSettings(_nafnet(16, (1, 1, 1), 1, (1, 1, 1)),
+                             TrainConfig(steps=600, batch_size=8, patch_size=64, learning_rate=1e-3)),
+    ),
+    "standard": PipelineSettings(
+        BsnSettings(PUCAConfig(width=48, encoder_blocks=(2, 2), middle_blocks=2, decoder_blocks=(2, 2)),
+                    TrainConfig(steps=2000, batch_size=8, patch_size=64, learning_rate=1e-3)),
+        DiffusionSettings(_nafnet(32, (1, 1, 1), 1, (1, 1, 1)),
+                          TrainConfig(steps=4000, batch_size=8, patch_size=64, learning_rate=1e-3)),
+        SamplingSettings(steps=20, pairs=2),
+        DistillationSettings(_nafnet(32, (1, 1, 1), 2, (1, 1, 1)),
+                             TrainConfig(steps=3000, batch_size=8, patch_size=96, learning_rate=1e-3)),
+    ),
+    "full": PipelineSettings(
+        BsnSettings(PUCAConfig(width=128, encoder_blocks=(3, 4), middle_blocks=4, decoder_blocks=(4, 3)),
+                    TrainConfig(steps=50000, batch_size=8, patch_size=128, learning_rate=3e-4)),
+        DiffusionSettings(_nafnet(64, (2, 2, 2), 2, (2, 2, 2)),
+                          TrainConfig(steps=100000, batch_size=16, patch_size=128, learning_rate=2e-4),
+                          NoiseSchedule("linear", 1000)),
+        SamplingSettings(steps=50, pairs=4),
+        DistillationSettings(_nafnet(32, (2, 2, 4, 8), 12, (2, 2, 2, 2)),
+                             TrainConfig(steps=50000, batch_size=8, patch_size=256, learning_rate=1e-3,
+                                         betas=(0.9, 0.9))),
+    ),
+}
+
+
+def pipeline_settings(preset: str | PipelineSettings, noise_kind: str) -> PipelineSettings:
+    """The settings of a preset name (or given settings) with the blind-spot stage adapted to the noise type."""
+    if isinstance(preset, PipelineSettings):
+        settings = preset
+    elif preset in PRESETS:
+        settings = PRESETS[preset]
+    else:
+        raise InputError(f"unknown preset '{preset}': use one of {', '.join(PRESETS)}")
+    return PipelineSettings(for_noise(settings.bsn, noise_kind), settings.diffusion, settings.sampling,
+                            settings.distillation)

@@ -1,0 +1,111 @@
+"""Noise schedules, the deterministic DDIM sampler and SRDS (antithetic pairs, uncertainty)."""
+
+import numpy as np
+import pytest
+import torch
+
+from DiffDenoiseLib.diffusion import NoiseSchedule, ddim_sample, ddim_timesteps, srds_sample
+from DiffDenoiseLib.models import NAFNet, NAFNetConfig
+from DiffDenoiseLib.pipelines.diffdenoise import SamplingSettings, conditioned_model, sample_srds
+
+SCHEDULE = NoiseSchedule(steps=100)
+CPU = torch.device("cpu")
+
+
+def _network(seed: int = 0) -> NAFNet:
+    torch.manual_seed(seed)
+    network = NAFNet(NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,), in_channels=2,
+                                  residual=False, time_conditioned=True)).eval()
+    for name, parameter in network.named_parameters():  # fresh NAFNet blocks are the identity: wake them up
+        if name.endswith(("beta", "gamma")):
+            torch.nn.init.normal_(parameter, std=0.5)
+    return network
+
+
+def _oracle(clean: torch.Tensor, schedule: NoiseSchedule):
+    """A perfect noise predictor for one known clean image: DDIM must then land exactly on it."""
+    abar = schedule.alphas_cumprod().float()
+
+    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = abar[t].view(-1, 1, 1, 1)
+        return (x_t - a.sqrt() * clean) / (1 - a).sqrt()
+
+    return model
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "reverse_warmup"])
+def test_schedules_lose_signal_monotonically(kind):
+    schedule = NoiseSchedule(kind, steps=1000)
+    abar = schedule.alphas_cumprod()
+    assert abar.shape == (1000,) and (abar.diff() < 0).all() and abar[0] > 0.99 and abar[-1] < 0.05
+    if kind == "reverse_warmup":
+        assert torch.all(schedule.betas()[:300] == schedule.beta_start)
+    with pytest.raises(ValueError, match="unknown noise schedule"):
+        NoiseSchedule("square")
+
+
+def test_ddim_timesteps_descend_from_the_start_to_zero():
+    assert ddim_timesteps(SCHEDULE, 4) == [99, 66, 33, 0]
+    assert ddim_timesteps(SCHEDULE, 3, start=10) == [10, 5, 0]
+    assert ddim_timesteps(SCHEDULE, 50, start=3) == [3, 2, 1, 0]
+    with pytest.raises(ValueError, match="outside the schedule"):
+        ddim_timesteps(SCHEDULE, 4, start=100)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 7, 100])
+def test_ddim_with_a_perfect_model_recovers_the_clean_image_for_any_step_count(steps):
+    clean = torch.rand(1, 1, 8, 8) * 2 - 1
+    start = torch.randn(1, 1, 8, 8)
+    result = ddim_sample(_oracle(clean, SCHEDULE), start, SCHEDULE, steps)
+    torch.testing.assert_close(result, clean, atol=1e-4, rtol=0)
+
+
+def test_ddim_is_deterministic_and_depends_only_on_the_start():
+    condition = torch.rand(1, 1, 16, 16)
+    model = conditioned_model(_network(), condition, CPU)
+    start = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    first = ddim_sample(model, start, SCHEDULE, 5)
+    torch.manual_seed(123)  # the global RNG must play no part (eta = 0)
+    second = ddim_sample(model, start.clone(), SCHEDULE, 5)
+    assert torch.equal(first, second)
+    assert not torch.allclose(ddim_sample(model, -start, SCHEDULE, 5), first)
+
+
+def test_srds_pair_is_the_average_of_the_two_trajectories_run_separately():
+    condition = torch.rand(2, 1, 16, 16)
+    model = conditioned_model(_network(), condition, CPU)
+    eps = torch.randn(3, 2, 1, 16, 16, generator=torch.Generator().manual_seed(1))  # 3 pairs, 2 slices
+    result = srds_sample(model, eps, SCHEDULE, 4)
+    plus = torch.stack([ddim_sample(model, eps[k], SCHEDULE, 4) for k in range(3)])
+    minus = torch.stack([ddim_sample(model, -eps[k], SCHEDULE, 4) for k in range(3)])
+    torch.testing.assert_close(result.mean, ((plus + minus) / 2).mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.uncertainty, ((plus - minus).abs() / 2).mean(0), atol=1e-5, rtol=0)
+    assert result.uncertainty.max() > 0
+
+
+def test_uncertainty_is_zero_exactly_where_the_trajectories_agree():
+    clean = torch.rand(1, 1, 8, 8)
+    oracle = _oracle(clean, SCHEDULE)
+
+    def half_known(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        prediction = oracle(x_t, t)
+        prediction[..., 4:] = 0  # right half: no knowledge, the result follows the start noise
+        return prediction
+
+    eps = torch.randn(1, 1, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    result = srds_sample(half_known, eps, SCHEDULE, 5)
+    assert result.uncertainty[..., :4].abs().max() < 1e-4
+    assert result.uncertainty[..., 4:].min() > 1e-3
+    torch.testing.assert_close(result.mean[..., :4], clean[..., :4], atol=1e-4, rtol=0)
+
+
+def test_sampling_a_volume_does_not_depend_on_batching():
+    condition = np.random.default_rng(0).random((3, 1, 16, 16), dtype=np.float32)
+    network = _network()
+    one, u_one = sample_srds(network, condition, SCHEDULE, SamplingSettings(steps=3, batch_slices=1), CPU, seed=4)
+    three, u_three = sample_srds(network, condition, SCHEDULE, SamplingSettings(steps=3, batch_slices=3), CPU,
+                                 seed=4)
+    np.testing.assert_allclose(one, three, atol=1e-5)
+    np.testing.assert_allclose(u_one, u_three, atol=1e-5)
+    other_seed, _ = sample_srds(network, condition, SCHEDULE, SamplingSettings(steps=3), CPU, seed=5)
+    assert not np.allclose(one, other_seed)
