@@ -28,6 +28,7 @@ from .pipelines.bsn import train_bsn
 from .pipelines.diffdenoise import (
     SamplingSettings,
     distillation_indices,
+    recorrupt,
     sample_srds,
     train_diffusion,
     train_distillation,
@@ -148,7 +149,8 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         timings[f"train_{name}_s"] = summary.seconds
 
     predictions = targets = uncertainty = None
-    if method == "bsn" or settings.diffusion.conditioning == "bsn":
+    conditioning = settings.diffusion.conditioning
+    if method == "bsn" or conditioning != "identity":
         bsn, summary = train_bsn(slices, settings.bsn, progress, cancel)
         stage_done("bsn", bsn, settings.bsn.training, summary)
         clock = time.perf_counter()
@@ -157,7 +159,14 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         timings["bsn_inference_s"] = time.perf_counter() - clock
     output = condition = predictions if predictions is not None else slices  # identity conditioning: no BSN
     if method != "bsn":
-        diffusion, summary = train_diffusion(slices, condition, settings.diffusion, progress, cancel)
+        diffusion_targets, diffusion_condition = slices, condition
+        if conditioning == "recorrupted":
+            diffusion_input, diffusion_targets = recorrupt(slices, analysis.sigma,
+                                                           settings.diffusion.recorruption_alpha, seed)
+            diffusion_condition = predict_slices(bsn, diffusion_input, torch_device, _batch(torch_device),
+                                                 progress=progress, cancel=cancel, stage="bsn inference")
+        diffusion, summary = train_diffusion(diffusion_targets, diffusion_condition, settings.diffusion, progress,
+                                             cancel)
         stage_done("diffusion", diffusion, settings.diffusion.training, summary)
         every_slice = method == "diffusion" or bool({"uncertainty", "srds"} & set(outputs))
         sampled = distillation_indices(len(slices), None if every_slice else settings.sampling.distill_slices)
@@ -236,7 +245,7 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
     if bundle.inference_network == "diffusion":
         diffusion = bundle.metadata["diffusion"]
         condition = slices
-        if diffusion["conditioning"] == "bsn":
+        if diffusion["conditioning"] != "identity":
             condition = stages["bsn"] = predict_slices(bundle.networks["bsn"], slices, torch_device,
                                                        _batch(torch_device), progress=progress, cancel=cancel,
                                                        stage="bsn inference")

@@ -36,7 +36,7 @@ PRESETS: dict[str, PipelineSettings] = {
         BsnSettings(PUCAConfig(width=32, encoder_blocks=(1, 1), middle_blocks=2, decoder_blocks=(1, 1)),
                     TrainConfig(steps=600, batch_size=8, patch_size=64, learning_rate=2e-3)),
         DiffusionSettings(_nafnet(16, (1, 1, 1), 1, (1, 1, 1)),
-                          TrainConfig(steps=1000, batch_size=8, patch_size=64, learning_rate=1e-3)),
+                          TrainConfig(steps=2000, batch_size=8, patch_size=64, learning_rate=1e-3)),
         SamplingSettings(steps=10, pairs=1),
         DistillationSettings(_nafnet(16, (1, 1, 1), 1, (1, 1, 1)),
                              TrainConfig(steps=600, batch_size=8, patch_size=64, learning_rate=1e-3)),

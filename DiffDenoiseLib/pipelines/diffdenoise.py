@@ -27,17 +27,28 @@ from ..training import TrainConfig, TrainSummary, train
 class DiffusionSettings:
     """The conditional diffusion stage: network, training, noise schedule and what it is conditioned on.
 
-    ``conditioning="identity"`` conditions on the noisy slice itself instead of the BSN output (the paper's
-    ablation; worse, kept for benchmarks).
+    ``conditioning``:
+
+    * ``recorrupted`` (default): trained on pairs whose noise is independent (Recorrupted-to-Recorrupted,
+      Pang et al. 2021): target ``y - z / alpha``, condition ``BSN(y + alpha * z)`` with fresh Gaussian ``z``
+      of the measured noise level. Needed because the BSN output of a slice is a deterministic, largely
+      invertible function of that slice: a network conditioned on ``BSN(y)`` learns to reconstruct ``y``,
+      noise included (measured on the knee MRI: SRDS error correlates 0.53 with the noise and SRDS is 4 dB
+      below the BSN; with recorruption 0.17, and SRDS reaches the BSN).
+    * ``bsn``: the paper's plain pairs (target ``y``, condition ``BSN(y)``), kept for the ablation.
+    * ``identity``: conditioned on the noisy slice itself (the paper's other ablation).
     """
 
     network: NAFNetConfig
     training: TrainConfig
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
-    conditioning: Literal["bsn", "identity"] = "bsn"
+    conditioning: Literal["recorrupted", "bsn", "identity"] = "recorrupted"
+    recorruption_alpha: float = 0.5
 
     def __post_init__(self) -> None:
         self.network = replace(self.network, in_channels=2, out_channels=1, residual=False, time_conditioned=True)
+        if self.conditioning not in ("recorrupted", "bsn", "identity"):
+            raise ValueError(f"unknown conditioning '{self.conditioning}': use recorrupted, bsn or identity")
 
 
 @dataclass
@@ -70,6 +81,13 @@ class DistillationSettings:
 
     def __post_init__(self) -> None:
         self.network = replace(self.network, in_channels=1, out_channels=1, residual=True, time_conditioned=False)
+
+
+def recorrupt(slices: np.ndarray, sigma: float, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split noisy slices into (y + alpha z, y - z / alpha), z ~ N(0, sigma^2): for Gaussian noise of level
+    ``sigma`` the two have independent noise (their noise covariance is sigma^2 - sigma^2 = 0)."""
+    z = np.random.default_rng(seed).standard_normal(slices.shape).astype(np.float32) * np.float32(sigma)
+    return slices + alpha * z, slices - z / alpha
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
