@@ -109,3 +109,17 @@ def test_sampling_a_volume_does_not_depend_on_batching():
     np.testing.assert_allclose(u_one, u_three, atol=1e-5)
     other_seed, _ = sample_srds(network, condition, SCHEDULE, SamplingSettings(steps=3), CPU, seed=5)
     assert not np.allclose(one, other_seed)
+
+
+def test_recorrupted_pairs_have_independent_gaussian_noise():
+    from DiffDenoiseLib.pipelines.diffdenoise import recorrupt
+
+    rng = np.random.default_rng(0)
+    clean = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 64, 1)).reshape(64, 1, 64, 64)
+    noisy = clean + 0.1 * rng.standard_normal(clean.shape).astype(np.float32)
+    first, second = recorrupt(noisy, sigma=0.1, alpha=0.5, seed=1)
+    noise_first, noise_second = (first - clean).ravel(), (second - clean).ravel()
+    assert abs(np.corrcoef(noise_first, noise_second)[0, 1]) < 0.01
+    assert np.corrcoef(noise_first, (noisy - clean).ravel())[0, 1] > 0.8  # the condition still sees the scan
+    np.testing.assert_allclose(noise_first.std(), 0.1 * np.sqrt(1.25), rtol=0.01)
+    np.testing.assert_allclose(noise_second.std(), 0.1 * np.sqrt(5.0), rtol=0.01)
