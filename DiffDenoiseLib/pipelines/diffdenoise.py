@@ -7,6 +7,7 @@ given the BSN output, and the NAFNet learns to reproduce the SRDS output from th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -125,13 +126,8 @@ def train_diffusion(noisy: np.ndarray, condition: np.ndarray, settings: Diffusio
                     progress: ProgressCallback | None = None,
                     cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
     """Train the conditional diffusion network on (N, 1, H, W) noisy slices and their condition."""
-    torch.manual_seed(settings.training.seed)
-    network = NAFNet(settings.network)
-    pairs = np.concatenate([noisy, condition], axis=1)
-    training = _fit_patch(settings.training, network.multiple)
-    summary = train(network, pairs, diffusion_loss(settings.schedule), training, progress, cancel,
-                    stage="train diffusion")
-    return network, summary
+    return _train_on_pairs(settings.network, settings.training, noisy, condition, diffusion_loss(settings.schedule),
+                           "train diffusion", progress, cancel)
 
 
 def conditioned_model(network: nn.Module, condition: torch.Tensor, device: torch.device) -> DenoisingModel:
@@ -151,8 +147,7 @@ def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedu
                 cancel: CancelCheck | None = None) -> tuple[np.ndarray, np.ndarray]:
     """SRDS over (N, 1, H, W) condition slices; returns (denoised, uncertainty) slices in normalised units.
 
-    The start noise of slice i depends only on ``seed`` and i, so any subset or batching of slices gives the
-    same result for a slice.
+    The start noise of slice i depends only on ``seed`` and i, so batching does not change the result.
     """
     network.eval().to(device)
     batch = settings.batch_slices or (8 if device.type == "cuda" else 1)
@@ -174,11 +169,18 @@ def train_distillation(noisy: np.ndarray, targets: np.ndarray, settings: Distill
                        progress: ProgressCallback | None = None,
                        cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
     """Train the NAFNet on (noisy, SRDS output) slice pairs, with the training loop's flips and rotations."""
-    torch.manual_seed(settings.training.seed)
-    network = NAFNet(settings.network)
-    pairs = np.concatenate([noisy, targets], axis=1)
-    training = _fit_patch(settings.training, network.multiple)
-    summary = train(network, pairs, distillation_loss, training, progress, cancel, stage="train nafnet")
+    return _train_on_pairs(settings.network, settings.training, noisy, targets, distillation_loss, "train nafnet",
+                           progress, cancel)
+
+
+def _train_on_pairs(config: NAFNetConfig, training: TrainConfig, first: np.ndarray, second: np.ndarray,
+                    loss: Callable[[nn.Module, torch.Tensor], torch.Tensor], stage: str,
+                    progress: ProgressCallback | None, cancel: CancelCheck | None) -> tuple[NAFNet, TrainSummary]:
+    """A fresh NAFNet trained on slice pairs stacked as channels (cropped and augmented together)."""
+    torch.manual_seed(training.seed)
+    network = NAFNet(config)
+    training = _fit_patch(training, network.multiple)
+    summary = train(network, np.concatenate([first, second], axis=1), loss, training, progress, cancel, stage=stage)
     return network, summary
 
 
