@@ -36,7 +36,12 @@ from DiffDenoiseLib.diffusion import NoiseSchedule, ddim_sample
 from DiffDenoiseLib.io import read_volume
 from DiffDenoiseLib.metrics import psnr, ssim
 from DiffDenoiseLib.noise import add_noise, robust_range
-from DiffDenoiseLib.pipelines.diffdenoise import conditioned_model, from_model_range, to_model_range
+from DiffDenoiseLib.pipelines.diffdenoise import (
+    conditioned_model,
+    from_model_range,
+    slice_start_noise,
+    to_model_range,
+)
 from DiffDenoiseLib.preprocessing import IntensityScaling, from_slices, to_slices
 from DiffDenoiseLib.presets import PRESETS
 
@@ -90,7 +95,7 @@ def single_ddim(result, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, float
     outputs, started = [], time.perf_counter()
     for index in range(len(condition)):
         chunk = to_model_range(torch.from_numpy(condition[index:index + 1]))
-        eps = torch.randn((1, *chunk.shape[1:]), generator=torch.Generator().manual_seed(seed * 100003 + index))
+        eps = slice_start_noise(seed, index, 1, tuple(chunk.shape[1:]))  # the +eps of SRDS's first pair
         sample = ddim_sample(conditioned_model(network, chunk, torch.device("cpu")), eps, schedule, steps)
         outputs.append(from_model_range(sample).numpy())
     seconds = (time.perf_counter() - started) / len(condition)

@@ -103,15 +103,13 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
 
 def diffusion_loss(schedule: NoiseSchedule):
     """The DDPM objective on (B, 2, H, W) batches of [noisy slice, condition]: predict the added noise."""
-    abar = schedule.alphas_cumprod().float()
 
     def loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         x0, condition = to_model_range(batch[:, :1]), to_model_range(batch[:, 1:])
         # Drawn from the CPU generator that training checkpoints, so resumed runs are exact on any device.
         timesteps = torch.randint(schedule.steps, (batch.shape[0],)).to(batch.device)
         noise = torch.randn(x0.shape).to(batch.device, x0.dtype)
-        a = abar.to(batch.device)[timesteps].view(-1, 1, 1, 1).to(x0.dtype)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        x_t = schedule.add_noise(x0, noise, timesteps)
         return F.mse_loss(model(torch.cat([x_t, condition], dim=1), timesteps).float(), noise.float())
 
     return loss
@@ -142,6 +140,12 @@ def conditioned_model(network: nn.Module, condition: torch.Tensor, device: torch
     return model
 
 
+def slice_start_noise(seed: int, index: int, pairs: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The (pairs, C, H, W) SRDS start noise of slice ``index``: drawn on the CPU from ``seed`` and the index
+    only, so it does not depend on batching or on the device's random number generator."""
+    return torch.randn((pairs, *shape), generator=torch.Generator().manual_seed(seed * 100003 + index))
+
+
 def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedule, settings: SamplingSettings,
                 device: torch.device, seed: int = 0, progress: ProgressCallback | None = None,
                 cancel: CancelCheck | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +159,8 @@ def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedu
     for start in range(0, len(condition), batch):
         chunk = torch.from_numpy(np.ascontiguousarray(condition[start:start + batch], dtype=np.float32))
         chunk = to_model_range(chunk.to(device))
-        noises = [torch.Generator().manual_seed(seed * 100003 + start + i) for i in range(len(chunk))]
-        eps = torch.stack([torch.randn((settings.pairs, *chunk.shape[1:]), generator=g) for g in noises], dim=1)
+        eps = torch.stack([slice_start_noise(seed, start + i, settings.pairs, tuple(chunk.shape[1:]))
+                           for i in range(len(chunk))], dim=1)
         result = srds_sample(conditioned_model(network, chunk, device), eps.to(device), schedule, settings.steps,
                              cancel=cancel)
         means.append(from_model_range(result.mean).cpu().numpy())
