@@ -27,6 +27,7 @@ from .options import EXTRA_OUTPUTS, METHODS, NOISE_CHOICES
 from .pipelines.bsn import train_bsn
 from .pipelines.diffdenoise import (
     SamplingSettings,
+    diffusion_condition,
     distillation_indices,
     recorrupt,
     sample_srds,
@@ -157,16 +158,18 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         predictions = predict_slices(bsn, slices, torch_device, _batch(torch_device), progress=progress,
                                      cancel=cancel, stage="bsn inference")
         timings["bsn_inference_s"] = time.perf_counter() - clock
-    output = condition = predictions if predictions is not None else slices  # identity conditioning: no BSN
+    output = predictions if predictions is not None else slices
     if method != "bsn":
-        diffusion_targets, diffusion_condition = slices, condition
+        condition = diffusion_condition(conditioning, slices, predictions)
+        diffusion_targets, diffusion_training_condition = slices, condition
         if conditioning == "recorrupted":
-            diffusion_input, diffusion_targets = recorrupt(slices, analysis.sigma,
-                                                           settings.diffusion.recorruption_alpha, seed)
-            diffusion_condition = predict_slices(bsn, diffusion_input, torch_device, _batch(torch_device),
-                                                 progress=progress, cancel=cancel, stage="bsn inference")
-        diffusion, summary = train_diffusion(diffusion_targets, diffusion_condition, settings.diffusion, progress,
-                                             cancel)
+            recorrupted, diffusion_targets = recorrupt(slices, analysis.sigma, settings.diffusion.recorruption_alpha,
+                                                       seed)
+            diffusion_training_condition = diffusion_condition(conditioning, recorrupted, predict_slices(
+                bsn, recorrupted, torch_device, _batch(torch_device), progress=progress, cancel=cancel,
+                stage="bsn inference"))
+        diffusion, summary = train_diffusion(diffusion_targets, diffusion_training_condition, settings.diffusion,
+                                             progress, cancel)
         stage_done("diffusion", diffusion, settings.diffusion.training, summary)
         every_slice = method == "diffusion" or bool({"uncertainty", "srds"} & set(outputs))
         sampled = distillation_indices(len(slices), None if every_slice else settings.sampling.distill_slices)
@@ -240,15 +243,15 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
     torch_device = resolve_device(device)
     scaling = IntensityScaling.fit(image)
     slices = to_slices(scaling.normalise(image), axis)
-    check_slice_size(slices, max(network.min_size for network in bundle.networks.values()))
+    used = ("bsn", "diffusion") if bundle.inference_network == "diffusion" else (bundle.inference_network,)
+    check_slice_size(slices, max(bundle.networks[name].min_size for name in used if name in bundle.networks))
     stages: dict[str, np.ndarray | None] = {}
     if bundle.inference_network == "diffusion":
         diffusion = bundle.metadata["diffusion"]
-        condition = slices
         if diffusion["conditioning"] != "identity":
-            condition = stages["bsn"] = predict_slices(bundle.networks["bsn"], slices, torch_device,
-                                                       _batch(torch_device), progress=progress, cancel=cancel,
-                                                       stage="bsn inference")
+            stages["bsn"] = predict_slices(bundle.networks["bsn"], slices, torch_device, _batch(torch_device),
+                                           progress=progress, cancel=cancel, stage="bsn inference")
+        condition = diffusion_condition(diffusion["conditioning"], slices, stages.get("bsn"))
         sampling = dict(bundle.metadata["sampling"])
         seed = sampling.pop("seed", 0)
         schedule = NoiseSchedule(**diffusion["schedule"])

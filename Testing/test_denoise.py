@@ -99,11 +99,14 @@ def test_srds_options_and_identity_conditioning(knee_crop, tiny_settings):
 
     result = denoise(knee_crop, method="diffusion", preset=tiny_settings, device="cpu", srds_pairs=2, ddim_steps=3)
     assert result.bundle.metadata["sampling"]["pairs"] == 2 and result.bundle.metadata["sampling"]["steps"] == 3
+    # recorrupted (default): [x_t, BSN output, noisy slice]; the ablations: [x_t, BSN output] and [x_t, noisy]
+    assert result.bundle.networks["diffusion"].config.in_channels == 3
     for conditioning, networks in (("identity", {"diffusion"}), ("bsn", {"bsn", "diffusion"})):
         variant = replace(tiny_settings, diffusion=replace(tiny_settings.diffusion, conditioning=conditioning))
         plain = denoise(knee_crop, method="diffusion", preset=variant, device="cpu")
         assert set(plain.bundle.networks) == networks
         assert plain.bundle.metadata["diffusion"]["conditioning"] == conditioning
+        assert plain.bundle.networks["diffusion"].config.in_channels == 2
     distilled = denoise(knee_crop, preset=tiny_settings, device="cpu", distill_slices=2)
     assert distilled.timings["srds_s"] > 0
 

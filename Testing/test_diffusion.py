@@ -123,3 +123,14 @@ def test_recorrupted_pairs_have_independent_gaussian_noise():
     assert np.corrcoef(noise_first, (noisy - clean).ravel())[0, 1] > 0.8  # the condition still sees the scan
     np.testing.assert_allclose(noise_first.std(), 0.1 * np.sqrt(1.25), rtol=0.01)
     np.testing.assert_allclose(noise_second.std(), 0.1 * np.sqrt(5.0), rtol=0.01)
+
+
+def test_recorruption_is_independent_of_noise_drawn_with_the_same_seed():
+    # A benchmark draws its synthetic noise with default_rng(seed); if the recorruption reused that stream the
+    # target y - z / alpha would be clean - noise (found by the knee benchmark: SRDS error anti-correlated).
+    from DiffDenoiseLib.pipelines.diffdenoise import recorrupt
+
+    clean = np.zeros((4, 1, 32, 32), dtype=np.float32)
+    noise = 0.1 * np.random.default_rng(0).standard_normal(clean.shape).astype(np.float32)
+    first, second = recorrupt(clean + noise, sigma=0.1, alpha=0.5, seed=0)
+    assert abs(np.corrcoef(noise.ravel(), (second - clean).ravel())[0, 1] - 1 / np.sqrt(5)) < 0.05

@@ -1,7 +1,7 @@
 """DiffDenoise against classical filters and its own ablations on real images with added noise, in one run.
 
     python benchmarks/diffdenoise_benchmark.py [--preset quick] [--data knee mni ct]
-        [--noise gaussian correlated poisson] [--no-ablations] [--out benchmarks/results]
+        [--noise gaussian correlated poisson] [--no-ablations] [--resume] [--out benchmarks/results]
 
 Data (``../shared/data``): knee MRI (24 x 256 x 256), MNI T1 1 mm (24 central axial slices), head CT (one
 512 x 512 slice). Noise: Gaussian and spatially correlated Gaussian (filtered by a 1-px Gaussian) with
@@ -11,9 +11,10 @@ Rows per dataset and noise, all from one run: noisy input; Gaussian blur and sci
 against the clean image (optimistic peers); the BSN alone (PUCA or LG-BPN as picked by the noise analysis,
 and PUCA forced on correlated noise); diffusion + SRDS; the distilled NAFNet (DiffDenoise); and ablations:
 one DDIM trajectory instead of an SRDS pair, the paper's plain (BSN(y), y) training pairs instead of
-recorrupted ones, and diffusion conditioned on the noisy image instead of the BSN output. PSNR/SSIM use
+recorrupted ones (same BSN), and diffusion conditioned on the noisy image instead of the BSN output. PSNR/SSIM use
 the clean image's robust range as data range; "s/slice" is inference time per slice (training time in
-the notes). Writes ``diffdenoise_<preset>.md`` and ``.csv``.
+the notes). Each finished case is kept in ``diffdenoise_<preset>_cases/`` (``--resume`` skips those, for
+runs longer than one sitting); all finished cases are gathered in ``diffdenoise_<preset>.md`` and ``.csv``.
 """
 
 from __future__ import annotations
@@ -32,15 +33,19 @@ from skimage.restoration import denoise_nl_means
 
 from DiffDenoiseLib.cli import TqdmProgress
 from DiffDenoiseLib.denoise import denoise
+from DiffDenoiseLib.devices import resolve_device
 from DiffDenoiseLib.diffusion import NoiseSchedule, ddim_sample
 from DiffDenoiseLib.io import read_volume
 from DiffDenoiseLib.metrics import psnr, ssim
 from DiffDenoiseLib.noise import add_noise, robust_range
 from DiffDenoiseLib.pipelines.diffdenoise import (
     conditioned_model,
+    diffusion_condition,
     from_model_range,
+    sample_srds,
     slice_start_noise,
     to_model_range,
+    train_diffusion,
 )
 from DiffDenoiseLib.preprocessing import IntensityScaling, from_slices, to_slices
 from DiffDenoiseLib.presets import PRESETS
@@ -49,17 +54,22 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NOISES = {"gaussian": ("gaussian", 0.1), "correlated": ("correlated", 0.1), "poisson": ("poisson", 30.0)}
 
 
-def load(name: str) -> np.ndarray:
-    """A clean-enough float32 test image: (slices, H, W)."""
-    if name == "knee":
-        return read_volume(SHARED / "mri" / "knee_mese_t2_echo1.nii.gz").array.astype(np.float32)
-    if name == "mni":
-        volume = read_volume(SHARED / "clean" / "mni_icbm152_t1_1mm.nii.gz").array.astype(np.float32)
-        middle = volume.shape[0] // 2
-        return volume[middle - 12:middle + 12]
-    if name == "ct":
-        return read_volume(SHARED / "ct" / "head_ct_693_UNCR.dcm").array.astype(np.float32).reshape(1, 512, 512)
-    raise SystemExit(f"unknown dataset {name}: use knee, mni or ct")
+def _knee() -> np.ndarray:
+    return read_volume(SHARED / "mri" / "knee_mese_t2_echo1.nii.gz").array.astype(np.float32)
+
+
+def _mni() -> np.ndarray:
+    volume = read_volume(SHARED / "clean" / "mni_icbm152_t1_1mm.nii.gz").array.astype(np.float32)
+    middle = volume.shape[0] // 2
+    return volume[middle - 12:middle + 12]
+
+
+def _ct() -> np.ndarray:
+    return read_volume(SHARED / "ct" / "head_ct_693_UNCR.dcm").array.astype(np.float32).reshape(1, 512, 512)
+
+
+# clean-enough float32 test images, (slices, H, W)
+DATASETS = {"knee": _knee, "mni": _mni, "ct": _ct}
 
 
 def tuned(noisy: np.ndarray, clean: np.ndarray, data_range: float, candidates: dict) -> tuple[str, np.ndarray, float]:
@@ -84,22 +94,46 @@ def classical_rows(noisy: np.ndarray, clean: np.ndarray, data_range: float, sigm
     return [tuned(noisy, clean, data_range, blur), tuned(noisy, clean, data_range, nlm)]
 
 
+def condition_of(result, noisy: np.ndarray, conditioning: str) -> tuple[IntensityScaling, np.ndarray, np.ndarray]:
+    """(scaling, normalised noisy slices, diffusion condition) of a benchmark volume, from the run's BSN output."""
+    scaling = IntensityScaling.fit(noisy)  # as denoise() does, so the BSN output maps back to its exact input
+    slices = to_slices(scaling.normalise(noisy))
+    bsn = to_slices(scaling.normalise(result.extras["bsn"]))
+    return scaling, slices, diffusion_condition(conditioning, slices, bsn)
+
+
 def single_ddim(result, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
     """Ablation: one DDIM trajectory from +eps (the first half of the SRDS pair) instead of the pair average."""
     bundle = result.bundle
-    scaling = IntensityScaling.fit(noisy)
-    condition = to_slices(scaling.normalise(result.extras["bsn"]), 0)
+    scaling, _, condition = condition_of(result, noisy, bundle.metadata["diffusion"]["conditioning"])
     network = bundle.networks["diffusion"]
     schedule = NoiseSchedule(**bundle.metadata["diffusion"]["schedule"])
     steps = bundle.metadata["sampling"]["steps"]
+    device = resolve_device("auto")
     outputs, started = [], time.perf_counter()
     for index in range(len(condition)):
-        chunk = to_model_range(torch.from_numpy(condition[index:index + 1]))
-        eps = slice_start_noise(seed, index, 1, tuple(chunk.shape[1:]))  # the +eps of SRDS's first pair
-        sample = ddim_sample(conditioned_model(network, chunk, torch.device("cpu")), eps, schedule, steps)
-        outputs.append(from_model_range(sample).numpy())
+        chunk = to_model_range(torch.from_numpy(condition[index:index + 1])).to(device)
+        eps = slice_start_noise(seed, index, 1, (1, *chunk.shape[2:]))  # the +eps of SRDS's first pair
+        sample = ddim_sample(conditioned_model(network, chunk, device), eps.to(device), schedule, steps)
+        outputs.append(from_model_range(sample).cpu().numpy())
     seconds = (time.perf_counter() - started) / len(condition)
     return scaling.denormalise(from_slices(np.concatenate(outputs), noisy.shape, 0)), seconds
+
+
+def conditioning_ablation(result, noisy: np.ndarray, conditioning: str, preset: str, seed: int,
+                          progress: TqdmProgress) -> tuple[np.ndarray, float]:
+    """Ablation: a diffusion model trained on the plain noisy slices with another condition (the same BSN
+    output), sampled with SRDS like the main run."""
+    settings = PRESETS[preset]
+    diffusion = replace(settings.diffusion, conditioning=conditioning,
+                        training=replace(settings.diffusion.training, seed=seed))
+    scaling, slices, condition = condition_of(result, noisy, conditioning)
+    network, _ = train_diffusion(slices, condition, diffusion, progress)
+    started = time.perf_counter()
+    output, _ = sample_srds(network, condition, diffusion.schedule, settings.sampling, resolve_device("auto"), seed,
+                            progress)
+    seconds = (time.perf_counter() - started) / len(condition)
+    return scaling.denormalise(from_slices(output, noisy.shape, 0)), seconds
 
 
 def run_case(clean: np.ndarray, noise: str, preset: str, seed: int, ablations: bool) -> tuple[list[tuple], list[str]]:
@@ -125,49 +159,68 @@ def run_case(clean: np.ndarray, noise: str, preset: str, seed: int, ablations: b
         rows.append(("BSN (PUCA, forced)", puca.denoised, puca.timings["bsn_inference_s"] / n))
     if ablations:
         rows.append(("ablation: single DDIM run", *single_ddim(result, noisy, seed)))
-        settings = PRESETS[preset]
         for conditioning, label in (("bsn", "ablation: paper's pairs (BSN(y) -> y, no recorruption)"),
                                     ("identity", "ablation: diffusion conditioned on noisy (no BSN)")):
-            variant = replace(settings, diffusion=replace(settings.diffusion, conditioning=conditioning))
-            plain = denoise(noisy, method="diffusion", noise=result.noise.kind, preset=variant, seed=seed,
-                            progress=progress)
-            rows.append((label, plain.denoised, plain.timings["srds_s"] / n))
+            rows.append((label, *conditioning_ablation(result, noisy, conditioning, preset, seed, progress)))
     progress.close()
     return [(name, psnr(clean, image, data_range), ssim(clean, image, data_range), seconds)
             for name, image, seconds in rows], notes
 
 
+def write_case(folder: Path, data: str, shape: tuple, noise: str, rows: list[tuple], notes: list[str]) -> str:
+    """One case's table as <folder>/<data>_<noise>.csv and .md (atomically: a killed run leaves no half case)."""
+    table = [f"**{data}** {shape}, {noise} noise. " + " ".join(notes), "",
+             "| method | PSNR (dB) | SSIM | s/slice |", "|---|---|---|---|",
+             *(f"| {name} | {p:.2f} | {s:.4f} | {seconds:.3f} |" for name, p, s, seconds in rows), ""]
+    with open(folder / f"{data}_{noise}.csv.part", "w", newline="") as handle:
+        csv.writer(handle).writerows([data, noise, name, f"{p:.2f}", f"{s:.4f}", f"{seconds:.3f}"]
+                                     for name, p, s, seconds in rows)
+    (folder / f"{data}_{noise}.md.part").write_text("\n".join(table) + "\n")
+    for suffix in ("csv", "md"):  # the .md last: its presence marks the case as done
+        (folder / f"{data}_{noise}.{suffix}.part").replace(folder / f"{data}_{noise}.{suffix}")
+    return "\n".join(table)
+
+
+def combine(folder: Path, out: Path, stem: str, header: str) -> None:
+    """Gather the finished cases (in data, noise order) into <stem>.md and <stem>.csv."""
+    cases = [(data, noise) for data in DATASETS for noise in NOISES if (folder / f"{data}_{noise}.md").exists()]
+    (out / f"{stem}.md").write_text(header + "\n\n" + "\n".join((folder / f"{d}_{n}.md").read_text()
+                                                                 for d, n in cases))
+    with open(out / f"{stem}.csv", "w", newline="") as handle:
+        handle.write("data,noise,method,psnr_db,ssim,seconds_per_slice\n")
+        handle.writelines((folder / f"{d}_{n}.csv").read_text() for d, n in cases)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="quick", choices=list(PRESETS))
-    parser.add_argument("--data", nargs="+", default=["knee", "mni", "ct"])
+    parser.add_argument("--data", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--noise", nargs="+", default=list(NOISES), choices=list(NOISES))
     parser.add_argument("--no-ablations", dest="ablations", action="store_false")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="keep the cases an earlier run of this preset finished")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     if not SHARED.exists():
         raise SystemExit(f"skipped: {SHARED} not found (the shared data folder is absent)")
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = f"diffdenoise_{args.preset}"
-    lines = [f"Preset {args.preset}, seed {args.seed}; {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}", ""]
-    with open(args.out / f"{stem}.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["data", "noise", "method", "psnr_db", "ssim", "seconds_per_slice"])
-        for data in args.data:
-            clean = load(data)
-            for noise in args.noise:
-                rows, notes = run_case(clean, noise, args.preset, args.seed, args.ablations)
-                lines += [f"**{data}** {clean.shape}, {noise} noise. " + " ".join(notes), "",
-                          "| method | PSNR (dB) | SSIM | s/slice |", "|---|---|---|---|"]
-                for name, p, s, seconds in rows:
-                    writer.writerow([data, noise, name, f"{p:.2f}", f"{s:.4f}", f"{seconds:.3f}"])
-                    lines.append(f"| {name} | {p:.2f} | {s:.4f} | {seconds:.3f} |")
-                lines.append("")
-                handle.flush()
-                (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-                print("\n".join(lines[-len(rows) - 4:]), flush=True)
+    folder = args.out / f"{stem}_cases"
+    if folder.exists() and not args.resume:
+        for old in folder.iterdir():
+            old.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    header = (f"Preset {args.preset}, seed {args.seed}; {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    for data in args.data:
+        clean = DATASETS[data]()
+        for noise in args.noise:
+            if (folder / f"{data}_{noise}.md").exists():
+                print(f"{data}, {noise}: kept from an earlier run (--resume)", flush=True)
+                continue
+            rows, notes = run_case(clean, noise, args.preset, args.seed, args.ablations)
+            print(write_case(folder, data, clean.shape, noise, rows, notes), flush=True)
+            combine(folder, args.out, stem, header)
+    combine(folder, args.out, stem, header)
 
 
 if __name__ == "__main__":

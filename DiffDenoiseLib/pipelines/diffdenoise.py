@@ -23,6 +23,9 @@ from ..models import NAFNet, NAFNetConfig
 from ..progress import CancelCheck, ProgressCallback, report
 from ..training import TrainConfig, TrainSummary, train
 
+# condition channels of each conditioning (the network also gets x_t)
+CONDITION_CHANNELS = {"recorrupted": 2, "bsn": 1, "identity": 1}
+
 
 @dataclass
 class DiffusionSettings:
@@ -31,11 +34,12 @@ class DiffusionSettings:
     ``conditioning``:
 
     * ``recorrupted`` (default): trained on pairs whose noise is independent (Recorrupted-to-Recorrupted,
-      Pang et al. 2021): target ``y - z / alpha``, condition ``BSN(y + alpha * z)`` with fresh Gaussian ``z``
-      of the measured noise level. Needed because the BSN output of a slice is a deterministic, largely
-      invertible function of that slice: a network conditioned on ``BSN(y)`` learns to reconstruct ``y``,
-      noise included (measured on the knee MRI: SRDS error correlates 0.53 with the noise and SRDS is 4 dB
-      below the BSN; with recorruption 0.17, and SRDS reaches the BSN).
+      Pang et al. 2021): target ``y - z / alpha``, condition ``[BSN(y + alpha z), y + alpha z]`` with Gaussian
+      ``z`` of the measured noise level; sampled with the condition ``[BSN(y), y]``. The BSN output of a slice
+      is a deterministic, largely invertible function of that slice, so a network conditioned on ``BSN(y)``
+      while generating ``y`` learns to rebuild ``y``, noise included; with independent noise the best it can
+      generate is the clean image, and the noisy slice next to the BSN output gives it the detail the blind
+      spot discards (measurements in the README).
     * ``bsn``: the paper's plain pairs (target ``y``, condition ``BSN(y)``), kept for the ablation.
     * ``identity``: conditioned on the noisy slice itself (the paper's other ablation).
     """
@@ -47,9 +51,10 @@ class DiffusionSettings:
     recorruption_alpha: float = 0.5
 
     def __post_init__(self) -> None:
-        self.network = replace(self.network, in_channels=2, out_channels=1, residual=False, time_conditioned=True)
-        if self.conditioning not in ("recorrupted", "bsn", "identity"):
+        if self.conditioning not in CONDITION_CHANNELS:
             raise ValueError(f"unknown conditioning '{self.conditioning}': use recorrupted, bsn or identity")
+        self.network = replace(self.network, in_channels=1 + CONDITION_CHANNELS[self.conditioning], out_channels=1,
+                               residual=False, time_conditioned=True)
 
 
 @dataclass
@@ -84,11 +89,26 @@ class DistillationSettings:
         self.network = replace(self.network, in_channels=1, out_channels=1, residual=True, time_conditioned=False)
 
 
+_RECORRUPTION_STREAM = 0x52325220  # "R2R "
+
+
 def recorrupt(slices: np.ndarray, sigma: float, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split noisy slices into (y + alpha z, y - z / alpha), z ~ N(0, sigma^2): for Gaussian noise of level
     ``sigma`` the two have independent noise (their noise covariance is sigma^2 - sigma^2 = 0)."""
-    z = np.random.default_rng(seed).standard_normal(slices.shape).astype(np.float32) * np.float32(sigma)
+    # A stream of its own: with default_rng(seed), z would equal noise a caller drew with the same seed (e.g. a
+    # benchmark's synthetic noise), making y - z / alpha = clean - noise.
+    z = np.random.default_rng((seed, _RECORRUPTION_STREAM)).standard_normal(slices.shape).astype(np.float32)
+    z *= np.float32(sigma)
     return slices + alpha * z, slices - z / alpha
+
+
+def diffusion_condition(conditioning: str, slices: np.ndarray, bsn_output: np.ndarray | None) -> np.ndarray:
+    """The (N, C, H, W) condition channels of ``conditioning`` for noisy slices and their BSN output."""
+    if conditioning == "identity":
+        return slices
+    if conditioning == "bsn":
+        return bsn_output
+    return np.concatenate([bsn_output, slices], axis=1)
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +122,7 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
 
 
 def diffusion_loss(schedule: NoiseSchedule):
-    """The DDPM objective on (B, 2, H, W) batches of [noisy slice, condition]: predict the added noise."""
+    """The DDPM objective on (B, 1 + C, H, W) batches of [noisy slice, condition]: predict the added noise."""
 
     def loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         x0, condition = to_model_range(batch[:, :1]), to_model_range(batch[:, 1:])
@@ -123,7 +143,7 @@ def distillation_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 def train_diffusion(noisy: np.ndarray, condition: np.ndarray, settings: DiffusionSettings,
                     progress: ProgressCallback | None = None,
                     cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
-    """Train the conditional diffusion network on (N, 1, H, W) noisy slices and their condition."""
+    """Train the conditional diffusion network on (N, 1, H, W) noisy slices and their (N, C, H, W) condition."""
     return _train_on_pairs(settings.network, settings.training, noisy, condition, diffusion_loss(settings.schedule),
                            "train diffusion", progress, cancel)
 
@@ -149,7 +169,8 @@ def slice_start_noise(seed: int, index: int, pairs: int, shape: tuple[int, ...])
 def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedule, settings: SamplingSettings,
                 device: torch.device, seed: int = 0, progress: ProgressCallback | None = None,
                 cancel: CancelCheck | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """SRDS over (N, 1, H, W) condition slices; returns (denoised, uncertainty) slices in normalised units.
+    """SRDS over (N, C, H, W) condition slices; returns (N, 1, H, W) denoised and uncertainty slices in
+    normalised units.
 
     The start noise of slice i depends only on ``seed`` and i, so batching does not change the result.
     """
@@ -159,7 +180,7 @@ def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedu
     for start in range(0, len(condition), batch):
         chunk = torch.from_numpy(np.ascontiguousarray(condition[start:start + batch], dtype=np.float32))
         chunk = to_model_range(chunk.to(device))
-        eps = torch.stack([slice_start_noise(seed, start + i, settings.pairs, tuple(chunk.shape[1:]))
+        eps = torch.stack([slice_start_noise(seed, start + i, settings.pairs, (1, *chunk.shape[2:]))
                            for i in range(len(chunk))], dim=1)
         result = srds_sample(conditioned_model(network, chunk, device), eps.to(device), schedule, settings.steps,
                              cancel=cancel)
