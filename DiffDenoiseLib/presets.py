@@ -42,13 +42,13 @@ PRESETS: dict[str, PipelineSettings] = {
                              TrainConfig(steps=600, batch_size=8, patch_size=64, learning_rate=1e-3)),
     ),
     "standard": PipelineSettings(
-        BsnSettings(PUCAConfig(width=48, encoder_blocks=(2, 2), middle_blocks=2, decoder_blocks=(2, 2)),
-                    TrainConfig(steps=2000, batch_size=8, patch_size=64, learning_rate=1e-3)),
+        BsnSettings(PUCAConfig(width=48, encoder_blocks=(1, 1), middle_blocks=2, decoder_blocks=(1, 1)),
+                    TrainConfig(steps=3000, batch_size=8, patch_size=64, learning_rate=1e-3)),
         DiffusionSettings(_nafnet(32, (1, 1, 1), 1, (1, 1, 1)),
-                          TrainConfig(steps=4000, batch_size=8, patch_size=64, learning_rate=1e-3)),
-        SamplingSettings(steps=20, pairs=2),
+                          TrainConfig(steps=6000, batch_size=8, patch_size=64, learning_rate=1e-3)),
+        SamplingSettings(steps=10, pairs=3),
         DistillationSettings(_nafnet(32, (1, 1, 1), 2, (1, 1, 1)),
-                             TrainConfig(steps=3000, batch_size=8, patch_size=96, learning_rate=1e-3)),
+                             TrainConfig(steps=2000, batch_size=8, patch_size=64, learning_rate=1e-3)),
     ),
     "full": PipelineSettings(
         BsnSettings(PUCAConfig(width=128, encoder_blocks=(3, 4), middle_blocks=4, decoder_blocks=(4, 3)),
