@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -53,6 +53,13 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         if self.steps < 1 or self.batch_size < 1 or self.patch_size < 4:
             raise InputError("training needs steps >= 1, batch_size >= 1 and patch_size >= 4")
+
+
+def fit_patch_size(config: TrainConfig, multiple: int, minimum: int | None = None) -> TrainConfig:
+    """``config`` with its patch size rounded down to a multiple of ``multiple`` that a network accepts, and
+    at least ``minimum`` (default ``multiple``)."""
+    patch = config.patch_size
+    return replace(config, patch_size=max(multiple if minimum is None else minimum, patch - patch % multiple))
 
 
 @dataclass

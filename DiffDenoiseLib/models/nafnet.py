@@ -30,7 +30,7 @@ class NAFNetConfig:
         encoder_blocks: gated blocks per encoder level; its length is the number of downsamplings.
         middle_blocks: gated blocks at the lowest resolution.
         decoder_blocks: gated blocks per decoder level (same length as ``encoder_blocks``).
-        in_channels: input channels (1 for a denoiser, 2 for ``[x_t, c]`` in the diffusion model).
+        in_channels: input channels (1 for a denoiser; 1 + condition channels for ``[x_t, c]`` in diffusion).
         out_channels: output channels.
         residual: add the first input channel to the output (a denoiser predicts a correction).
         time_conditioned: take a diffusion timestep as second argument of ``forward``.

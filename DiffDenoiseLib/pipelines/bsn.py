@@ -15,7 +15,7 @@ from torch import nn
 
 from ..models import LGBPN, BlindSpotDenoiser, LGBPNConfig, PUCAConfig
 from ..progress import CancelCheck, ProgressCallback
-from ..training import TrainConfig, TrainSummary, train
+from ..training import TrainConfig, TrainSummary, fit_patch_size, train
 
 
 @dataclass
@@ -36,12 +36,10 @@ LGBPN_CORRELATED = {"pd_train": 1, "pd_infer": 1, "r3_passes": 0}
 def for_noise(settings: BsnSettings, noise_kind: str) -> BsnSettings:
     """Adapt BSN settings to ``iid`` (PUCA) or ``correlated`` (LG-BPN of the same width) noise."""
     network = settings.network
-    if noise_kind == "iid":
-        if isinstance(network, LGBPNConfig):
-            return settings
-        return BsnSettings(replace(network, **PUCA_IID), settings.training)
-    if isinstance(network, LGBPNConfig):
+    if isinstance(network, LGBPNConfig):  # an explicit LG-BPN is kept for either noise kind
         return settings
+    if noise_kind == "iid":
+        return BsnSettings(replace(network, **PUCA_IID), settings.training)
     depth = sum(network.encoder_blocks) + network.middle_blocks
     lgbpn = LGBPNConfig(width=network.width, local_blocks=max(1, depth // 2), global_blocks=max(1, depth // 3),
                         in_channels=network.in_channels, **LGBPN_CORRELATED)
@@ -63,9 +61,8 @@ def train_bsn(slices: np.ndarray, settings: BsnSettings, progress: ProgressCallb
     """Train a blind-spot network on normalised (N, 1, H, W) noisy slices."""
     torch.manual_seed(settings.training.seed)
     model = build_bsn(settings.network)
-    patch = settings.training.patch_size
     multiple = model.net.multiple * max(settings.network.pd_train, 1)
-    training = replace(settings.training, patch_size=max(model.min_size, patch - patch % multiple))
+    training = fit_patch_size(settings.training, multiple, model.min_size)
     summary = train(model, slices, blind_spot_loss, training, progress, cancel, stage="train bsn")
     return model, summary
 

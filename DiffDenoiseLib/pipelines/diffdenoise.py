@@ -21,7 +21,7 @@ from ..diffusion import NoiseSchedule, srds_sample
 from ..diffusion.ddim import DenoisingModel
 from ..models import NAFNet, NAFNetConfig
 from ..progress import CancelCheck, ProgressCallback, report
-from ..training import TrainConfig, TrainSummary, train
+from ..training import TrainConfig, TrainSummary, fit_patch_size, train
 
 # condition channels of each conditioning (the network also gets x_t)
 CONDITION_CHANNELS = {"recorrupted": 2, "bsn": 1, "identity": 1}
@@ -204,7 +204,7 @@ def _train_on_pairs(config: NAFNetConfig, training: TrainConfig, first: np.ndarr
     """A fresh NAFNet trained on slice pairs stacked as channels (cropped and augmented together)."""
     torch.manual_seed(training.seed)
     network = NAFNet(config)
-    training = _fit_patch(training, network.multiple)
+    training = fit_patch_size(training, network.multiple)
     summary = train(network, np.concatenate([first, second], axis=1), loss, training, progress, cancel, stage=stage)
     return network, summary
 
@@ -214,7 +214,3 @@ def distillation_indices(count: int, limit: int | None) -> np.ndarray:
     if limit is None or limit >= count:
         return np.arange(count)
     return np.unique(np.linspace(0, count - 1, limit).round().astype(int))
-
-
-def _fit_patch(config: TrainConfig, multiple: int) -> TrainConfig:
-    return replace(config, patch_size=max(multiple, config.patch_size - config.patch_size % multiple))
