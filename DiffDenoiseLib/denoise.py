@@ -23,6 +23,7 @@ from .diffusion import NoiseSchedule
 from .errors import InputError
 from .inference import predict_slices
 from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise
+from .noise_model import fit_noise_model
 from .options import EXTRA_OUTPUTS, METHODS, NOISE_CHOICES
 from .pipelines.bsn import train_bsn
 from .pipelines.diffdenoise import (
@@ -149,7 +150,7 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         training[name] = {"config": asdict(config), "summary": asdict(summary)}
         timings[f"train_{name}_s"] = summary.seconds
 
-    predictions = targets = uncertainty = None
+    predictions = targets = uncertainty = noise_model = None
     conditioning = settings.diffusion.conditioning
     if method == "bsn" or conditioning != "identity":
         bsn, summary = train_bsn(slices, settings.bsn, progress, cancel)
@@ -163,8 +164,9 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         condition = diffusion_condition(conditioning, slices, predictions)
         diffusion_targets, diffusion_training_condition = slices, condition
         if conditioning == "recorrupted":
-            recorrupted, diffusion_targets = recorrupt(slices, analysis.sigma, settings.diffusion.recorruption_alpha,
-                                                       seed)
+            noise_model = fit_noise_model(slices[:, 0], predictions[:, 0], noise_kind == "correlated")
+            recorrupted, diffusion_targets = recorrupt(slices, noise_model, predictions,
+                                                       settings.diffusion.recorruption_alpha, seed)
             diffusion_training_condition = diffusion_condition(conditioning, recorrupted, predict_slices(
                 bsn, recorrupted, torch_device, _batch(torch_device), progress=progress, cancel=cancel,
                 stage="bsn inference"))
@@ -192,7 +194,8 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
     bundle = ModelBundle(method=method, networks=networks, inference_network=INFERENCE_NETWORK[method], metadata={
         "normalization": {"mode": "robust_percentiles", "low_percentile": LOW_PERCENTILE,
                           "high_percentile": HIGH_PERCENTILE, "training_range": [scaling.low, scaling.high]},
-        "noise": {"requested": noise, "used": noise_kind, **asdict(analysis)},
+        "noise": {"requested": noise, "used": noise_kind, **asdict(analysis),
+                  **({"recorruption_model": noise_model.describe()} if noise_model else {})},
         "preset": preset if isinstance(preset, str) else "custom",
         "slice_axis": slice_axis,
         "training": training,

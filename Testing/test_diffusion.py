@@ -6,6 +6,7 @@ import torch
 
 from DiffDenoiseLib.diffusion import NoiseSchedule, ddim_sample, ddim_timesteps, srds_sample
 from DiffDenoiseLib.models import NAFNet, NAFNetConfig
+from DiffDenoiseLib.noise_model import NoiseModel
 from DiffDenoiseLib.pipelines.diffdenoise import SamplingSettings, conditioned_model, sample_srds
 
 SCHEDULE = NoiseSchedule(steps=100)
@@ -117,7 +118,7 @@ def test_recorrupted_pairs_have_independent_gaussian_noise():
     rng = np.random.default_rng(0)
     clean = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 64, 1)).reshape(64, 1, 64, 64)
     noisy = clean + 0.1 * rng.standard_normal(clean.shape).astype(np.float32)
-    first, second = recorrupt(noisy, sigma=0.1, alpha=0.5, seed=1)
+    first, second = recorrupt(noisy, NoiseModel.white(0.1), clean, alpha=0.5, seed=1)
     noise_first, noise_second = (first - clean).ravel(), (second - clean).ravel()
     assert abs(np.corrcoef(noise_first, noise_second)[0, 1]) < 0.01
     assert np.corrcoef(noise_first, (noisy - clean).ravel())[0, 1] > 0.8  # the condition still sees the scan
@@ -132,5 +133,5 @@ def test_recorruption_is_independent_of_noise_drawn_with_the_same_seed():
 
     clean = np.zeros((4, 1, 32, 32), dtype=np.float32)
     noise = 0.1 * np.random.default_rng(0).standard_normal(clean.shape).astype(np.float32)
-    first, second = recorrupt(clean + noise, sigma=0.1, alpha=0.5, seed=0)
+    first, second = recorrupt(clean + noise, NoiseModel.white(0.1), clean, alpha=0.5, seed=0)
     assert abs(np.corrcoef(noise.ravel(), (second - clean).ravel())[0, 1] - 1 / np.sqrt(5)) < 0.05

@@ -20,6 +20,7 @@ from ..devices import choose_precision
 from ..diffusion import NoiseSchedule, srds_sample
 from ..diffusion.ddim import DenoisingModel
 from ..models import NAFNet, NAFNetConfig
+from ..noise_model import NoiseModel
 from ..progress import CancelCheck, ProgressCallback, report
 from ..training import TrainConfig, TrainSummary, fit_patch_size, train
 
@@ -34,8 +35,9 @@ class DiffusionSettings:
     ``conditioning``:
 
     * ``recorrupted`` (default): trained on pairs whose noise is independent (Recorrupted-to-Recorrupted,
-      Pang et al. 2021): target ``y - z / alpha``, condition ``[BSN(y + alpha z), y + alpha z]`` with Gaussian
-      ``z`` of the measured noise level; sampled with the condition ``[BSN(y), y]``. The BSN output of a slice
+      Pang et al. 2021): target ``y - z / alpha``, condition ``[BSN(y + alpha z), y + alpha z]`` with ``z``
+      drawn from the noise model fitted to the BSN residual (:mod:`..noise_model`: level per intensity, and
+      spatial correlation for correlated noise); sampled with the condition ``[BSN(y), y]``. The BSN output of a slice
       is a deterministic, largely invertible function of that slice, so a network conditioned on ``BSN(y)``
       while generating ``y`` learns to rebuild ``y``, noise included; with independent noise the best it can
       generate is the clean image, and the noisy slice next to the BSN output gives it the detail the blind
@@ -92,13 +94,14 @@ class DistillationSettings:
 _RECORRUPTION_STREAM = 0x52325220  # "R2R "
 
 
-def recorrupt(slices: np.ndarray, sigma: float, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split noisy slices into (y + alpha z, y - z / alpha), z ~ N(0, sigma^2): for Gaussian noise of level
-    ``sigma`` the two have independent noise (their noise covariance is sigma^2 - sigma^2 = 0)."""
+def recorrupt(slices: np.ndarray, noise: NoiseModel, signal: np.ndarray, alpha: float,
+              seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split (N, 1, H, W) noisy slices into (y + alpha z, y - z / alpha) with z drawn from ``noise`` around
+    ``signal`` (the BSN output): if z has the covariance of the slices' noise, the two have uncorrelated noise
+    (covariance Cov(n) - Cov(z) = 0), and y - z / alpha is a noisy target that y + alpha z cannot predict."""
     # A stream of its own: with default_rng(seed), z would equal noise a caller drew with the same seed (e.g. a
     # benchmark's synthetic noise), making y - z / alpha = clean - noise.
-    z = np.random.default_rng((seed, _RECORRUPTION_STREAM)).standard_normal(slices.shape).astype(np.float32)
-    z *= np.float32(sigma)
+    z = noise.draw(signal[:, 0], np.random.default_rng((seed, _RECORRUPTION_STREAM)))[:, None]
     return slices + alpha * z, slices - z / alpha
 
 

@@ -1,0 +1,105 @@
+"""A model of an image's noise that can draw more of it: how its variance depends on the signal (noise level
+function) and how it is correlated in space (colouring kernel), both fitted to the BSN residual in flat regions.
+
+Recorruption (Pang et al. 2021) splits a noisy image y into y + a z and y - z / a, whose noises are independent
+only if z has the covariance of the image's noise. A single global sigma of white noise is right for i.i.d.
+Gaussian noise only: Poisson noise is stronger in bright regions, correlated noise has power at short lags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.signal import fftconvolve
+
+BLOCK = 16  # px per side of the analysed blocks; also the largest colouring kernel
+LEVEL_BINS = 8  # intensity bins of the noise level function
+FLAT_FRACTION = 0.3  # flattest share of the blocks of each intensity bin that is analysed
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Noise of variance ``variances`` at signal ``intensities`` (linear in between, constant outside),
+    coloured by ``kernel`` (unit L2 norm: a centred delta for white noise)."""
+
+    intensities: np.ndarray
+    variances: np.ndarray
+    kernel: np.ndarray
+
+    @classmethod
+    def white(cls, sigma: float) -> NoiseModel:
+        """i.i.d. noise of one standard deviation everywhere."""
+        return cls(np.zeros(1), np.full(1, float(sigma) ** 2), np.ones((1, 1)))
+
+    def std(self, signal: np.ndarray) -> np.ndarray:
+        """Noise standard deviation at each pixel of ``signal`` (the noise-free image estimate)."""
+        return np.sqrt(np.interp(signal, self.intensities, self.variances)).astype(np.float32)
+
+    def draw(self, signal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Noise for (N, H, W) ``signal``: white noise coloured by the kernel slice by slice, scaled per pixel."""
+        white = rng.standard_normal(signal.shape).astype(np.float32)
+        coloured = fftconvolve(white, self.kernel[None].astype(np.float32), mode="same", axes=(1, 2))
+        return (coloured * self.std(signal)).astype(np.float32)
+
+    def describe(self) -> dict:
+        """JSON-friendly summary: the noise level function and the lag-1 correlation of the colouring."""
+        k = self.kernel  # unit L2 norm: its autocorrelation at a lag is the noise correlation at that lag
+        lag1 = 0.5 * ((k[:, 1:] * k[:, :-1]).sum() + (k[1:] * k[:-1]).sum())
+        return {"intensities": self.intensities.round(5).tolist(),
+                "std": np.sqrt(self.variances).round(5).tolist(),
+                "neighbour_correlation": round(float(lag1), 4)}
+
+
+def _blocks(image: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W) -> (M, size, size) non-overlapping blocks (edges that do not fill a block are dropped)."""
+    n, height, width = image.shape
+    height, width = height - height % size, width - width % size
+    blocks = image[:, :height, :width].reshape(n, height // size, size, width // size, size)
+    return blocks.transpose(0, 1, 3, 2, 4).reshape(-1, size, size)
+
+
+def fit_noise_model(noisy: np.ndarray, signal: np.ndarray, correlated: bool) -> NoiseModel:
+    """Fit a :class:`NoiseModel` to (N, H, W) noisy slices and a noise-free estimate of them (the BSN output).
+
+    Blocks are binned by their signal level and the flattest of each bin analysed, where what varies is noise
+    and not anatomy. ``correlated`` is the noise analysis' verdict:
+
+    * i.i.d. noise: a block's noise variance is the mean square of the noisy image's finest diagonal (Haar HH)
+      detail, which keeps white noise whole and cancels locally linear signal; the model is white. (The BSN
+      residual would not do: it carries the BSN's own error, and the BSN's averaging of the neighbours' noise
+      makes it anti-correlated at short lags.)
+    * correlated noise: the power spectrum of the BSN residual (mean removed, Hann window, the lost
+      zero-frequency bin filled from its neighbours) gives the variance and, averaged, the colouring.
+    """
+    size = min(BLOCK, *noisy.shape[1:])
+    smooth = _blocks(signal.astype(np.float64), size)
+    level, structure = smooth.mean(axis=(1, 2)), smooth.std(axis=(1, 2))
+    chosen = []
+    edges = np.unique(np.quantile(level, np.linspace(0, 1, LEVEL_BINS + 1)))
+    members = np.clip(np.searchsorted(edges, level, side="right") - 1, 0, max(len(edges) - 2, 0))
+    for bin_index in np.unique(members):
+        in_bin = np.flatnonzero(members == bin_index)
+        chosen.append(in_bin[np.argsort(structure[in_bin])[:max(1, round(FLAT_FRACTION * len(in_bin)))]])
+    intensities = np.array([level[c].mean() for c in chosen])
+
+    if not correlated:
+        y = noisy.astype(np.float64)
+        diagonal = (y[:, 0:-1:2, 0:-1:2] - y[:, 0:-1:2, 1::2] - y[:, 1::2, 0:-1:2] + y[:, 1::2, 1::2]) / 2
+        block_variance = (_blocks(diagonal, size // 2) ** 2).mean(axis=(1, 2))
+        return NoiseModel(intensities, np.array([block_variance[c].mean() for c in chosen]), np.ones((1, 1)))
+
+    residual = _blocks((noisy - signal).astype(np.float64), size)
+    centred = residual - residual.mean(axis=(1, 2), keepdims=True)
+    window = np.outer(np.hanning(size + 2)[1:-1], np.hanning(size + 2)[1:-1])  # no leakage from block edges
+    power = np.abs(np.fft.fft2(centred * window)) ** 2 / (window**2).sum()
+    power[:, 0, 0] = (power[:, 0, 1] + power[:, 1, 0] + power[:, 0, -1] + power[:, -1, 0]) / 4
+    block_variance = power.mean(axis=(1, 2))
+    spectrum = power[np.concatenate(chosen)].sum(axis=0)
+    if spectrum.sum() > 0:  # a noise-free image leaves a delta: nothing to colour
+        spectrum *= spectrum.size / spectrum.sum()
+    else:
+        spectrum[:] = 1
+    kernel = np.fft.fftshift(np.real(np.fft.ifft2(np.sqrt(spectrum))))
+    kernel /= np.sqrt((kernel**2).sum())
+    return NoiseModel(intensities, np.array([block_variance[c].mean() for c in chosen]), kernel)

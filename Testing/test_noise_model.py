@@ -1,0 +1,65 @@
+"""The recorruption noise model: fitted level function and colouring match the noise they were fitted to."""
+
+import numpy as np
+import pytest
+
+from DiffDenoiseLib.noise import correlated_gaussian
+from DiffDenoiseLib.noise_model import NoiseModel, fit_noise_model
+from DiffDenoiseLib.pipelines.diffdenoise import recorrupt
+
+SHAPE = (8, 96, 96)
+
+
+def smooth_phantom() -> np.ndarray:
+    """(8, 96, 96) float32 image: flat discs of several intensities on a dark ramp."""
+    yy, xx = np.mgrid[:96, :96]
+    image = np.broadcast_to(0.05 + 0.1 * xx / 96, SHAPE).copy()
+    for index, (cy, cx, value) in enumerate([(25, 25, 0.3), (25, 70, 0.5), (70, 25, 0.7), (70, 70, 0.9)]):
+        image[:, (yy - cy) ** 2 + (xx - cx) ** 2 < 18**2] = value + 0.01 * index
+    return image.astype(np.float32)
+
+
+def lag1(noise: np.ndarray) -> float:
+    return float(np.corrcoef(noise[..., 1:].ravel(), noise[..., :-1].ravel())[0, 1])
+
+
+def test_level_function_follows_signal_dependent_noise():
+    clean = smooth_phantom()
+    noisy = (np.random.default_rng(0).poisson(clean * 40) / 40).astype(np.float32)  # variance = signal / 40
+    model = fit_noise_model(noisy, clean, correlated=False)
+    for signal in (0.3, 0.5, 0.7, 0.9):
+        assert model.std(np.array(signal)) == pytest.approx(np.sqrt(signal / 40), rel=0.12)
+    assert model.kernel.shape == (1, 1)  # i.i.d.: white
+
+
+def test_correlated_model_draws_noise_with_the_same_correlation_and_level():
+    clean = smooth_phantom()
+    noise = 0.1 * correlated_gaussian(SHAPE, 1.0, np.random.default_rng(1))
+    model = fit_noise_model(clean + noise.astype(np.float32), clean, correlated=True)
+    drawn = model.draw(clean, np.random.default_rng(2))
+    assert drawn.std() == pytest.approx(0.1, rel=0.08)
+    assert lag1(drawn) == pytest.approx(lag1(noise), abs=0.05)
+    assert model.describe()["neighbour_correlation"] == pytest.approx(lag1(noise), abs=0.05)
+
+
+def test_recorruption_with_the_fitted_model_decorrelates_correlated_noise():
+    # White z of the right level leaves the pair's noise correlated at short lags; the fitted colouring does not.
+    clean = smooth_phantom()
+    noise = (0.1 * correlated_gaussian(SHAPE, 1.0, np.random.default_rng(3))).astype(np.float32)
+    noisy = (clean + noise)[:, None]
+    signal = clean[:, None]
+
+    def pair_correlation(model: NoiseModel) -> float:
+        first, second = recorrupt(noisy, model, signal, alpha=0.5, seed=4)
+        a, b = first - signal, second - signal
+        return float(np.corrcoef(a[..., 1:].ravel(), b[..., :-1].ravel())[0, 1])
+
+    assert abs(pair_correlation(fit_noise_model(noisy[:, 0], clean, correlated=True))) < 0.05
+    assert pair_correlation(NoiseModel.white(0.1)) > 0.2
+
+
+def test_noise_free_regions_get_no_recorruption_noise():
+    clean = smooth_phantom()
+    model = fit_noise_model(clean, clean, correlated=True)
+    drawn = model.draw(clean, np.random.default_rng(0))
+    assert np.all(np.isfinite(drawn)) and np.abs(drawn).max() == 0
