@@ -49,6 +49,7 @@ from DiffDenoiseLib.pipelines.diffdenoise import (
 )
 from DiffDenoiseLib.preprocessing import IntensityScaling, from_slices, to_slices
 from DiffDenoiseLib.presets import PRESETS
+from DiffDenoiseLib.variance_stabilisation import VarianceStabiliser
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NOISES = {"gaussian": ("gaussian", 0.1), "correlated": ("correlated", 0.1), "poisson": ("poisson", 30.0)}
@@ -94,18 +95,25 @@ def classical_rows(noisy: np.ndarray, clean: np.ndarray, data_range: float, sigm
     return [tuned(noisy, clean, data_range, blur), tuned(noisy, clean, data_range, nlm)]
 
 
-def condition_of(result, noisy: np.ndarray, conditioning: str) -> tuple[IntensityScaling, np.ndarray, np.ndarray]:
-    """(scaling, normalised noisy slices, diffusion condition) of a benchmark volume, from the run's BSN output."""
+def condition_of(result, noisy: np.ndarray, conditioning: str):
+    """(scaling, normalised noisy slices, diffusion condition, variance stabiliser) of a benchmark volume, from
+    the run's BSN output and noise model; ``conditioning`` may differ from the run's (the ablations)."""
     scaling = IntensityScaling.fit(noisy)  # as denoise() does, so the BSN output maps back to its exact input
     slices = to_slices(scaling.normalise(noisy))
     bsn = to_slices(scaling.normalise(result.extras["bsn"]))
-    return scaling, slices, diffusion_condition(conditioning, slices, bsn)
+    diffusion = result.bundle.metadata["diffusion"]
+    stabiliser = None if conditioning == "identity" else VarianceStabiliser.from_metadata(
+        diffusion["variance_stabilisation"])
+    if stabiliser is not None and conditioning != diffusion["conditioning"]:
+        stabiliser = replace(stabiliser, target_noise_factor=1.0)  # the ablations' targets are the plain slices
+    return scaling, slices, diffusion_condition(conditioning, slices, bsn, stabiliser), stabiliser
 
 
 def single_ddim(result, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
-    """Ablation: one DDIM trajectory from +eps (the first half of the SRDS pair) instead of the pair average."""
+    """Ablation: one DDIM trajectory from +eps (the first half of the SRDS pair) instead of the pair average,
+    mapped back from the stabilised domain like the SRDS output."""
     bundle = result.bundle
-    scaling, _, condition = condition_of(result, noisy, bundle.metadata["diffusion"]["conditioning"])
+    scaling, _, condition, stabiliser = condition_of(result, noisy, bundle.metadata["diffusion"]["conditioning"])
     network = bundle.networks["diffusion"]
     schedule = NoiseSchedule(**bundle.metadata["diffusion"]["schedule"])
     steps = bundle.metadata["sampling"]["steps"]
@@ -115,7 +123,7 @@ def single_ddim(result, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, float
         chunk = to_model_range(torch.from_numpy(condition[index:index + 1])).to(device)
         eps = slice_start_noise(seed, index, 1, (1, *chunk.shape[2:]))  # the +eps of SRDS's first pair
         sample = ddim_sample(conditioned_model(network, chunk, device), eps.to(device), schedule, steps)
-        outputs.append(from_model_range(sample).cpu().numpy())
+        outputs.append(stabiliser.inverse(from_model_range(sample).cpu().numpy()))
     seconds = (time.perf_counter() - started) / len(condition)
     return scaling.denormalise(from_slices(np.concatenate(outputs), noisy.shape, 0)), seconds
 
@@ -123,15 +131,16 @@ def single_ddim(result, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, float
 def conditioning_ablation(result, noisy: np.ndarray, conditioning: str, preset: str, seed: int,
                           progress: TqdmProgress) -> tuple[np.ndarray, float]:
     """Ablation: a diffusion model trained on the plain noisy slices with another condition (the same BSN
-    output), sampled with SRDS like the main run."""
+    output and noise model), sampled with SRDS like the main run."""
     settings = PRESETS[preset]
     diffusion = replace(settings.diffusion, conditioning=conditioning,
                         training=replace(settings.diffusion.training, seed=seed))
-    scaling, slices, condition = condition_of(result, noisy, conditioning)
-    network, _ = train_diffusion(slices, condition, diffusion, progress)
+    scaling, slices, condition, stabiliser = condition_of(result, noisy, conditioning)
+    targets = slices if stabiliser is None else stabiliser.forward(slices)
+    network, _ = train_diffusion(targets, condition, diffusion, progress)
     started = time.perf_counter()
     output, _ = sample_srds(network, condition, diffusion.schedule, settings.sampling, resolve_device("auto"), seed,
-                            progress)
+                            progress, stabiliser=stabiliser)
     seconds = (time.perf_counter() - started) / len(condition)
     return scaling.denormalise(from_slices(output, noisy.shape, 0)), seconds
 
