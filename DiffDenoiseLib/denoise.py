@@ -24,6 +24,7 @@ from .errors import InputError
 from .inference import predict_slices
 from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise
 from .noise_model import fit_noise_model
+from .noise_normalisation import NoiseNormaliser
 from .options import EXTRA_OUTPUTS, METHODS, NOISE_CHOICES
 from .pipelines.bsn import train_bsn
 from .pipelines.diffdenoise import (
@@ -32,7 +33,6 @@ from .pipelines.diffdenoise import (
     distillation_indices,
     recorrupt,
     sample_srds,
-    target_noise_factor,
     train_diffusion,
     train_distillation,
 )
@@ -47,7 +47,6 @@ from .preprocessing import (
 )
 from .presets import PipelineSettings, pipeline_settings
 from .progress import CancelCheck, ProgressCallback
-from .variance_stabilisation import VarianceStabiliser
 
 # the network that `apply` runs for a bundle of each method
 INFERENCE_NETWORK = {"diffdenoise": "nafnet", "diffusion": "diffusion", "bsn": "bsn"}
@@ -163,21 +162,21 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         timings["bsn_inference_s"] = time.perf_counter() - clock
     output = predictions if predictions is not None else slices
     if method != "bsn":
-        stabiliser = None
+        normaliser = None
         if predictions is not None:
             noise_model = fit_noise_model(slices[:, 0], predictions[:, 0], noise_kind == "correlated")
-            stabiliser = VarianceStabiliser.from_noise_model(noise_model, float(slices.min()), float(slices.max()),
-                                                             target_noise_factor(settings.diffusion))
-        condition = diffusion_condition(conditioning, slices, predictions, stabiliser)
-        diffusion_targets, diffusion_training_condition = slices, condition
+            normaliser = NoiseNormaliser.from_noise_model(noise_model)
+        condition = diffusion_condition(conditioning, slices, predictions, normaliser)
+        diffusion_targets, diffusion_training_condition, training_signal = slices, condition, predictions
         if conditioning == "recorrupted":
             recorrupted, diffusion_targets = recorrupt(slices, noise_model, predictions,
                                                        settings.diffusion.recorruption_alpha, seed)
-            diffusion_training_condition = diffusion_condition(conditioning, recorrupted, predict_slices(
-                bsn, recorrupted, torch_device, _batch(torch_device), progress=progress, cancel=cancel,
-                stage="bsn inference"), stabiliser)
-        if stabiliser is not None:
-            diffusion_targets = stabiliser.forward(diffusion_targets)
+            training_signal = predict_slices(bsn, recorrupted, torch_device, _batch(torch_device), progress=progress,
+                                             cancel=cancel, stage="bsn inference")
+            diffusion_training_condition = diffusion_condition(conditioning, recorrupted, training_signal,
+                                                               normaliser)
+        if normaliser is not None:
+            diffusion_targets = normaliser.forward(diffusion_targets, training_signal)
         diffusion, summary = train_diffusion(diffusion_targets, diffusion_training_condition, settings.diffusion,
                                              progress, cancel)
         stage_done("diffusion", diffusion, settings.diffusion.training, summary)
@@ -185,7 +184,8 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         sampled = distillation_indices(len(slices), None if every_slice else settings.sampling.distill_slices)
         clock = time.perf_counter()
         targets, uncertainty = sample_srds(diffusion, condition[sampled], settings.diffusion.schedule,
-                                           settings.sampling, torch_device, seed, progress, cancel, stabiliser)
+                                           settings.sampling, torch_device, seed, progress, cancel, normaliser,
+                                           None if predictions is None else predictions[sampled])
         timings["srds_s"] = time.perf_counter() - clock
         output = targets
         if method == "diffdenoise":
@@ -210,7 +210,7 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         **({} if method == "bsn" else {
             "diffusion": {"schedule": asdict(settings.diffusion.schedule), "prediction": "epsilon",
                           "conditioning": settings.diffusion.conditioning, "model_range": [-1, 1],
-                          "variance_stabilisation": stabiliser.describe() if stabiliser else None},
+                          "noise_normalisation": normaliser.describe() if normaliser else None},
             "sampling": asdict(settings.sampling) | {"seed": seed}}),
     })
     timings["total_s"] = time.perf_counter() - started
@@ -263,15 +263,15 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
         if diffusion["conditioning"] != "identity":
             stages["bsn"] = predict_slices(bundle.networks["bsn"], slices, torch_device, _batch(torch_device),
                                            progress=progress, cancel=cancel, stage="bsn inference")
-        stabiliser = diffusion.get("variance_stabilisation")
-        stabiliser = VarianceStabiliser.from_metadata(stabiliser) if stabiliser else None
-        condition = diffusion_condition(diffusion["conditioning"], slices, stages.get("bsn"), stabiliser)
+        normaliser = diffusion.get("noise_normalisation")
+        normaliser = NoiseNormaliser.from_metadata(normaliser) if normaliser else None
+        condition = diffusion_condition(diffusion["conditioning"], slices, stages.get("bsn"), normaliser)
         sampling = dict(bundle.metadata["sampling"])
         seed = sampling.pop("seed", 0)
         schedule = NoiseSchedule(**diffusion["schedule"])
         output, stages["uncertainty"] = sample_srds(bundle.networks["diffusion"], condition, schedule,
                                                     SamplingSettings(**sampling), torch_device, seed, progress, cancel,
-                                                    stabiliser)
+                                                    normaliser, stages.get("bsn"))
         stages["srds"] = output
     else:
         output = predict_slices(bundle.networks[bundle.inference_network], slices, torch_device, _batch(torch_device),

@@ -38,6 +38,7 @@ from DiffDenoiseLib.diffusion import NoiseSchedule, ddim_sample
 from DiffDenoiseLib.io import read_volume
 from DiffDenoiseLib.metrics import psnr, ssim
 from DiffDenoiseLib.noise import add_noise, robust_range
+from DiffDenoiseLib.noise_normalisation import NoiseNormaliser
 from DiffDenoiseLib.pipelines.diffdenoise import (
     conditioned_model,
     diffusion_condition,
@@ -49,7 +50,6 @@ from DiffDenoiseLib.pipelines.diffdenoise import (
 )
 from DiffDenoiseLib.preprocessing import IntensityScaling, from_slices, to_slices
 from DiffDenoiseLib.presets import PRESETS
-from DiffDenoiseLib.variance_stabilisation import VarianceStabiliser
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NOISES = {"gaussian": ("gaussian", 0.1), "correlated": ("correlated", 0.1), "poisson": ("poisson", 30.0)}
@@ -96,24 +96,20 @@ def classical_rows(noisy: np.ndarray, clean: np.ndarray, data_range: float, sigm
 
 
 def condition_of(result, noisy: np.ndarray, conditioning: str):
-    """(scaling, normalised noisy slices, diffusion condition, variance stabiliser) of a benchmark volume, from
-    the run's BSN output and noise model; ``conditioning`` may differ from the run's (the ablations)."""
+    """(scaling, normalised noisy slices, BSN output, noise normaliser, diffusion condition) of a benchmark
+    volume, from the run's BSN output and noise model; ``conditioning`` may differ from the run's (ablations)."""
     scaling = IntensityScaling.fit(noisy)  # as denoise() does, so the BSN output maps back to its exact input
     slices = to_slices(scaling.normalise(noisy))
     bsn = to_slices(scaling.normalise(result.extras["bsn"]))
-    diffusion = result.bundle.metadata["diffusion"]
-    stabiliser = None if conditioning == "identity" else VarianceStabiliser.from_metadata(
-        diffusion["variance_stabilisation"])
-    if stabiliser is not None and conditioning != diffusion["conditioning"]:
-        stabiliser = replace(stabiliser, target_noise_factor=1.0)  # the ablations' targets are the plain slices
-    return scaling, slices, diffusion_condition(conditioning, slices, bsn, stabiliser), stabiliser
+    normaliser = None if conditioning == "identity" else NoiseNormaliser.from_metadata(
+        result.bundle.metadata["diffusion"]["noise_normalisation"])
+    return scaling, slices, bsn, normaliser, diffusion_condition(conditioning, slices, bsn, normaliser)
 
 
 def single_ddim(result, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
-    """Ablation: one DDIM trajectory from +eps (the first half of the SRDS pair) instead of the pair average,
-    mapped back from the stabilised domain like the SRDS output."""
+    """Ablation: one DDIM trajectory from +eps (the first half of the SRDS pair) instead of the pair average."""
     bundle = result.bundle
-    scaling, _, condition, stabiliser = condition_of(result, noisy, bundle.metadata["diffusion"]["conditioning"])
+    scaling, _, bsn, normaliser, condition = condition_of(result, noisy, bundle.metadata["diffusion"]["conditioning"])
     network = bundle.networks["diffusion"]
     schedule = NoiseSchedule(**bundle.metadata["diffusion"]["schedule"])
     steps = bundle.metadata["sampling"]["steps"]
@@ -123,7 +119,7 @@ def single_ddim(result, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, float
         chunk = to_model_range(torch.from_numpy(condition[index:index + 1])).to(device)
         eps = slice_start_noise(seed, index, 1, (1, *chunk.shape[2:]))  # the +eps of SRDS's first pair
         sample = ddim_sample(conditioned_model(network, chunk, device), eps.to(device), schedule, steps)
-        outputs.append(stabiliser.inverse(from_model_range(sample).cpu().numpy()))
+        outputs.append(normaliser.inverse(from_model_range(sample).cpu().numpy(), bsn[index:index + 1]))
     seconds = (time.perf_counter() - started) / len(condition)
     return scaling.denormalise(from_slices(np.concatenate(outputs), noisy.shape, 0)), seconds
 
@@ -131,16 +127,16 @@ def single_ddim(result, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, float
 def conditioning_ablation(result, noisy: np.ndarray, conditioning: str, preset: str, seed: int,
                           progress: TqdmProgress) -> tuple[np.ndarray, float]:
     """Ablation: a diffusion model trained on the plain noisy slices with another condition (the same BSN
-    output and noise model), sampled with SRDS like the main run."""
+    output and noise normalisation), sampled with SRDS like the main run."""
     settings = PRESETS[preset]
     diffusion = replace(settings.diffusion, conditioning=conditioning,
                         training=replace(settings.diffusion.training, seed=seed))
-    scaling, slices, condition, stabiliser = condition_of(result, noisy, conditioning)
-    targets = slices if stabiliser is None else stabiliser.forward(slices)
+    scaling, slices, bsn, normaliser, condition = condition_of(result, noisy, conditioning)
+    targets = slices if normaliser is None else normaliser.forward(slices, bsn)
     network, _ = train_diffusion(targets, condition, diffusion, progress)
     started = time.perf_counter()
     output, _ = sample_srds(network, condition, diffusion.schedule, settings.sampling, resolve_device("auto"), seed,
-                            progress, stabiliser=stabiliser)
+                            progress, normaliser=normaliser, signal=bsn)
     seconds = (time.perf_counter() - started) / len(condition)
     return scaling.denormalise(from_slices(output, noisy.shape, 0)), seconds
 

@@ -21,9 +21,9 @@ from ..diffusion import NoiseSchedule, srds_sample
 from ..diffusion.ddim import DenoisingModel
 from ..models import NAFNet, NAFNetConfig
 from ..noise_model import NoiseModel
+from ..noise_normalisation import NoiseNormaliser
 from ..progress import CancelCheck, ProgressCallback, report
 from ..training import TrainConfig, TrainSummary, fit_patch_size, train
-from ..variance_stabilisation import VarianceStabiliser
 
 # condition channels of each conditioning (the network also gets x_t)
 CONDITION_CHANNELS = {"recorrupted": 2, "bsn": 1, "identity": 1}
@@ -106,19 +106,12 @@ def recorrupt(slices: np.ndarray, noise: NoiseModel, signal: np.ndarray, alpha: 
     return slices + alpha * z, slices - z / alpha
 
 
-def target_noise_factor(settings: DiffusionSettings) -> float:
-    """Noise variance of the diffusion training targets relative to the slices': 1 + 1 / alpha^2 for the
-    recorrupted y - z / alpha, 1 for the plain slices."""
-    return 1 + settings.recorruption_alpha**-2 if settings.conditioning == "recorrupted" else 1.0
-
-
 def diffusion_condition(conditioning: str, slices: np.ndarray, bsn_output: np.ndarray | None,
-                        stabiliser: VarianceStabiliser | None = None) -> np.ndarray:
-    """The (N, C, H, W) condition channels of ``conditioning`` for noisy slices and their BSN output, in the
-    stabilised domain when a ``stabiliser`` is given (the diffusion model then works there throughout)."""
-    if stabiliser is not None:
-        slices = stabiliser.forward(slices)
-        bsn_output = None if bsn_output is None else stabiliser.forward(bsn_output)
+                        normaliser: NoiseNormaliser | None = None) -> np.ndarray:
+    """The (N, C, H, W) condition channels of ``conditioning`` for noisy slices and their BSN output; with a
+    ``normaliser`` the noisy channel is noise-normalised around the BSN output (as the targets are)."""
+    if normaliser is not None and bsn_output is not None:
+        slices = normaliser.forward(slices, bsn_output)
     if conditioning == "identity":
         return slices
     if conditioning == "bsn":
@@ -183,10 +176,11 @@ def slice_start_noise(seed: int, index: int, pairs: int, shape: tuple[int, ...])
 
 def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedule, settings: SamplingSettings,
                 device: torch.device, seed: int = 0, progress: ProgressCallback | None = None,
-                cancel: CancelCheck | None = None,
-                stabiliser: VarianceStabiliser | None = None) -> tuple[np.ndarray, np.ndarray]:
+                cancel: CancelCheck | None = None, normaliser: NoiseNormaliser | None = None,
+                signal: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """SRDS over (N, C, H, W) condition slices; returns (N, 1, H, W) denoised and uncertainty slices in
-    normalised units (mapped back from the stabilised domain when the model works in one).
+    normalised intensity units. A model trained on noise-normalised slices gets its ``normaliser`` and the
+    (N, 1, H, W) BSN output ``signal`` it normalised around, to map its output back.
 
     The start noise of slice i depends only on ``seed`` and i, so batching does not change the result.
     """
@@ -204,10 +198,9 @@ def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedu
         uncertainties.append((result.uncertainty / 2).cpu().numpy())  # half of [-1, 1] units = normalised units
         report(progress, "srds", min(start + batch, len(condition)), len(condition))
     mean, uncertainty = np.concatenate(means), np.concatenate(uncertainties)
-    if stabiliser is None:
+    if normaliser is None:
         return mean, uncertainty
-    mean = stabiliser.inverse(mean)
-    return mean, uncertainty / stabiliser.slope(mean)
+    return normaliser.inverse(mean, signal), uncertainty / normaliser.gain(signal)
 
 
 def train_distillation(noisy: np.ndarray, targets: np.ndarray, settings: DistillationSettings,
