@@ -33,16 +33,19 @@ CONDITION_CHANNELS = {"recorrupted": 2, "bsn": 1, "identity": 1}
 class DiffusionSettings:
     """The conditional diffusion stage: network, training, noise schedule and what it is conditioned on.
 
+    Targets and noisy condition channels are noise-normalised around the BSN output
+    (:mod:`..noise_normalisation`) whenever there is one, so the model sees noise of one level.
+
     ``conditioning``:
 
     * ``recorrupted`` (default): trained on pairs whose noise is independent (Recorrupted-to-Recorrupted,
       Pang et al. 2021): target ``y - z / alpha``, condition ``[BSN(y + alpha z), y + alpha z]`` with ``z``
-      drawn from the noise model fitted to the BSN residual (:mod:`..noise_model`: level per intensity, and
-      spatial correlation for correlated noise); sampled with the condition ``[BSN(y), y]``. The BSN output of a slice
-      is a deterministic, largely invertible function of that slice, so a network conditioned on ``BSN(y)``
-      while generating ``y`` learns to rebuild ``y``, noise included; with independent noise the best it can
-      generate is the clean image, and the noisy slice next to the BSN output gives it the detail the blind
-      spot discards (measurements in the README).
+      drawn from the image's fitted noise model (:mod:`..noise_model`: level per intensity, and spatial
+      correlation for correlated noise); sampled with the condition ``[BSN(y), y]``. The BSN output of a
+      slice is a deterministic, largely invertible function of that slice, so a network conditioned on
+      ``BSN(y)`` while generating ``y`` learns to rebuild ``y``, noise included; with independent noise the
+      best it can generate is the clean image, and the noisy slice next to the BSN output gives it the
+      detail the blind spot discards (measurements in the README).
     * ``bsn``: the paper's plain pairs (target ``y``, condition ``BSN(y)``), kept for the ablation.
     * ``identity``: conditioned on the noisy slice itself (the paper's other ablation).
     """
