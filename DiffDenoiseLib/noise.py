@@ -98,6 +98,14 @@ def _slices(image: np.ndarray) -> np.ndarray:
     return image.reshape(-1, *image.shape[-2:]).astype(np.float64)
 
 
+def image_blocks(image: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W) -> (M, size, size) non-overlapping blocks, row by row (edges that do not fill one are dropped)."""
+    n, height, width = image.shape
+    height, width = height - height % size, width - width % size
+    blocks = image[:, :height, :width].reshape(n, height // size, size, width // size, size)
+    return blocks.transpose(0, 1, 3, 2, 4).reshape(-1, size, size)
+
+
 def neighbour_correlation(image: np.ndarray) -> float:
     """Lag-1 correlation of the noise, measured on the residual of a 3x3 median in flat regions.
 
@@ -106,13 +114,11 @@ def neighbour_correlation(image: np.ndarray) -> float:
     """
     values = []
     for plane in _slices(image):
-        residual = plane - ndimage.median_filter(plane, size=3)
-        height, width = (s - s % 8 for s in plane.shape)
-        if height < MIN_ANALYSIS_SIZE or width < MIN_ANALYSIS_SIZE:
+        if min(plane.shape) < MIN_ANALYSIS_SIZE:
             continue
-        blocks = residual[:height, :width].reshape(height // 8, 8, width // 8, 8).transpose(0, 2, 1, 3)
-        blocks = blocks.reshape(-1, 8, 8)
-        energy = plane[:height, :width].reshape(height // 8, 8, width // 8, 8).std(axis=(1, 3)).ravel()
+        residual = plane - ndimage.median_filter(plane, size=3)
+        blocks = image_blocks(residual[None], 8)
+        energy = image_blocks(plane[None], 8).std(axis=(1, 2))
         textured = energy > 0  # exactly constant blocks (clipped background) carry no noise to measure
         if textured.any():
             blocks, energy = blocks[textured], energy[textured]

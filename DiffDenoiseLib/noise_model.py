@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import fftconvolve
 
+from .noise import image_blocks
+
 BLOCK = 16  # px per side of the analysed blocks; also the largest colouring kernel
 LEVEL_BINS = 8  # intensity bins of the noise level function
 FLAT_FRACTION = 0.3  # flattest share of the blocks of each intensity bin that is analysed
@@ -51,14 +53,6 @@ class NoiseModel:
                 "neighbour_correlation": round(float(lag1), 4)}
 
 
-def _blocks(image: np.ndarray, size: int) -> np.ndarray:
-    """(N, H, W) -> (M, size, size) non-overlapping blocks (edges that do not fill a block are dropped)."""
-    n, height, width = image.shape
-    height, width = height - height % size, width - width % size
-    blocks = image[:, :height, :width].reshape(n, height // size, size, width // size, size)
-    return blocks.transpose(0, 1, 3, 2, 4).reshape(-1, size, size)
-
-
 def fit_noise_model(noisy: np.ndarray, signal: np.ndarray, correlated: bool) -> NoiseModel:
     """Fit a :class:`NoiseModel` to (N, H, W) noisy slices and a noise-free estimate of them (the BSN output).
 
@@ -73,7 +67,7 @@ def fit_noise_model(noisy: np.ndarray, signal: np.ndarray, correlated: bool) -> 
       zero-frequency bin filled from its neighbours) gives the variance and, averaged, the colouring.
     """
     size = min(BLOCK, *noisy.shape[1:])
-    smooth = _blocks(signal.astype(np.float64), size)
+    smooth = image_blocks(signal.astype(np.float64), size)
     level, structure = smooth.mean(axis=(1, 2)), smooth.std(axis=(1, 2))
     chosen = []
     edges = np.unique(np.quantile(level, np.linspace(0, 1, LEVEL_BINS + 1)))
@@ -86,10 +80,10 @@ def fit_noise_model(noisy: np.ndarray, signal: np.ndarray, correlated: bool) -> 
     if not correlated:
         y = noisy.astype(np.float64)
         diagonal = (y[:, 0:-1:2, 0:-1:2] - y[:, 0:-1:2, 1::2] - y[:, 1::2, 0:-1:2] + y[:, 1::2, 1::2]) / 2
-        block_variance = (_blocks(diagonal, size // 2) ** 2).mean(axis=(1, 2))
+        block_variance = (image_blocks(diagonal, size // 2) ** 2).mean(axis=(1, 2))
         return NoiseModel(intensities, np.array([block_variance[c].mean() for c in chosen]), np.ones((1, 1)))
 
-    residual = _blocks((noisy - signal).astype(np.float64), size)
+    residual = image_blocks((noisy - signal).astype(np.float64), size)
     centred = residual - residual.mean(axis=(1, 2), keepdims=True)
     window = np.outer(np.hanning(size + 2)[1:-1], np.hanning(size + 2)[1:-1])  # no leakage from block edges
     power = np.abs(np.fft.fft2(centred * window)) ** 2 / (window**2).sum()
