@@ -77,23 +77,27 @@ def fit_noise_model(noisy: np.ndarray, signal: np.ndarray, correlated: bool) -> 
         chosen.append(in_bin[np.argsort(structure[in_bin])[:max(1, round(FLAT_FRACTION * len(in_bin)))]])
     intensities = np.array([level[c].mean() for c in chosen])
 
-    if not correlated:
+    if correlated:
+        block_variance, kernel = _spectral_noise(noisy, signal, size, np.concatenate(chosen))
+    else:
         y = noisy.astype(np.float64)
         diagonal = (y[:, 0:-1:2, 0:-1:2] - y[:, 0:-1:2, 1::2] - y[:, 1::2, 0:-1:2] + y[:, 1::2, 1::2]) / 2
-        block_variance = (image_blocks(diagonal, size // 2) ** 2).mean(axis=(1, 2))
-        return NoiseModel(intensities, np.array([block_variance[c].mean() for c in chosen]), np.ones((1, 1)))
+        block_variance, kernel = (image_blocks(diagonal, size // 2) ** 2).mean(axis=(1, 2)), np.ones((1, 1))
+    return NoiseModel(intensities, np.array([block_variance[c].mean() for c in chosen]), kernel)
 
+
+def _spectral_noise(noisy: np.ndarray, signal: np.ndarray, size: int,
+                    flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(noise variance of every block, colouring kernel from the ``flat`` blocks) from the residual's spectra."""
     residual = image_blocks((noisy - signal).astype(np.float64), size)
     centred = residual - residual.mean(axis=(1, 2), keepdims=True)
     window = np.outer(np.hanning(size + 2)[1:-1], np.hanning(size + 2)[1:-1])  # no leakage from block edges
     power = np.abs(np.fft.fft2(centred * window)) ** 2 / (window**2).sum()
     power[:, 0, 0] = (power[:, 0, 1] + power[:, 1, 0] + power[:, 0, -1] + power[:, -1, 0]) / 4
-    block_variance = power.mean(axis=(1, 2))
-    spectrum = power[np.concatenate(chosen)].sum(axis=0)
+    spectrum = power[flat].sum(axis=0)
     if spectrum.sum() > 0:  # a noise-free image leaves a delta: nothing to colour
         spectrum *= spectrum.size / spectrum.sum()
     else:
         spectrum[:] = 1
     kernel = np.fft.fftshift(np.real(np.fft.ifft2(np.sqrt(spectrum))))
-    kernel /= np.sqrt((kernel**2).sum())
-    return NoiseModel(intensities, np.array([block_variance[c].mean() for c in chosen]), kernel)
+    return power.mean(axis=(1, 2)), kernel / np.sqrt((kernel**2).sum())
