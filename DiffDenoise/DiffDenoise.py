@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import slicer
 import vtk
+from vtk.util.numpy_support import vtk_to_numpy
 
 try:  # the Slicer application; absent under slicer-core (headless MRML), where only the logic is used
     from slicer.ScriptedLoadableModule import (
@@ -105,11 +106,14 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.lastExtraNodes = {}
+        self.lastSummary = ""
 
     @staticmethod
     def _checkInput(inputVolumeNode, outputVolumeNode):
         if inputVolumeNode is None or not inputVolumeNode.IsA("vtkMRMLScalarVolumeNode"):
             raise ValueError("Select a scalar volume as input")
+        if inputVolumeNode.IsA("vtkMRMLDiffusionWeightedVolumeNode"):
+            raise ValueError(f"'{inputVolumeNode.GetName()}' is a diffusion-weighted series: use processDWI (DDM2)")
         if inputVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
             raise ValueError(f"'{inputVolumeNode.GetName()}' is a label map (segmentation); select an image")
         if inputVolumeNode.GetImageData() is None:
@@ -182,6 +186,77 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         result = apply_bundle(bundle, array, device=device, outputs=tuple(extraOutputs), progress=progressCallback,
                               cancel=cancelCallback)
         return self._writeResult(inputVolumeNode, outputVolumeNode, result)
+
+    @staticmethod
+    def _dwiArrays(dwiNode, outputNode):
+        """(volumes, z, y, x) series and b-values of a DWI node, after checking the node and the output."""
+        if dwiNode is None or not dwiNode.IsA("vtkMRMLDiffusionWeightedVolumeNode"):
+            raise ValueError("Select a diffusion-weighted volume (DWI) as input")
+        if dwiNode.GetImageData() is None:
+            raise ValueError(f"'{dwiNode.GetName()}' has no image data")
+        if outputNode is not None and outputNode is dwiNode:
+            raise ValueError("The output volume must differ from the input: the input is never overwritten")
+        series = np.moveaxis(slicer.util.arrayFromVolume(dwiNode), -1, 0).copy()  # (z, y, x, v) -> (v, z, y, x)
+        return series, vtk_to_numpy(dwiNode.GetBValues()).astype(np.float64)
+
+    @staticmethod
+    def _writeDWI(dwiNode, outputNode, series):
+        """A new (or the given) DWI node with the input's geometry, gradients, b-values and measurement frame."""
+        scene = dwiNode.GetScene() or slicer.mrmlScene
+        if outputNode is None:
+            outputNode = scene.AddNewNodeByClass("vtkMRMLDiffusionWeightedVolumeNode",
+                                                 scene.GenerateUniqueName(f"{dwiNode.GetName()} denoised"))
+            outputNode.CreateDefaultDisplayNodes()
+        matrix = vtk.vtkMatrix4x4()
+        dwiNode.GetIJKToRASMatrix(matrix)
+        outputNode.SetIJKToRASMatrix(matrix)
+        dwiNode.GetMeasurementFrameMatrix(matrix)
+        outputNode.SetMeasurementFrameMatrix(matrix)
+        outputNode.SetAndObserveTransformNodeID(dwiNode.GetTransformNodeID())
+        for getter, setter in ((dwiNode.GetDiffusionGradients, outputNode.SetDiffusionGradients),
+                               (dwiNode.GetBValues, outputNode.SetBValues)):
+            copy = vtk.vtkDoubleArray()
+            copy.DeepCopy(getter())
+            setter(copy)
+        slicer.util.updateVolumeFromArray(outputNode, np.ascontiguousarray(np.moveaxis(series, 0, -1), np.float32))
+        return outputNode
+
+    def processDWI(self, dwiNode, outputNode=None, method: str = "ddm2", preset: str = "quick", device: str = "auto",
+                   steps: int | None = None, seed: int = 0, neighbours: int | None = None, sampler: str | None = None,
+                   samplerSteps: int | None = None, saveModelPath: str | None = None,
+                   progressCallback: Callable | None = None, cancelCallback: Callable[[], bool] | None = None):
+        """Denoise a diffusion-weighted volume node with DDM2 trained on it; returns a new DWI node (or
+        ``outputNode``) with every volume, the same gradients, b-values, measurement frame and geometry.
+
+        Options are those of ``DiffDenoiseLib.denoise_dwi.denoise_dwi``; the per-slice summary (matched
+        steps, untouched and outlier slices) is kept in ``self.lastSummary``.
+        """
+        series, bvals = self._dwiArrays(dwiNode, outputNode)
+        _import_library()
+        from DiffDenoiseLib.bundle import save_bundle
+        from DiffDenoiseLib.denoise_dwi import denoise_dwi
+
+        result = denoise_dwi(series, bvals, method=method, preset=preset, device=device, seed=seed, steps=steps,
+                             neighbours=neighbours, sampler=sampler, sampler_steps=samplerSteps,
+                             progress=progressCallback, cancel=cancelCallback)
+        if saveModelPath:
+            save_bundle(saveModelPath, result.bundle)
+        self.lastSummary = result.summary()
+        logging.info(f"DiffDenoise DDM2: {self.lastSummary}; timings {result.timings}")
+        return self._writeDWI(dwiNode, outputNode, result.denoised)
+
+    def applyDWI(self, dwiNode, modelPath: str, outputNode=None, device: str = "auto", sampler: str | None = None,
+                 progressCallback: Callable | None = None, cancelCallback: Callable[[], bool] | None = None):
+        """Denoise a DWI node with a saved DDM2 bundle (no training); returns a new DWI node."""
+        series, bvals = self._dwiArrays(dwiNode, outputNode)
+        _import_library()
+        from DiffDenoiseLib.bundle import load_bundle
+        from DiffDenoiseLib.denoise_dwi import apply_dwi_bundle
+
+        result = apply_dwi_bundle(load_bundle(modelPath), series, bvals, device=device, sampler=sampler,
+                                  progress=progressCallback, cancel=cancelCallback)
+        self.lastSummary = result.summary()
+        return self._writeDWI(dwiNode, outputNode, result.denoised)
 
 
 #

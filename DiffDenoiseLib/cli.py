@@ -1,4 +1,4 @@
-"""The ``diffdenoise`` command line: denoise, apply, info and demo.
+"""The ``diffdenoise`` command line: denoise, apply, ddm2, info and demo.
 
 Errors the user can fix are printed as one line (``diffdenoise: error: ...``) with exit code 2 for bad
 usage or input, 1 for other failures and 130 when interrupted.
@@ -132,6 +132,34 @@ def cmd_apply(args: argparse.Namespace, progress: TqdmProgress) -> int:
     return 0
 
 
+def cmd_ddm2(args: argparse.Namespace, progress: TqdmProgress) -> int:
+    from .bundle import load_bundle, save_bundle
+    from .denoise_dwi import apply_dwi_bundle, denoise_dwi
+    from .io import DiffusionVolume, read_dwi, write_dwi
+    from .preprocessing import match_dtype
+
+    _check_output(args.input, args.output)
+    dwi = read_dwi(args.input, args.bval, args.bvec)
+    series = dwi.volume.array
+    if args.model:
+        result = apply_dwi_bundle(load_bundle(args.model), series, dwi.bvals, device=args.device,
+                                  sampler=args.sampler, sampler_steps=args.sampler_steps, progress=progress)
+    else:
+        result = denoise_dwi(series, dwi.bvals, method=args.method, preset=args.preset, device=args.device,
+                             seed=args.seed, steps=args.steps, neighbours=args.neighbours, sampler=args.sampler,
+                             sampler_steps=args.sampler_steps, progress=progress)
+    progress.close()
+    dtype = series.dtype if args.output_dtype == "input" else "float32"
+    write_dwi(args.output, DiffusionVolume(dwi.volume.with_array(match_dtype(result.denoised, dtype)), dwi.bvals,
+                                           dwi.bvecs))
+    print(result.summary())
+    print(f"wrote {args.output} ({len(series)} volumes, b-values and gradients kept) in "
+          f"{result.timings['total_s']:.0f} s")
+    if args.save_model and not args.model:
+        print(f"saved model bundle {save_bundle(args.save_model, result.bundle)}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace, progress: TqdmProgress) -> int:
     if args.input.suffix == ".safetensors":
         from .bundle import read_bundle_metadata
@@ -215,6 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("output", type=Path)
     add_common(apply, "bundle")
     apply.set_defaults(run=cmd_apply)
+
+    ddm2 = commands.add_parser("ddm2", help="denoise a 4D diffusion MRI series with DDM2 (trained on it)")
+    ddm2.add_argument("input", type=Path, help="4D NIfTI (with --bval/--bvec or <stem>.bval/.bvec) or NRRD DWI")
+    ddm2.add_argument("output", type=Path, help="4D output: .nii.gz (+ .bval/.bvec written next to it) or .nrrd")
+    ddm2.add_argument("--bval", type=Path, help="FSL b-values (default <stem>.bval; not needed for NRRD DWI)")
+    ddm2.add_argument("--bvec", type=Path, help="FSL gradient directions (default <stem>.bvec)")
+    ddm2.add_argument("--method", default="ddm2", choices=("ddm2", "stage1"),
+                      help="ddm2: Stages I-III (default); stage1: the slice-from-other-volumes denoiser alone")
+    ddm2.add_argument("--preset", default="quick", choices=PRESETS, help="training budget (README: DDM2)")
+    ddm2.add_argument("--steps", type=int, help="training steps of both stages, overriding the preset")
+    ddm2.add_argument("--neighbours", type=int, help="volumes per Stage I input (default 2)")
+    ddm2.add_argument("--sampler", choices=("accelerated", "full"),
+                      help="accelerated: DDIM over a few steps (default); full: every step of the chain")
+    ddm2.add_argument("--sampler-steps", type=int, help="steps of the accelerated sampler (default 10)")
+    ddm2.add_argument("--seed", type=int, default=0)
+    ddm2.add_argument("--model", type=Path, help="apply this saved DDM2 bundle instead of training")
+    ddm2.add_argument("--save-model", type=Path, help="also save the trained model bundle (.safetensors)")
+    ddm2.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
+    ddm2.add_argument("--output-dtype", default="input", choices=("input", "float32"),
+                      help="data type of the output file (default: the input's, rounded for integers)")
+    ddm2.set_defaults(run=cmd_ddm2)
 
     info = commands.add_parser("info", help="image shape, spacing, noise level and type; or a bundle's metadata")
     info.add_argument("input", type=Path)

@@ -20,7 +20,7 @@ import torch
 from .bundle import ModelBundle
 from .devices import resolve_device
 from .diffusion import NoiseSchedule
-from .errors import InputError
+from .errors import BundleError, InputError
 from .inference import predict_slices
 from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise
 from .noise_model import fit_noise_model
@@ -247,6 +247,9 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
     The image is normalised by its own robust intensity range (as in training), so bundles transfer between
     scans of one protocol whose intensity scale differs. ``slice_axis`` defaults to the bundle's.
     """
+    if bundle.metadata.get("modality") == "dwi":
+        raise BundleError("this is a DDM2 bundle for 4D diffusion MRI: apply it with `diffdenoise ddm2 --model` "
+                          "(apply_dwi_bundle)")
     _check_choices(bundle.method, tuple(outputs))
     started = time.perf_counter()
     check_image(image)

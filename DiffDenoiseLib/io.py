@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nrrd
 import numpy as np
 import SimpleITK as sitk
 from pydicom.misc import is_dicom
@@ -308,10 +309,17 @@ def _dwi_sidecars(path: Path) -> tuple[Path, Path]:
     return path.with_name(stem + ".bval"), path.with_name(stem + ".bvec")
 
 
+def _is_nrrd(path: Path) -> bool:
+    return _suffix(path) in (".nrrd", ".nhdr")
+
+
 def read_dwi(path: str | os.PathLike, bval_path: str | os.PathLike | None = None,
              bvec_path: str | os.PathLike | None = None) -> DiffusionVolume:
-    """Read a 4D diffusion series with FSL b-values/vectors (default: ``<stem>.bval`` / ``<stem>.bvec``)."""
+    """Read a 4D diffusion series: NRRD DWI (gradients in the header) or NIfTI and other formats with FSL
+    b-values/vectors (default: ``<stem>.bval`` / ``<stem>.bvec``)."""
     path = Path(path)
+    if _is_nrrd(path) and bval_path is None and bvec_path is None:
+        return _read_nrrd_dwi(path)
     default_bval, default_bvec = _dwi_sidecars(path)
     bval_path, bvec_path = Path(bval_path or default_bval), Path(bvec_path or default_bvec)
     for sidecar, flag in ((bval_path, "--bval"), (bvec_path, "--bvec")):
@@ -328,10 +336,97 @@ def read_dwi(path: str | os.PathLike, bval_path: str | os.PathLike | None = None
 
 
 def write_dwi(path: str | os.PathLike, dwi: DiffusionVolume) -> None:
-    """Write a 4D series plus ``<stem>.bval`` / ``<stem>.bvec`` next to it (FSL layout, one row per axis)."""
+    """Write a 4D series: ``.nrrd`` / ``.nhdr`` as NRRD DWI (gradients in the header, as Slicer reads them),
+    anything else plus ``<stem>.bval`` / ``<stem>.bvec`` next to it (FSL layout, one row per axis)."""
     path = Path(path)
+    if _is_nrrd(path):
+        _write_nrrd_dwi(path, dwi)
+        return
     bval_path, bvec_path = _dwi_sidecars(path)
     write_volume(path, dwi.volume)
     for sidecar, rows in ((bval_path, dwi.bvals[None, :]), (bvec_path, dwi.bvecs.T)):
         with _atomic_target(sidecar) as target:
             np.savetxt(target, rows, fmt="%.10g")
+
+
+# NRRD gradients are physical directions; FSL bvecs are in voxel axes, with x negated when the voxel-to-world
+# matrix has a positive determinant (FSL's radiological voxel convention).
+def _fsl_sign(direction: np.ndarray) -> np.ndarray:
+    return np.array([-1.0 if np.linalg.det(direction) > 0 else 1.0, 1.0, 1.0])
+
+
+def world_to_fsl_bvecs(vectors_lps: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """(N, 3) gradient directions in LPS world space -> FSL bvecs for an image with ITK ``direction`` (3x3)."""
+    return (vectors_lps @ direction) * _fsl_sign(direction)
+
+
+def fsl_to_world_bvecs(bvecs: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`world_to_fsl_bvecs`."""
+    return (bvecs * _fsl_sign(direction)) @ direction.T
+
+
+_NRRD_TO_LPS = {"left-posterior-superior": np.array([1.0, 1.0, 1.0]),
+                "right-anterior-superior": np.array([-1.0, -1.0, 1.0])}
+
+
+def _read_nrrd_dwi(path: Path) -> DiffusionVolume:
+    try:
+        data, header = nrrd.read(str(path), index_order="C")
+    except (nrrd.NRRDError, OSError, ValueError) as error:
+        raise InputError(f"cannot read {path.name} as NRRD ({error}); is the file complete?") from None
+    gradient_keys = sorted(k for k in header if k.startswith("DWMRI_gradient_"))
+    if not gradient_keys or "DWMRI_b-value" not in header:
+        raise InputError(f"{path.name} has no DWMRI_b-value / DWMRI_gradient_NNNN fields: not a NRRD DWI file "
+                         "(for NIfTI, pass --bval and --bvec)")
+    space = header.get("space", "left-posterior-superior")
+    if space not in _NRRD_TO_LPS or data.ndim != 4:
+        raise InputError(f"{path.name}: expected a 4D DWI in LPS or RAS space, got {data.ndim}D in '{space}'")
+    kinds = header.get("kinds", ["list", "domain", "domain", "domain"])
+    list_axis = 3 - next(i for i, kind in enumerate(kinds) if kind not in ("domain", "space"))  # C order
+    series = np.moveaxis(data, list_axis, 0)
+    if len(gradient_keys) != len(series):
+        raise InputError(f"{path.name} has {len(series)} volumes but {len(gradient_keys)} gradients")
+    to_lps = _NRRD_TO_LPS[space]
+    axes = np.array([row for row in header["space directions"] if np.all(np.isfinite(row))]) * to_lps  # x, y, z
+    spacing = np.linalg.norm(axes, axis=1)
+    direction = (axes / spacing[:, None]).T  # columns: unit vectors of the voxel axes
+    origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=np.float64) * to_lps
+    frame = np.asarray(header.get("measurement frame", np.eye(3)), dtype=np.float64).T  # NRRD lists columns
+    gradients = np.array([np.array(header[k].split(), dtype=np.float64) for k in gradient_keys])
+    norms = np.linalg.norm(gradients, axis=1)
+    bvals = float(header["DWMRI_b-value"]) * norms ** 2
+    unit = np.divide(gradients, norms[:, None], out=np.zeros_like(gradients), where=norms[:, None] > 0)
+    bvecs = world_to_fsl_bvecs((unit @ frame.T) * to_lps, direction)
+    direction4 = np.eye(4)
+    direction4[:3, :3] = direction
+    geometry = Geometry((*spacing.tolist(), 1.0), (*origin.tolist(), 0.0), tuple(direction4.ravel().tolist()))
+    return DiffusionVolume(Volume(series, geometry), bvals, bvecs)
+
+
+def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume) -> None:
+    array = dwi.volume.array
+    if array.ndim != 4:
+        raise InputError(f"a DWI has 4 dimensions (volumes, z, y, x), got shape {array.shape}")
+    geometry = dwi.volume.geometry
+    dimension = len(geometry.spacing)
+    direction = np.asarray(geometry.direction, dtype=np.float64).reshape(dimension, dimension)[:3, :3]
+    spacing = np.asarray(geometry.spacing[:3], dtype=np.float64)
+    reference_b = float(np.max(dwi.bvals)) if np.max(dwi.bvals) > 0 else 1.0
+    gradients = fsl_to_world_bvecs(dwi.bvecs, direction) * np.sqrt(np.maximum(dwi.bvals, 0) / reference_b)[:, None]
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": np.vstack([np.full(3, np.nan), (direction * spacing).T]),
+        "kinds": ["list", "domain", "domain", "domain"],
+        "space origin": np.asarray(geometry.origin[:3], dtype=np.float64),
+        "measurement frame": np.eye(3),
+        "encoding": "gzip",
+        "modality": "DWMRI",
+        "DWMRI_b-value": f"{reference_b:.10g}",
+        **{f"DWMRI_gradient_{i:04d}": " ".join(f"{c:.10g}" for c in g) for i, g in enumerate(gradients)},
+    }
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    with _atomic_target(path) as target:
+        detached = {"detached_header": True} if _suffix(path) == ".nhdr" else {}
+        nrrd.write(str(target), np.ascontiguousarray(np.moveaxis(array, 0, -1)), header, index_order="C",
+                   **detached)

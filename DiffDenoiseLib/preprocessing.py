@@ -18,6 +18,11 @@ def check_image(image: np.ndarray) -> None:
         hint = " (a 4D series: denoise each 3D volume, or use DDM2 mode for diffusion MRI)" if image.ndim == 4 else ""
         raise InputError(f"expected a 2D image or a 3D volume, got a {image.ndim}D array of shape "
                          f"{image.shape}{hint}")
+    check_values(image)
+
+
+def check_values(image: np.ndarray) -> None:
+    """Refuse non-numeric, complex, empty, non-finite or constant arrays (any dimensionality)."""
     if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
         raise InputError(f"unsupported data type {image.dtype}: expected a numeric image")
     if np.issubdtype(image.dtype, np.complexfloating):

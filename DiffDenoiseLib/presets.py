@@ -13,6 +13,7 @@ from .diffusion import NoiseSchedule
 from .errors import InputError
 from .models import NAFNetConfig, PUCAConfig
 from .pipelines.bsn import BsnSettings, for_noise
+from .pipelines.ddm2 import DDM2Settings
 from .pipelines.diffdenoise import DiffusionSettings, DistillationSettings, SamplingSettings
 from .training import TrainConfig
 
@@ -74,3 +75,32 @@ def pipeline_settings(preset: str | PipelineSettings, noise_kind: str) -> Pipeli
         raise InputError(f"unknown preset '{preset}': use one of {', '.join(PRESETS)}")
     return PipelineSettings(for_noise(settings.bsn, noise_kind), settings.diffusion, settings.sampling,
                             settings.distillation)
+
+
+# DDM2 for 4D diffusion MRI (budgets for a 104x104 x 2 slices x 97 volumes series in the README).
+DDM2_PRESETS: dict[str, DDM2Settings] = {
+    "quick": DDM2Settings(
+        _nafnet(16, (1, 1, 1), 1, (1, 1, 1)), TrainConfig(steps=1000, batch_size=8, patch_size=64),
+        _nafnet(16, (1, 1, 1), 1, (1, 1, 1)), TrainConfig(steps=2000, batch_size=8, patch_size=64),
+    ),
+    "standard": DDM2Settings(
+        _nafnet(32, (1, 1, 1), 1, (1, 1, 1)), TrainConfig(steps=3000, batch_size=8, patch_size=64),
+        _nafnet(32, (1, 1, 1), 1, (1, 1, 1)), TrainConfig(steps=6000, batch_size=8, patch_size=64),
+    ),
+    # The paper's iteration counts (Stage I 1e4 at batch 32, Stage III 1e5): for a GPU.
+    "full": DDM2Settings(
+        _nafnet(32, (2, 2, 2), 2, (2, 2, 2)), TrainConfig(steps=10000, batch_size=32, patch_size=128,
+                                                          learning_rate=1e-4, optimizer="adam"),
+        _nafnet(64, (2, 2, 2), 2, (2, 2, 2)), TrainConfig(steps=100000, batch_size=16, patch_size=128,
+                                                          learning_rate=1e-4, optimizer="adam"),
+    ),
+}
+
+
+def ddm2_settings(preset: str | DDM2Settings) -> DDM2Settings:
+    """The DDM2 settings of a preset name (or the given settings)."""
+    if isinstance(preset, DDM2Settings):
+        return preset
+    if preset not in DDM2_PRESETS:
+        raise InputError(f"unknown preset '{preset}': use one of {', '.join(DDM2_PRESETS)}")
+    return DDM2_PRESETS[preset]

@@ -9,14 +9,16 @@ import pytest
 
 from DiffDenoiseLib.data import SAMPLE_KNEE
 from DiffDenoiseLib.diffusion import NoiseSchedule
-from DiffDenoiseLib.io import read_volume
+from DiffDenoiseLib.io import DiffusionVolume, read_dwi, read_volume
 from DiffDenoiseLib.models import NAFNetConfig, PUCAConfig
 from DiffDenoiseLib.pipelines.bsn import BsnSettings
+from DiffDenoiseLib.pipelines.ddm2 import DDM2Settings
 from DiffDenoiseLib.pipelines.diffdenoise import DiffusionSettings, DistillationSettings, SamplingSettings
 from DiffDenoiseLib.presets import PipelineSettings
 from DiffDenoiseLib.training import TrainConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SMALL_DWI = Path(__file__).parent / "data" / "small_64D.nii.gz"
 
 
 @pytest.fixture
@@ -41,6 +43,20 @@ def make_tiny_settings() -> PipelineSettings:
 @pytest.fixture
 def tiny_settings() -> PipelineSettings:
     return make_tiny_settings()
+
+
+def make_tiny_ddm2(steps: int = 3) -> DDM2Settings:
+    """DDM2 at toy size; a 100-step chain keeps the full sampler to at most 100 network calls per slice."""
+    nafnet = NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,))
+    training = TrainConfig(steps=steps, batch_size=2, patch_size=16, device="cpu")
+    schedule = NoiseSchedule("reverse_warmup", 100, 5e-4, 0.1, 30)
+    return DDM2Settings(nafnet, training, nafnet, training, schedule=schedule, sampler_steps=2)
+
+
+@pytest.fixture
+def small_dwi() -> DiffusionVolume:
+    """A real DWI (dipy's small_64D: 65 volumes of 10x10x10, one b0)."""
+    return read_dwi(SMALL_DWI)
 
 
 @pytest.fixture(scope="session")

@@ -78,3 +78,55 @@ def test_label_maps_are_refused(scene_with_volume):
     labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "seg")
     with pytest.raises(ValueError, match="label map"):
         DiffDenoiseLogic().process(labels)
+
+
+def _dwi_node(scene, small_dwi, tmp_path, volumes: int = 5):
+    """A DWI node loaded by Slicer's own NRRD reader from a file our writer produced."""
+    from DiffDenoiseLib.io import DiffusionVolume, Volume, write_dwi
+
+    subset = DiffusionVolume(Volume(small_dwi.volume.array[:volumes], small_dwi.volume.geometry),
+                             small_dwi.bvals[:volumes], small_dwi.bvecs[:volumes])
+    write_dwi(tmp_path / "dwi.nrrd", subset)
+    node = slicer.vtkMRMLDiffusionWeightedVolumeNode()
+    node.SetName("dwi")
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLNRRDStorageNode()
+    storage.SetFileName(str(tmp_path / "dwi.nrrd"))
+    assert storage.ReadData(node)
+    return node
+
+
+def _gradients(node):
+    return (np.array([node.GetDiffusionGradient(i) for i in range(node.GetNumberOfGradients())]),
+            np.array([node.GetBValue(i) for i in range(node.GetNumberOfGradients())]))
+
+
+def test_process_dwi_returns_a_new_dwi_node_with_the_same_gradients(small_dwi, tmp_path):
+    from conftest import make_tiny_ddm2
+
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    node = _dwi_node(scene, small_dwi, tmp_path)
+    before = slicer.util.arrayFromVolume(node).copy()
+    logic = DiffDenoiseLogic()
+    output = logic.processDWI(node, preset=make_tiny_ddm2(), device="cpu", saveModelPath=str(tmp_path / "m"))
+    assert output.IsA("vtkMRMLDiffusionWeightedVolumeNode") and output is not node
+    assert output.GetName() == "dwi denoised"
+    for got, want in zip(_gradients(output), _gradients(node), strict=True):
+        np.testing.assert_allclose(got, want)
+    np.testing.assert_allclose(_ijk_to_ras(output), _ijk_to_ras(node))
+    frames = [vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()]
+    node.GetMeasurementFrameMatrix(frames[0])
+    output.GetMeasurementFrameMatrix(frames[1])
+    np.testing.assert_allclose(*[slicer.util.arrayFromVTKMatrix(m) for m in frames])
+    denoised = slicer.util.arrayFromVolume(output)
+    assert denoised.shape == before.shape == (10, 10, 10, 5)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+    assert "matched Markov-chain steps" in logic.lastSummary
+
+    again = logic.applyDWI(node, str(tmp_path / "m.safetensors"))
+    assert again.GetName() == "dwi denoised_1"
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(again), denoised, atol=1e-3)
+    with pytest.raises(ValueError, match="processDWI"):
+        logic.process(node)
+    scene.Clear(1)

@@ -13,6 +13,8 @@ from .schedules import NoiseSchedule
 # model(x_t, timesteps (N,)) -> the network's prediction for x_t (noise or clean image, see ``prediction``)
 DenoisingModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Prediction = Literal["epsilon", "x0"]
+# on_step(t, x): the sampler's state x after the step that left timestep t (e.g. to record a trajectory)
+StepCallback = Callable[[int, torch.Tensor], None]
 
 
 def ddim_timesteps(schedule: NoiseSchedule, steps: int, start: int | None = None) -> list[int]:
@@ -28,13 +30,13 @@ def ddim_timesteps(schedule: NoiseSchedule, steps: int, start: int | None = None
 
 @torch.no_grad()
 def ddim_sample(model: DenoisingModel, x_start: torch.Tensor, schedule: NoiseSchedule, steps: int,
-                start: int | None = None, prediction: Prediction = "epsilon",
+                start: int | None = None, prediction: Prediction = "epsilon", on_step: StepCallback | None = None,
                 progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
                 stage: str = "ddim") -> torch.Tensor:
     """Run DDIM with eta = 0 from ``x_start`` (x at timestep ``start``, default T-1) to a clean estimate.
 
     Every update moves exactly to the noise level of the next visited timestep (the last one to abar = 1),
-    so any step count is consistent with the schedule.
+    so any step count is consistent with the schedule. ``on_step(t, x)`` sees the state after each step.
     """
     abar = schedule.alphas_cumprod().to(x_start.device)
     visited = ddim_timesteps(schedule, steps, start)
@@ -52,5 +54,7 @@ def ddim_sample(model: DenoisingModel, x_start: torch.Tensor, schedule: NoiseSch
             eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
         a_prev = abar[visited[index + 1]].to(x.dtype) if index + 1 < len(visited) else torch.ones_like(a_t)
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        if on_step is not None:
+            on_step(t, x)
         report(progress, stage, index + 1, len(visited))
     return x

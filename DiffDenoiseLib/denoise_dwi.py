@@ -1,0 +1,222 @@
+"""DDM2 mode as one call: denoise a 4D diffusion-weighted series, learning from the series itself.
+
+    from DiffDenoiseLib.io import read_dwi
+    from DiffDenoiseLib.denoise_dwi import denoise_dwi
+    dwi = read_dwi("dwi.nii.gz")                       # + dwi.bval / dwi.bvec
+    result = denoise_dwi(dwi.volume.array, dwi.bvals, preset="quick")
+    result.denoised                                    # (volumes, z, y, x) float32, every volume, b0s included
+    print(result.summary())                            # matched steps, untouched slices, outliers
+
+Stages I-III hand over in memory (:mod:`.pipelines.ddm2`); the trained networks and everything needed to
+reuse them on another series of the protocol go into one bundle (:func:`apply_dwi_bundle`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+
+from .bundle import ModelBundle
+from .devices import resolve_device
+from .diffusion import NoiseSchedule
+from .errors import BundleError, InputError
+from .inference import predict_slices
+from .pipelines.ddm2 import (
+    SHELL_TOLERANCE,
+    DDM2Settings,
+    VolumeScaling,
+    match_states,
+    neighbour_volumes,
+    sample_ddm2,
+    shell_of,
+    slices_of,
+    stage1_inputs,
+    train_stage1,
+    train_stage3,
+)
+from .preprocessing import check_slice_size, check_values
+from .presets import ddm2_settings
+from .progress import CancelCheck, ProgressCallback
+
+DWI_METHODS = ("ddm2", "stage1")
+MIN_VOLUMES = 3
+
+
+@dataclass
+class DWIDenoiseResult:
+    """Output of :func:`denoise_dwi` / :func:`apply_dwi_bundle`; per-slice arrays are (volumes, z).
+
+    ``matched_steps``: each slice's Markov-chain step (0 = no measurable noise, slice returned unchanged, see
+    ``untouched``); ``outliers``: slices the sampler hardly changed (check them); ``stage1``: the Stage I
+    output in input units.
+    """
+
+    denoised: np.ndarray
+    stage1: np.ndarray
+    matched_steps: np.ndarray
+    untouched: np.ndarray
+    outliers: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    bundle: ModelBundle | None = None
+
+    def summary(self) -> str:
+        """A few lines for logs: matched steps, slices left as they were, outlier slices."""
+        steps = self.matched_steps
+        lines = [f"matched Markov-chain steps: median {int(np.median(steps))}, range {steps.min()}-{steps.max()}"]
+        for name, mask, meaning in (("untouched", self.untouched, "matched step 0: no measurable noise, "
+                                     "returned unchanged"),
+                                    ("outliers", self.outliers, "little noise removed: inspect them")):
+            if mask.any():
+                where = ", ".join(f"v{v}/z{z}" for v, z in np.argwhere(mask)[:10])
+                more = f" and {int(mask.sum()) - 10} more" if mask.sum() > 10 else ""
+                lines.append(f"{int(mask.sum())} slice(s) {name} ({meaning}): {where}{more}")
+        return "\n".join(lines)
+
+
+def check_series(series: np.ndarray, bvals: np.ndarray) -> None:
+    """Refuse what DDM2 cannot denoise, with a message that says what to do."""
+    if series.ndim != 4:
+        raise InputError(f"DDM2 needs a 4D diffusion series (volumes, z, y, x); got a {series.ndim}D array of "
+                         f"shape {series.shape}")
+    check_values(series)
+    if len(series) < MIN_VOLUMES:
+        raise InputError(f"DDM2 needs at least {MIN_VOLUMES} volumes (each is predicted from others); this "
+                         f"series has {len(series)}")
+    bvals = np.asarray(bvals)
+    if bvals.ndim != 1 or len(bvals) != len(series):
+        raise InputError(f"{bvals.size} b-values for {len(series)} volumes: give one b-value per volume "
+                         "(FSL .bval file)")
+
+
+def _with_overrides(settings: DDM2Settings, seed: int, device: str, steps: int | None, neighbours: int | None,
+                    sampler: str | None, sampler_steps: int | None) -> DDM2Settings:
+    training = {"seed": seed, "device": device} | ({"steps": steps} if steps is not None else {})
+    choices = {k: v for k, v in (("neighbours", neighbours), ("sampler", sampler), ("sampler_steps", sampler_steps))
+               if v is not None}
+    return replace(settings, stage1_training=replace(settings.stage1_training, **training),
+                   diffusion_training=replace(settings.diffusion_training, **training), **choices)
+
+
+def _batch(device: torch.device) -> int:
+    return 8 if device.type == "cuda" else 2
+
+
+def denoise_dwi(series: np.ndarray, bvals: np.ndarray, *, method: str = "ddm2",
+                preset: str | DDM2Settings = "quick", device: str = "auto", seed: int = 0, steps: int | None = None,
+                neighbours: int | None = None, sampler: str | None = None, sampler_steps: int | None = None,
+                progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> DWIDenoiseResult:
+    """Denoise a 4D diffusion series ``(volumes, z, y, x)`` with DDM2, trained on the series itself.
+
+    Args:
+        series: the noisy series, every volume (b0s included); never modified.
+        bvals: one b-value per volume. Each shell's volumes predict each other in Stage I (see
+            :func:`.pipelines.ddm2.neighbour_volumes`); every slice is matched to its own noise level.
+        method: ``ddm2`` (Stages I-III, the default) or ``stage1`` (the slice-from-other-volumes denoiser alone).
+        preset: ``quick``, ``standard`` or ``full`` (budgets in the README), or explicit settings.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        seed: random seed of training and sampling.
+        steps: training steps of both stages, overriding the preset's.
+        neighbours: volumes per Stage I input (default 2).
+        sampler: ``accelerated`` (DDIM over ``sampler_steps`` steps, the default) or ``full`` (every step).
+        sampler_steps: DDIM steps of the accelerated sampler.
+        progress, cancel: progress callback and cancel check, as in :func:`.denoise.denoise`.
+    """
+    if method not in DWI_METHODS:
+        raise InputError(f"unknown DWI method '{method}': use one of {', '.join(DWI_METHODS)}")
+    started = time.perf_counter()
+    check_series(series, bvals)
+    settings = _with_overrides(ddm2_settings(preset), seed, device, steps, neighbours, sampler, sampler_steps)
+    torch_device = resolve_device(device)
+    scaling = VolumeScaling.fit(series)
+    scaled = scaling.forward(series)
+    order = neighbour_volumes(bvals, settings.neighbours)
+    slices, inputs = slices_of(scaled), stage1_inputs(scaled, order)
+    check_slice_size(slices, max(settings.stage1_network.min_size, settings.diffusion_network.min_size))
+    networks, training, timings = {}, {}, {}
+    stage1, summary = train_stage1(slices, inputs, settings, progress, cancel)
+    networks["stage1"], training["stage1"] = stage1, {"config": asdict(settings.stage1_training),
+                                                      "summary": asdict(summary)}
+    timings["train_stage1_s"] = summary.seconds
+    if method == "ddm2":
+        clock = time.perf_counter()
+        stage1_output = predict_slices(stage1, inputs, torch_device, _batch(torch_device), progress=progress,
+                                       cancel=cancel, stage="stage I inference")
+        match = match_states(slices, stage1_output, settings.schedule)
+        timings["stage1_inference_and_matching_s"] = time.perf_counter() - clock
+        diffusion, summary = train_stage3(slices, match, inputs, settings, progress, cancel)
+        networks["diffusion"], training["diffusion"] = diffusion, {"config": asdict(settings.diffusion_training),
+                                                                   "summary": asdict(summary)}
+        timings["train_stage3_s"] = summary.seconds
+    bundle = ModelBundle(method=method, networks=networks, inference_network="diffusion" if method == "ddm2"
+                         else "stage1", metadata={
+                             "modality": "dwi",
+                             "preset": preset if isinstance(preset, str) else "custom",
+                             "ddm2": _describe(settings, seed),
+                             "shells": sorted(set(shell_of(bvals).tolist())),
+                             "training": training,
+                         })
+    result = _run_bundle(bundle, series, bvals, torch_device, progress, cancel)
+    result.timings = {**{k: round(v, 3) for k, v in timings.items()}, **result.timings,
+                      "total_s": round(time.perf_counter() - started, 3)}
+    return result
+
+
+def _describe(settings: DDM2Settings, seed: int) -> dict:
+    return {"neighbours": settings.neighbours, "schedule": asdict(settings.schedule), "sampler": settings.sampler,
+            "sampler_steps": settings.sampler_steps, "seed": seed, "shell_tolerance": SHELL_TOLERANCE,
+            "volume_scaling": "each volume's minimum and 99.9th percentile to [-1, 1]", "prediction": "x0"}
+
+
+def apply_dwi_bundle(bundle: ModelBundle, series: np.ndarray, bvals: np.ndarray, *, device: str = "auto",
+                     sampler: str | None = None, sampler_steps: int | None = None,
+                     progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> DWIDenoiseResult:
+    """Denoise a series of the same protocol with a trained DDM2 (or Stage I) bundle, without training.
+
+    Every slice is matched to its own noise level again, so series noisier or cleaner than the training one
+    start from their own steps. ``sampler`` / ``sampler_steps`` override the bundle's.
+    """
+    if bundle.metadata.get("modality") != "dwi":
+        raise BundleError(f"this is a '{bundle.method}' bundle for scalar images, not a DDM2 bundle: apply it "
+                          "with `diffdenoise apply` (per 3D volume)")
+    started = time.perf_counter()
+    check_series(series, bvals)
+    described = dict(bundle.metadata["ddm2"])
+    described.update({k: v for k, v in (("sampler", sampler), ("sampler_steps", sampler_steps)) if v is not None})
+    bundle = replace(bundle, metadata={**bundle.metadata, "ddm2": described})
+    check_slice_size(series[0], max(net.min_size for net in bundle.networks.values()))
+    result = _run_bundle(bundle, series, bvals, resolve_device(device), progress, cancel)
+    result.timings["total_s"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _run_bundle(bundle: ModelBundle, series: np.ndarray, bvals: np.ndarray, device: torch.device,
+                progress: ProgressCallback | None, cancel: CancelCheck | None) -> DWIDenoiseResult:
+    """Stage I, state matching and sampling of a series with a bundle's networks."""
+    described = bundle.metadata["ddm2"]
+    schedule = NoiseSchedule(**described["schedule"])
+    scaling = VolumeScaling.fit(series)
+    scaled = scaling.forward(series)
+    slices, inputs = slices_of(scaled), stage1_inputs(scaled, neighbour_volumes(bvals, described["neighbours"]))
+    grid = scaled.shape[:2]
+    clock = time.perf_counter()
+    stage1_output = predict_slices(bundle.networks["stage1"], inputs, device, _batch(device), progress=progress,
+                                   cancel=cancel, stage="stage I inference")
+    match = match_states(slices, stage1_output, schedule)
+    timings = {"stage1_inference_and_matching_s": time.perf_counter() - clock}
+    stage1 = scaling.inverse(stage1_output.reshape(scaled.shape))
+    steps = match.steps.reshape(grid)
+    if bundle.method == "stage1":
+        no = np.zeros(grid, dtype=bool)
+        return DWIDenoiseResult(stage1, stage1, steps, no, no, timings, bundle)
+    clock = time.perf_counter()
+    sampled = sample_ddm2(bundle.networks["diffusion"], slices, inputs, match.steps, schedule, described["sampler"],
+                          described["sampler_steps"], device, described["seed"], _batch(device), progress, cancel)
+    timings["sampling_s"] = time.perf_counter() - clock
+    denoised = scaling.inverse(sampled.denoised.reshape(scaled.shape))
+    untouched = sampled.untouched.reshape(grid)
+    denoised[untouched] = series[untouched]  # exactly the input, not its float32 round trip
+    return DWIDenoiseResult(denoised, stage1, steps, untouched, sampled.outliers.reshape(grid),
+                            {k: round(v, 3) for k, v in timings.items()}, bundle)

@@ -1,0 +1,302 @@
+"""The three stages of DDM2 (Xiang et al., ICLR 2023) on a 4D diffusion series, in memory.
+
+Every stage works on 2D slices of per-volume scaled series ``(v, z, y, x)`` in the diffusion model's [-1, 1]:
+
+* **Stage I**: a NAFNet predicts each slice from the same slice in ``neighbours`` other volumes of its shell
+  (their noise is independent of the slice's, so the network can only learn the signal: Noise2Noise).
+* **Stage II**: each slice x is matched to the Markov-chain step t whose noise level sqrt(1 - abar_t) equals
+  the std of ``x - sqrt(abar_t) y`` (y = Stage I output), in closed form for every slice and step at once; the
+  residual's mean is folded back into y.
+* **Stage III**: a time-conditioned NAFNet learns to predict the noisy slice x (J-invariance) from
+  ``sqrt(abar_t) y + sqrt(1 - abar_t) shuffle(n)`` and the Stage I inputs, where n is the slice's own noise
+  estimate with its pixels randomly permuted.
+
+Inference starts every slice from itself at its matched step and runs the reverse chain to 0: the full
+ancestral DDPM chain, or DDIM (eta = 0) over a few of those steps (accelerated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..diffusion import NoiseSchedule, ddim_sample, ddpm_sample
+from ..errors import InputError
+from ..models import NAFNet, NAFNetConfig
+from ..progress import CancelCheck, ProgressCallback, report
+from ..training import TrainConfig, TrainSummary, fit_patch_size, train
+from .diffdenoise import conditioned_model
+
+Sampler = Literal["full", "accelerated"]
+# b-values closer than this (s/mm^2) belong to one shell (scanners report e.g. 995 and 1005 for b = 1000)
+SHELL_TOLERANCE = 100.0
+# a slice whose output differs from its input by less than this fraction of its matched noise level had
+# little noise removed: flagged as an outlier (DDM2 appendix F, flat RMSE trajectory)
+OUTLIER_FRACTION = 0.5
+
+
+def reverse_warmup_schedule() -> NoiseSchedule:
+    """DDM2's schedule: beta = 5e-5 for 300 steps, then linear to 1e-2 at T = 1000 (many steps at low noise)."""
+    return NoiseSchedule("reverse_warmup", 1000, beta_start=5e-5, beta_end=1e-2, warmup_steps=300)
+
+
+@dataclass
+class DDM2Settings:
+    """Networks, training and sampling of the three DDM2 stages.
+
+    ``neighbours`` volumes form each slice's Stage I input (and Stage III condition); ``sampler`` is ``full``
+    (ancestral DDPM over every step from the matched one) or ``accelerated`` (DDIM, ``sampler_steps`` steps).
+    """
+
+    stage1_network: NAFNetConfig
+    stage1_training: TrainConfig
+    diffusion_network: NAFNetConfig
+    diffusion_training: TrainConfig
+    neighbours: int = 2
+    schedule: NoiseSchedule = field(default_factory=reverse_warmup_schedule)
+    sampler: Sampler = "accelerated"
+    sampler_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 1:
+            raise ValueError("DDM2 needs at least 1 neighbouring volume per slice")
+        if self.sampler not in ("full", "accelerated"):
+            raise ValueError(f"unknown DDM2 sampler '{self.sampler}': use full or accelerated")
+        if self.sampler_steps < 1:
+            raise ValueError("the accelerated sampler needs at least 1 step")
+        self.stage1_network = replace(self.stage1_network, in_channels=self.neighbours, out_channels=1,
+                                      residual=False, time_conditioned=False)
+        # Residual on x_t: at DDM2's low matched noise levels the clean estimate is x_t plus a small correction.
+        self.diffusion_network = replace(self.diffusion_network, in_channels=1 + self.neighbours, out_channels=1,
+                                         residual=True, time_conditioned=True)
+
+
+@dataclass
+class VolumeScaling:
+    """Each volume's own linear map of [low, high] to the model's [-1, 1] (b0s and b = 3000 volumes differ by
+    an order of magnitude, so one scale for all would leave the weighted volumes near -1)."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def fit(cls, series: np.ndarray, high_percentile: float = 99.9) -> VolumeScaling:
+        """Scale from each volume's minimum and ``high_percentile`` (robust to a few hot voxels)."""
+        flat = series.reshape(len(series), -1).astype(np.float64)
+        low, high = flat.min(axis=1), np.percentile(flat, high_percentile, axis=1)
+        flat_volumes = np.flatnonzero(high <= low)
+        if flat_volumes.size:
+            raise InputError(f"volume(s) {', '.join(map(str, flat_volumes[:10]))} of the series are constant; "
+                             "remove empty volumes before denoising")
+        return cls(low, high)
+
+    def _shape(self, values: np.ndarray, ndim: int) -> np.ndarray:
+        return values.reshape(-1, *([1] * (ndim - 1)))
+
+    def forward(self, series: np.ndarray) -> np.ndarray:
+        low, high = self._shape(self.low, series.ndim), self._shape(self.high, series.ndim)
+        return ((series - low) / (high - low) * 2 - 1).astype(np.float32)
+
+    def inverse(self, series: np.ndarray) -> np.ndarray:
+        low, high = self._shape(self.low, series.ndim), self._shape(self.high, series.ndim)
+        return ((series.astype(np.float64) + 1) / 2 * (high - low) + low).astype(np.float32)
+
+
+def shell_of(bvals: np.ndarray) -> np.ndarray:
+    """Each volume's shell: its b-value rounded to the nearest multiple of :data:`SHELL_TOLERANCE`."""
+    return np.round(np.asarray(bvals, dtype=np.float64) / SHELL_TOLERANCE) * SHELL_TOLERANCE
+
+
+def neighbour_volumes(bvals: np.ndarray, count: int) -> np.ndarray:
+    """The (V, count) volumes whose slices predict each volume's slices in Stage I.
+
+    Volumes of the same shell come first, nearest in acquisition order (wrapping around within the shell,
+    alternating after and before: v+1, v-1, v+2, ...), because they share the contrast; when the shell is too
+    small, volumes of the nearest shells fill the rest.
+    """
+    shells = shell_of(bvals)
+    volumes = len(shells)
+    if volumes < count + 1:
+        raise InputError(f"DDM2 predicts each volume from {count} other volumes, so it needs at least "
+                         f"{count + 1}; this series has {volumes}. Use fewer neighbours or a longer series.")
+    chosen = np.empty((volumes, count), dtype=np.int64)
+    for v in range(volumes):
+        same = np.flatnonzero(shells == shells[v])
+        after = (np.arange(len(same)) - int(np.searchsorted(same, v))) % len(same)  # steps forward, wrapping
+        distance = np.minimum(after, len(same) - after)
+        ranked = [int(same[i]) for i in np.lexsort((after > len(same) - after, distance)) if same[i] != v]
+        others = np.flatnonzero(shells != shells[v])
+        ranked += others[np.lexsort((np.abs(others - v), np.abs(shells[others] - shells[v])))].tolist()
+        chosen[v] = ranked[:count]
+    return chosen
+
+
+def slices_of(series: np.ndarray) -> np.ndarray:
+    """(V, Z, Y, X) -> (V * Z, 1, Y, X): every axial slice of every volume, volume-major."""
+    return series.reshape(-1, 1, *series.shape[2:])
+
+
+def stage1_inputs(series: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """(V * Z, n, Y, X): for every slice, the same slice in its ``neighbours`` volumes."""
+    stacked = np.stack([series[neighbours[:, k]] for k in range(neighbours.shape[1])], axis=2)  # V, Z, n, Y, X
+    return stacked.reshape(-1, neighbours.shape[1], *series.shape[2:])
+
+
+def _fresh_nafnet(config: NAFNetConfig, training: TrainConfig) -> tuple[NAFNet, TrainConfig]:
+    torch.manual_seed(training.seed)
+    network = NAFNet(config)
+    return network, fit_patch_size(training, network.multiple)
+
+
+def stage1_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Predict the slice (channel 0) from its neighbours' slices (the other channels)."""
+    return F.mse_loss(model(batch[:, 1:]).float(), batch[:, :1].float())
+
+
+def train_stage1(slices: np.ndarray, inputs: np.ndarray, settings: DDM2Settings,
+                 progress: ProgressCallback | None = None,
+                 cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
+    """Train the slice-from-other-volumes denoiser on (N, 1, H, W) slices and their (N, n, H, W) inputs."""
+    network, training = _fresh_nafnet(settings.stage1_network, settings.stage1_training)
+    summary = train(network, np.concatenate([slices, inputs], axis=1), stage1_loss, training, progress, cancel,
+                    stage="train stage I")
+    return network, summary
+
+
+@dataclass
+class StateMatch:
+    """Stage II for (N, 1, H, W) slices: matched step, mean-corrected Stage I output, unit-variance noise."""
+
+    steps: np.ndarray
+    signal: np.ndarray
+    noise: np.ndarray
+
+
+def match_states(slices: np.ndarray, stage1_output: np.ndarray, schedule: NoiseSchedule) -> StateMatch:
+    """Match every slice x to the step t minimising | std(x - sqrt(abar_t) y) - sqrt(1 - abar_t) |.
+
+    The residual's variance is a quadratic in sqrt(abar_t) (var x - 2 s cov(x, y) + s^2 var y), so all slices
+    and all T steps are compared at once. Then (Eq. 4 of the paper) the residual's mean moves into y, and the
+    noise estimate is the zero-mean residual divided by the matched step's noise level.
+    """
+    x = slices.reshape(len(slices), -1).astype(np.float64)
+    y = stage1_output.reshape(len(slices), -1).astype(np.float64)
+    x_centred, y_centred = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
+    var_x, var_y = (x_centred ** 2).mean(axis=1), (y_centred ** 2).mean(axis=1)
+    cov = (x_centred * y_centred).mean(axis=1)
+    abar = schedule.alphas_cumprod().numpy()
+    s = np.sqrt(abar)[None, :]
+    residual_std = np.sqrt(np.maximum(var_x[:, None] - 2 * s * cov[:, None] + s ** 2 * var_y[:, None], 0.0))
+    steps = np.argmin(np.abs(residual_std - np.sqrt(1 - abar)[None, :]), axis=1)
+    s_matched = np.sqrt(abar[steps])[:, None]
+    residual = x - s_matched * y
+    mean = residual.mean(axis=1, keepdims=True)
+    signal = y + mean / s_matched
+    noise = (residual - mean) / np.sqrt(1 - abar[steps])[:, None]
+    shape = slices.shape
+    return StateMatch(steps.astype(np.int64), signal.reshape(shape).astype(np.float32),
+                      noise.reshape(shape).astype(np.float32))
+
+
+def shuffle_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Randomly permute the pixels of each (C, H, W) item (one permutation per item, shared by its channels)."""
+    batch, channels, height, width = images.shape
+    order = torch.rand(batch, height * width).argsort(dim=1).to(images.device)
+    flat = images.reshape(batch, channels, -1)
+    return flat.gather(2, order[:, None, :].expand(-1, channels, -1)).reshape(images.shape)
+
+
+def stage3_loss(schedule: NoiseSchedule):
+    """The J-invariant objective on batches of [x, y, n, matched step, condition...] channels.
+
+    t is drawn uniformly from 0..m (m = the slice's matched step; the reference draws from the whole chain,
+    but inference never visits steps above m), x_t = sqrt(abar_t) y + sqrt(1 - abar_t) shuffle(n), and the
+    network's clean estimate is compared with the noisy slice x, whose noise x_t does not contain.
+    """
+    abar_all = schedule.alphas_cumprod().float()
+
+    def loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        x, y, noise = batch[:, :1], batch[:, 1:2], batch[:, 2:3]
+        matched, condition = batch[:, 3, 0, 0].round().long().cpu(), batch[:, 4:]
+        # drawn on the CPU from the generator that training checkpoints, so resumed runs are exact
+        timesteps = (torch.rand(len(batch)) * (matched + 1).float()).long().clamp(max=schedule.steps - 1)
+        abar = abar_all[timesteps].to(batch.device, batch.dtype).view(-1, 1, 1, 1)
+        x_t = abar.sqrt() * y + (1 - abar).sqrt() * shuffle_pixels(noise)
+        prediction = model(torch.cat([x_t, condition], dim=1), timesteps.to(batch.device))
+        return F.mse_loss(prediction.float(), x.float())
+
+    return loss
+
+
+def train_stage3(slices: np.ndarray, match: StateMatch, inputs: np.ndarray, settings: DDM2Settings,
+                 progress: ProgressCallback | None = None,
+                 cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
+    """Train the time-conditioned network on the slices, their Stage II match and their Stage I inputs."""
+    network, training = _fresh_nafnet(settings.diffusion_network, settings.diffusion_training)
+    matched = np.broadcast_to(match.steps[:, None, None, None].astype(np.float32), slices.shape)
+    stacked = np.concatenate([slices, match.signal, match.noise, matched, inputs], axis=1)
+    summary = train(network, stacked, stage3_loss(settings.schedule), training, progress, cancel,
+                    stage="train stage III")
+    return network, summary
+
+
+@dataclass
+class SamplingResult:
+    """DDM2 inference on (N, 1, H, W) slices in model units.
+
+    ``rmse_trajectory[i]`` is the RMSE between slice i's input and the chain's state after each step (DDM2
+    appendix F: it rises well above the noise level for a well-denoised slice and stays flat for an outlier);
+    ``outliers`` flags slices whose final RMSE is below :data:`OUTLIER_FRACTION` of their matched noise level;
+    ``untouched`` marks slices matched to step 0 (no measurable noise), returned as they came in.
+    """
+
+    denoised: np.ndarray
+    rmse_trajectory: list[np.ndarray]
+    outliers: np.ndarray
+    untouched: np.ndarray
+
+
+def _record_rmse(reference: torch.Tensor, curve: list[torch.Tensor], _t: int, state: torch.Tensor) -> None:
+    curve.append((state - reference).pow(2).mean(dim=(1, 2, 3)).sqrt().cpu())
+
+
+def sample_ddm2(network: nn.Module, slices: np.ndarray, inputs: np.ndarray, steps: np.ndarray,
+                schedule: NoiseSchedule, sampler: Sampler, sampler_steps: int, device: torch.device,
+                seed: int = 0, batch_size: int = 1, progress: ProgressCallback | None = None,
+                cancel: CancelCheck | None = None) -> SamplingResult:
+    """Denoise every slice by running the reverse chain from its matched step (slices with equal steps share a
+    batch). The full sampler draws its noise from ``seed`` and the slice's matched step only."""
+    network.eval().to(device)
+    abar = schedule.alphas_cumprod().numpy()
+    denoised = slices.astype(np.float32).copy()
+    trajectories: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(slices)
+    order = [i for i in np.argsort(steps, kind="stable") if steps[i] > 0]
+    groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    groups = [g for group in groups for g in np.split(np.array(group), np.flatnonzero(np.diff(steps[group])) + 1)]
+    done = 0
+    for group in groups:
+        x = torch.from_numpy(slices[group]).to(device)
+        model = conditioned_model(network, torch.from_numpy(inputs[group]).to(device), device)
+        start, rmse = int(steps[group[0]]), []
+        record = partial(_record_rmse, x, rmse)
+        if sampler == "full":
+            generator = torch.Generator().manual_seed(seed * 100003 + start)
+            output = ddpm_sample(model, x, schedule, start, "x0", generator, on_step=record, cancel=cancel)
+        else:
+            output = ddim_sample(model, x, schedule, sampler_steps, start, "x0", on_step=record, cancel=cancel)
+        denoised[group] = output.cpu().numpy()
+        curves = torch.stack(rmse, dim=1).numpy()
+        for row, index in enumerate(group):
+            trajectories[index] = curves[row]
+        done += len(group)
+        report(progress, "ddm2 sampling", done, len(order))
+    final_rmse = np.array([t[-1] if t.size else 0.0 for t in trajectories])
+    untouched = steps == 0
+    outliers = ~untouched & (final_rmse < OUTLIER_FRACTION * np.sqrt(1 - abar[steps]))
+    return SamplingResult(denoised, trajectories, outliers, untouched)

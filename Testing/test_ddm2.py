@@ -1,0 +1,251 @@
+"""DDM2 mode: 4D I/O, the three stages, sampling, the one-call API and the CLI, on a real DWI fixture."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL_DWI, make_tiny_ddm2
+
+from DiffDenoiseLib.bundle import load_bundle, save_bundle
+from DiffDenoiseLib.cli import main
+from DiffDenoiseLib.denoise_dwi import apply_dwi_bundle, denoise_dwi
+from DiffDenoiseLib.diffusion import NoiseSchedule, ddim_sample, ddpm_sample
+from DiffDenoiseLib.errors import BundleError, InputError
+from DiffDenoiseLib.io import DiffusionVolume, Volume, read_dwi, write_dwi
+from DiffDenoiseLib.models import NAFNet, NAFNetConfig
+from DiffDenoiseLib.pipelines.ddm2 import (
+    VolumeScaling,
+    match_states,
+    neighbour_volumes,
+    reverse_warmup_schedule,
+    sample_ddm2,
+    shuffle_pixels,
+    stage3_loss,
+)
+
+FIXTURE = SMALL_DWI
+
+
+def test_nifti_dwi_round_trip_keeps_affine_bvals_bvecs_and_volumes(small_dwi, tmp_path):
+    write_dwi(tmp_path / "out.nii.gz", small_dwi)
+    again = read_dwi(tmp_path / "out.nii.gz")
+    assert again.volume.array.shape == small_dwi.volume.array.shape == (65, 10, 10, 10)
+    np.testing.assert_array_equal(again.volume.array, small_dwi.volume.array)
+    np.testing.assert_allclose(nib.load(tmp_path / "out.nii.gz").affine, nib.load(FIXTURE).affine, atol=1e-5)
+    np.testing.assert_allclose(again.bvals, small_dwi.bvals, rtol=1e-9)
+    np.testing.assert_allclose(again.bvecs, small_dwi.bvecs, atol=1e-9)
+
+
+def test_nrrd_dwi_round_trip_keeps_gradients_geometry_and_volumes(small_dwi, tmp_path):
+    for name in ("out.nrrd", "out.nhdr"):
+        write_dwi(tmp_path / name, small_dwi)
+        again = read_dwi(tmp_path / name)
+        assert len(again.bvals) == 65 >= 7
+        np.testing.assert_array_equal(again.volume.array, small_dwi.volume.array)
+        np.testing.assert_allclose(again.bvals, small_dwi.bvals, rtol=1e-6)
+        np.testing.assert_allclose(again.bvecs, small_dwi.bvecs / np.maximum(
+            np.linalg.norm(small_dwi.bvecs, axis=1, keepdims=True), 1e-12), atol=1e-6)
+        for got, want in zip((again.volume.geometry.spacing, again.volume.geometry.origin,
+                              again.volume.geometry.direction),
+                             (small_dwi.volume.geometry.spacing, small_dwi.volume.geometry.origin,
+                              small_dwi.volume.geometry.direction), strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_nrrd_dwi_reads_measurement_frame_and_ras_space(tmp_path):
+    import nrrd
+
+    rng = np.random.default_rng(0)
+    data = rng.random((4, 3, 5, 7)).astype(np.float32)  # C order (z, y, x, volumes)
+    gradients = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0.6, 0.8, 0], [0, 0.6, 0.8], [0.8, 0, 0.6]])
+    frame = np.array([[0.0, 1, 0], [-1, 0, 0], [0, 0, 1]])  # columns: measurement axes in world space
+    header = {"space": "right-anterior-superior", "kinds": ["list", "domain", "domain", "domain"],
+              "space directions": np.array([[np.nan] * 3, [2.0, 0, 0], [0, 2.0, 0], [0, 0, 3.0]]),
+              "space origin": np.array([1.0, 2.0, 3.0]), "measurement frame": frame.T,
+              "modality": "DWMRI", "DWMRI_b-value": "1000",
+              **{f"DWMRI_gradient_{i:04d}": " ".join(map(str, g)) for i, g in enumerate(gradients)}}
+    nrrd.write(str(tmp_path / "ras.nrrd"), data, header, index_order="C")
+    dwi = read_dwi(tmp_path / "ras.nrrd")
+    assert dwi.volume.array.shape == (7, 4, 3, 5)
+    np.testing.assert_allclose(dwi.volume.geometry.origin[:3], [-1.0, -2.0, 3.0])
+    np.testing.assert_allclose(dwi.bvals, [0, 1000, 1000, 1000, 1000, 1000, 1000])
+    # voxel axes = RAS axes, so world LPS = (-x, -y, z); direction diag(-1, -1, 1) has det > 0 -> FSL negates x
+    world_ras = gradients @ frame.T
+    np.testing.assert_allclose(dwi.bvecs, world_ras * [-1, 1, 1], atol=1e-12)
+
+
+def test_a_written_nrrd_dwi_is_read_by_slicer_as_a_dwi_node(small_dwi, tmp_path):
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("slicer-core not installed")
+    write_dwi(tmp_path / "dwi.nrrd", small_dwi)
+    scene = slicer.vtkMRMLScene()
+    node = slicer.vtkMRMLDiffusionWeightedVolumeNode()
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLNRRDStorageNode()
+    storage.SetFileName(str(tmp_path / "dwi.nrrd"))
+    assert storage.ReadData(node)
+    assert node.GetNumberOfGradients() == 65
+    np.testing.assert_allclose([node.GetBValue(i) for i in range(65)], small_dwi.bvals, rtol=1e-6)
+
+
+def test_neighbours_come_from_the_same_shell_nearest_in_order():
+    bvals = np.array([0, 1000, 1000, 0, 1000, 2000, 2000, 1000])
+    neighbours = neighbour_volumes(bvals, 2)
+    assert neighbours[1].tolist() == [2, 7]  # b=1000 volumes 1, 2, 4, 7: after 1 comes 2, before it (wrapping) 7
+    assert neighbours[0].tolist() == [3, 1]  # only one other b0: the nearest b=1000 volume fills in
+    assert neighbours[5].tolist() == [6, 4]
+    with pytest.raises(InputError, match="at least 3"):
+        neighbour_volumes(np.array([0, 1000]), 2)
+
+
+def test_matching_picks_a_larger_step_for_noisier_slices():
+    schedule = reverse_warmup_schedule()
+    rng = np.random.default_rng(0)
+    clean = np.tile(np.linspace(-0.8, 0.8, 64, dtype=np.float32), (64, 1))[None, None]
+    sigmas = [0.01, 0.03, 0.1, 0.2]
+    noisy = np.concatenate([clean + s * rng.standard_normal(clean.shape).astype(np.float32) for s in sigmas])
+    match = match_states(noisy, np.repeat(clean, len(sigmas), axis=0), schedule)
+    assert np.all(np.diff(match.steps) > 0)
+    noise_levels = np.sqrt(1 - schedule.alphas_cumprod().numpy()[match.steps])
+    np.testing.assert_allclose(noise_levels, sigmas, rtol=0.1)
+    assert np.allclose(match.noise.std(axis=(1, 2, 3)), 1, atol=0.1)
+    assert np.allclose(match.noise.mean(axis=(1, 2, 3)), 0, atol=1e-5)
+
+
+def test_matching_folds_the_residual_mean_into_the_signal():
+    schedule = reverse_warmup_schedule()
+    clean = np.zeros((1, 1, 32, 32), dtype=np.float32)
+    noisy = clean + 0.05 * np.random.default_rng(1).standard_normal(clean.shape).astype(np.float32) + 0.2
+    match = match_states(noisy, clean, schedule)
+    s = np.sqrt(schedule.alphas_cumprod().numpy()[match.steps[0]])
+    np.testing.assert_allclose(match.signal.mean() * s, noisy.mean(), rtol=1e-4)
+
+
+def test_volume_scaling_round_trips_each_volume_and_refuses_constant_ones():
+    series = np.random.default_rng(0).random((4, 2, 8, 8)).astype(np.float32) * [[[[1]]], [[[10]]], [[[100]]],
+                                                                                   [[[1000]]]]
+    scaling = VolumeScaling.fit(series)
+    scaled = scaling.forward(series)
+    assert scaled.min() >= -1 and np.all(np.percentile(scaled.reshape(4, -1), 99.9, axis=1) <= 1.0 + 1e-5)
+    np.testing.assert_allclose(scaling.inverse(scaled), series, rtol=1e-5, atol=1e-3)
+    series[2] = 7
+    with pytest.raises(InputError, match="volume\\(s\\) 2 .* constant"):
+        VolumeScaling.fit(series)
+
+
+def test_shuffle_permutes_pixels_of_each_item():
+    images = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    shuffled = shuffle_pixels(images)
+    for item in range(2):
+        assert torch.equal(shuffled[item].flatten().sort().values, images[item].flatten().sort().values)
+        # channels move together
+        assert torch.equal(shuffled[item, 1] - shuffled[item, 0], torch.full((4, 5), 20.0))
+    assert not torch.equal(shuffled, images)
+
+
+def test_stage3_loss_trains_against_the_noisy_slice():
+    schedule = NoiseSchedule("reverse_warmup", 100, 5e-5, 1e-2, 30)
+    network = NAFNet(NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,), in_channels=3,
+                                  time_conditioned=True))
+    batch = torch.randn(2, 6, 16, 16)
+    batch[:, 3] = 40.0  # matched step
+    loss = stage3_loss(schedule)(network, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and network.intro.weight.grad is not None
+
+
+def test_samplers_reach_a_perfect_clean_estimate():
+    schedule = reverse_warmup_schedule()
+    clean = torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8)
+    start = 350
+    noisy = schedule.add_noise(clean, torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+                               torch.tensor([start]))
+    oracle = lambda x, t: clean.expand_as(x)  # noqa: E731 (predicts x0 perfectly)
+    states = []
+    full = ddpm_sample(oracle, noisy, schedule, start, "x0", torch.Generator().manual_seed(1),
+                       on_step=lambda t, x: states.append(t))
+    assert states == list(range(start, -1, -1))
+    torch.testing.assert_close(full, clean)
+    fast = ddim_sample(oracle, noisy, schedule, 5, start, "x0")
+    torch.testing.assert_close(fast, clean)
+
+
+def test_slices_matched_to_step_zero_come_back_unchanged_and_flagged():
+    network = NAFNet(make_tiny_ddm2().diffusion_network)
+    slices = np.random.default_rng(0).standard_normal((3, 1, 16, 16)).astype(np.float32)
+    inputs = np.random.default_rng(1).standard_normal((3, 2, 16, 16)).astype(np.float32)
+    result = sample_ddm2(network, slices, inputs, np.array([0, 5, 5]), reverse_warmup_schedule(), "accelerated", 2,
+                         torch.device("cpu"))
+    np.testing.assert_array_equal(result.denoised[0], slices[0])
+    assert result.untouched.tolist() == [True, False, False]
+    assert result.rmse_trajectory[0].size == 0 and result.rmse_trajectory[1].size == 2
+
+
+def test_denoise_dwi_keeps_every_volume_and_reapplies_from_its_bundle(small_dwi, tmp_path):
+    series, bvals = small_dwi.volume.array[:6, :3], small_dwi.bvals[:6]  # 18 slices: seconds, even the full chain
+    before = series.copy()
+    events = []
+    result = denoise_dwi(series, bvals, preset=make_tiny_ddm2(), device="cpu", progress=events.append)
+    np.testing.assert_array_equal(series, before)
+    assert result.denoised.shape == series.shape and result.denoised.dtype == np.float32
+    assert np.isfinite(result.denoised).all() and not np.array_equal(result.denoised, series)
+    assert result.matched_steps.shape == (6, 3) and result.stage1.shape == series.shape
+    assert {"train stage I", "train stage III", "ddm2 sampling"} <= {e.stage for e in events}
+    assert "matched Markov-chain steps" in result.summary()
+    path = save_bundle(tmp_path / "ddm2", result.bundle)
+    again = apply_dwi_bundle(load_bundle(path), series, bvals, device="cpu")
+    np.testing.assert_allclose(again.denoised, result.denoised, atol=1e-4)
+    full = apply_dwi_bundle(load_bundle(path), series, bvals, device="cpu", sampler="full")
+    assert full.denoised.shape == series.shape and np.isfinite(full.denoised).all()
+
+
+def test_denoise_dwi_refuses_bad_series_clearly(small_dwi):
+    series, bvals = small_dwi.volume.array, small_dwi.bvals
+    with pytest.raises(InputError, match="at least 3 volumes"):
+        denoise_dwi(series[:2], bvals[:2], preset=make_tiny_ddm2())
+    with pytest.raises(InputError, match="4D diffusion series"):
+        denoise_dwi(series[0], bvals, preset=make_tiny_ddm2())
+    with pytest.raises(InputError, match="b-values for 65 volumes"):
+        denoise_dwi(series, bvals[:-1], preset=make_tiny_ddm2())
+    broken = series.astype(np.float32)
+    broken[3, 1, 1, 1] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        denoise_dwi(broken, bvals, preset=make_tiny_ddm2())
+
+
+def test_scalar_and_dwi_bundles_are_not_interchangeable(small_dwi, knee_crop, tiny_settings):
+    from DiffDenoiseLib.denoise import apply_bundle, denoise
+
+    scalar = denoise(knee_crop[:2, :32, :32], method="bsn", preset=tiny_settings, device="cpu").bundle
+    with pytest.raises(BundleError, match="not a DDM2 bundle"):
+        apply_dwi_bundle(scalar, small_dwi.volume.array, small_dwi.bvals)
+    dwi_bundle = denoise_dwi(small_dwi.volume.array, small_dwi.bvals, method="stage1", preset=make_tiny_ddm2(),
+                             device="cpu").bundle
+    with pytest.raises(BundleError, match="DDM2"):
+        apply_bundle(dwi_bundle, knee_crop[:2])
+
+
+def test_cli_ddm2_writes_every_volume_with_bvals_and_bvecs(small_dwi, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("DiffDenoiseLib.presets.DDM2_PRESETS", {"quick": make_tiny_ddm2()})
+    source = tmp_path / "small.nii.gz"
+    subset = DiffusionVolume(Volume(small_dwi.volume.array[:5], small_dwi.volume.geometry), small_dwi.bvals[:5],
+                             small_dwi.bvecs[:5])
+    write_dwi(source, subset)
+    out = tmp_path / "den.nii.gz"
+    code = main(["--no-progress", "ddm2", str(source), str(out), "--preset", "quick", "--device", "cpu",
+                 "--save-model", str(tmp_path / "m")])
+    assert code == 0, capsys.readouterr().err
+    written = read_dwi(out)
+    assert written.volume.array.shape == (5, 10, 10, 10) and written.volume.array.dtype == np.int16
+    np.testing.assert_allclose(written.bvals, subset.bvals)
+    np.testing.assert_allclose(written.bvecs, subset.bvecs)
+    code = main(["--no-progress", "ddm2", str(out), str(tmp_path / "again.nrrd"), "--model",
+                 str(tmp_path / "m.safetensors"), "--device", "cpu", "--output-dtype", "float32"])
+    assert code == 0
+    assert read_dwi(tmp_path / "again.nrrd").volume.array.dtype == np.float32
+    assert main(["--no-progress", "ddm2", str(source), str(tmp_path / "x.nii.gz"), "--bval",
+                 str(tmp_path / "missing.bval")]) == 2
+    assert "missing.bval" in capsys.readouterr().err
