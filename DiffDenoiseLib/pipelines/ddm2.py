@@ -219,16 +219,15 @@ def stage3_loss(schedule: NoiseSchedule):
     but inference never visits steps above m), x_t = sqrt(abar_t) y + sqrt(1 - abar_t) shuffle(n), and the
     network's clean estimate is compared with the noisy slice x, whose noise x_t does not contain.
     """
-    abar_all = schedule.alphas_cumprod().float()
 
     def loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         x, y, noise = batch[:, :1], batch[:, 1:2], batch[:, 2:3]
         matched, condition = batch[:, 3, 0, 0].round().long().cpu(), batch[:, 4:]
         # drawn on the CPU from the generator that training checkpoints, so resumed runs are exact
         timesteps = (torch.rand(len(batch)) * (matched + 1).float()).long().clamp(max=schedule.steps - 1)
-        abar = abar_all[timesteps].to(batch.device, batch.dtype).view(-1, 1, 1, 1)
-        x_t = abar.sqrt() * y + (1 - abar).sqrt() * shuffle_pixels(noise)
-        prediction = model(torch.cat([x_t, condition], dim=1), timesteps.to(batch.device))
+        timesteps = timesteps.to(batch.device)
+        x_t = schedule.add_noise(y, shuffle_pixels(noise), timesteps)
+        prediction = model(torch.cat([x_t, condition], dim=1), timesteps)
         return F.mse_loss(prediction.float(), x.float())
 
     return loss
