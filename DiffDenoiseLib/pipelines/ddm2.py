@@ -30,8 +30,8 @@ from ..diffusion import NoiseSchedule, ddim_sample, ddpm_sample
 from ..errors import InputError
 from ..models import NAFNet, NAFNetConfig
 from ..progress import CancelCheck, ProgressCallback, report
-from ..training import TrainConfig, TrainSummary, fit_patch_size, train
-from .diffdenoise import conditioned_model
+from ..training import TrainConfig, TrainSummary
+from .diffdenoise import conditioned_model, train_new_nafnet
 
 Sampler = Literal["full", "accelerated"]
 # b-values closer than this (s/mm^2) belong to one shell (scanners report e.g. 995 and 1005 for b = 1000)
@@ -148,12 +148,6 @@ def stage1_inputs(series: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     return stacked.reshape(-1, neighbours.shape[1], *series.shape[2:])
 
 
-def _fresh_nafnet(config: NAFNetConfig, training: TrainConfig) -> tuple[NAFNet, TrainConfig]:
-    torch.manual_seed(training.seed)
-    network = NAFNet(config)
-    return network, fit_patch_size(training, network.multiple)
-
-
 def stage1_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Predict the slice (channel 0) from its neighbours' slices (the other channels)."""
     return F.mse_loss(model(batch[:, 1:]).float(), batch[:, :1].float())
@@ -163,10 +157,8 @@ def train_stage1(slices: np.ndarray, inputs: np.ndarray, settings: DDM2Settings,
                  progress: ProgressCallback | None = None,
                  cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
     """Train the slice-from-other-volumes denoiser on (N, 1, H, W) slices and their (N, n, H, W) inputs."""
-    network, training = _fresh_nafnet(settings.stage1_network, settings.stage1_training)
-    summary = train(network, np.concatenate([slices, inputs], axis=1), stage1_loss, training, progress, cancel,
-                    stage="train stage I")
-    return network, summary
+    return train_new_nafnet(settings.stage1_network, settings.stage1_training, [slices, inputs], stage1_loss,
+                            "train stage I", progress, cancel)
 
 
 @dataclass
@@ -237,12 +229,10 @@ def train_stage3(slices: np.ndarray, match: StateMatch, inputs: np.ndarray, sett
                  progress: ProgressCallback | None = None,
                  cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
     """Train the time-conditioned network on the slices, their Stage II match and their Stage I inputs."""
-    network, training = _fresh_nafnet(settings.diffusion_network, settings.diffusion_training)
     matched = np.broadcast_to(match.steps[:, None, None, None].astype(np.float32), slices.shape)
-    stacked = np.concatenate([slices, match.signal, match.noise, matched, inputs], axis=1)
-    summary = train(network, stacked, stage3_loss(settings.schedule), training, progress, cancel,
-                    stage="train stage III")
-    return network, summary
+    return train_new_nafnet(settings.diffusion_network, settings.diffusion_training,
+                            [slices, match.signal, match.noise, matched, inputs], stage3_loss(settings.schedule),
+                            "train stage III", progress, cancel)
 
 
 @dataclass

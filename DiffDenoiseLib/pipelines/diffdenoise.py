@@ -155,8 +155,8 @@ def train_diffusion(noisy: np.ndarray, condition: np.ndarray, settings: Diffusio
                     progress: ProgressCallback | None = None,
                     cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
     """Train the conditional diffusion network on (N, 1, H, W) noisy slices and their (N, C, H, W) condition."""
-    return _train_on_pairs(settings.network, settings.training, noisy, condition, diffusion_loss(settings.schedule),
-                           "train diffusion", progress, cancel)
+    return train_new_nafnet(settings.network, settings.training, [noisy, condition],
+                            diffusion_loss(settings.schedule), "train diffusion", progress, cancel)
 
 
 def conditioned_model(network: nn.Module, condition: torch.Tensor, device: torch.device) -> DenoisingModel:
@@ -210,18 +210,19 @@ def train_distillation(noisy: np.ndarray, targets: np.ndarray, settings: Distill
                        progress: ProgressCallback | None = None,
                        cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
     """Train the NAFNet on (noisy, SRDS output) slice pairs, with the training loop's flips and rotations."""
-    return _train_on_pairs(settings.network, settings.training, noisy, targets, distillation_loss, "train nafnet",
-                           progress, cancel)
+    return train_new_nafnet(settings.network, settings.training, [noisy, targets], distillation_loss,
+                            "train nafnet", progress, cancel)
 
 
-def _train_on_pairs(config: NAFNetConfig, training: TrainConfig, first: np.ndarray, second: np.ndarray,
-                    loss: Callable[[nn.Module, torch.Tensor], torch.Tensor], stage: str,
-                    progress: ProgressCallback | None, cancel: CancelCheck | None) -> tuple[NAFNet, TrainSummary]:
-    """A fresh NAFNet trained on slice pairs stacked as channels (cropped and augmented together)."""
+def train_new_nafnet(config: NAFNetConfig, training: TrainConfig, channels: list[np.ndarray],
+                     loss: Callable[[nn.Module, torch.Tensor], torch.Tensor], stage: str,
+                     progress: ProgressCallback | None, cancel: CancelCheck | None) -> tuple[NAFNet, TrainSummary]:
+    """A fresh NAFNet (seeded by ``training.seed``) trained on (N, C_i, H, W) arrays stacked as channels, so
+    they are cropped and augmented together."""
     torch.manual_seed(training.seed)
     network = NAFNet(config)
     training = fit_patch_size(training, network.multiple)
-    summary = train(network, np.concatenate([first, second], axis=1), loss, training, progress, cancel, stage=stage)
+    summary = train(network, np.concatenate(channels, axis=1), loss, training, progress, cancel, stage=stage)
     return network, summary
 
 
