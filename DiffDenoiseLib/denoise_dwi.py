@@ -27,6 +27,7 @@ from .inference import predict_slices
 from .pipelines.ddm2 import (
     SHELL_TOLERANCE,
     DDM2Settings,
+    StateMatch,
     VolumeScaling,
     match_states,
     neighbour_volumes,
@@ -130,23 +131,17 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, *, method: str = "ddm2",
     check_series(series, bvals)
     settings = _with_overrides(ddm2_settings(preset), seed, device, steps, neighbours, sampler, sampler_steps)
     torch_device = resolve_device(device)
-    scaling = VolumeScaling.fit(series)
-    scaled = scaling.forward(series)
-    order = neighbour_volumes(bvals, settings.neighbours)
-    slices, inputs = slices_of(scaled), stage1_inputs(scaled, order)
-    check_slice_size(slices, max(settings.stage1_network.min_size, settings.diffusion_network.min_size))
+    prepared = _prepare(series, bvals, settings.neighbours)
+    check_slice_size(prepared.slices, max(settings.stage1_network.min_size, settings.diffusion_network.min_size))
     networks, training, timings = {}, {}, {}
-    stage1, summary = train_stage1(slices, inputs, settings, progress, cancel)
+    stage1, summary = train_stage1(prepared.slices, prepared.inputs, settings, progress, cancel)
     networks["stage1"], training["stage1"] = stage1, {"config": asdict(settings.stage1_training),
                                                       "summary": asdict(summary)}
     timings["train_stage1_s"] = summary.seconds
+    stage1_output, match, timings["stage1_inference_and_matching_s"] = _stage1_and_match(
+        stage1, prepared, settings.schedule, torch_device, progress, cancel)
     if method == "ddm2":
-        clock = time.perf_counter()
-        stage1_output = predict_slices(stage1, inputs, torch_device, _batch(torch_device), progress=progress,
-                                       cancel=cancel, stage="stage I inference")
-        match = match_states(slices, stage1_output, settings.schedule)
-        timings["stage1_inference_and_matching_s"] = time.perf_counter() - clock
-        diffusion, summary = train_stage3(slices, match, inputs, settings, progress, cancel)
+        diffusion, summary = train_stage3(prepared.slices, match, prepared.inputs, settings, progress, cancel)
         networks["diffusion"], training["diffusion"] = diffusion, {"config": asdict(settings.diffusion_training),
                                                                    "summary": asdict(summary)}
         timings["train_stage3_s"] = summary.seconds
@@ -158,7 +153,7 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, *, method: str = "ddm2",
                              "shells": sorted(set(shell_of(bvals).tolist())),
                              "training": training,
                          })
-    result = _run_bundle(bundle, series, bvals, torch_device, progress, cancel)
+    result = _finish(bundle, prepared, stage1_output, match, torch_device, progress, cancel)
     result.timings = {**{k: round(v, 3) for k, v in timings.items()}, **result.timings,
                       "total_s": round(time.perf_counter() - started, 3)}
     return result
@@ -186,37 +181,63 @@ def apply_dwi_bundle(bundle: ModelBundle, series: np.ndarray, bvals: np.ndarray,
     described = dict(bundle.metadata["ddm2"])
     described.update({k: v for k, v in (("sampler", sampler), ("sampler_steps", sampler_steps)) if v is not None})
     bundle = replace(bundle, metadata={**bundle.metadata, "ddm2": described})
-    check_slice_size(series[0], max(net.min_size for net in bundle.networks.values()))
-    result = _run_bundle(bundle, series, bvals, resolve_device(device), progress, cancel)
-    result.timings["total_s"] = round(time.perf_counter() - started, 3)
+    torch_device = resolve_device(device)
+    prepared = _prepare(series, bvals, described["neighbours"])
+    check_slice_size(prepared.slices, max(net.min_size for net in bundle.networks.values()))
+    stage1_output, match, matching_s = _stage1_and_match(bundle.networks["stage1"], prepared,
+                                                         NoiseSchedule(**described["schedule"]), torch_device,
+                                                         progress, cancel)
+    result = _finish(bundle, prepared, stage1_output, match, torch_device, progress, cancel)
+    result.timings = {"stage1_inference_and_matching_s": round(matching_s, 3), **result.timings,
+                      "total_s": round(time.perf_counter() - started, 3)}
     return result
 
 
-def _run_bundle(bundle: ModelBundle, series: np.ndarray, bvals: np.ndarray, device: torch.device,
-                progress: ProgressCallback | None, cancel: CancelCheck | None) -> DWIDenoiseResult:
-    """Stage I, state matching and sampling of a series with a bundle's networks."""
-    described = bundle.metadata["ddm2"]
-    schedule = NoiseSchedule(**described["schedule"])
+@dataclass
+class _PreparedSeries:
+    """A series in model units: its per-volume scaling, (V * Z, 1, H, W) slices and their Stage I inputs."""
+
+    series: np.ndarray
+    scaling: VolumeScaling
+    slices: np.ndarray
+    inputs: np.ndarray
+
+
+def _prepare(series: np.ndarray, bvals: np.ndarray, neighbours: int) -> _PreparedSeries:
     scaling = VolumeScaling.fit(series)
     scaled = scaling.forward(series)
-    slices, inputs = slices_of(scaled), stage1_inputs(scaled, neighbour_volumes(bvals, described["neighbours"]))
-    grid = scaled.shape[:2]
+    return _PreparedSeries(series, scaling, slices_of(scaled), stage1_inputs(scaled, neighbour_volumes(bvals,
+                                                                                                       neighbours)))
+
+
+def _stage1_and_match(stage1: torch.nn.Module, prepared: _PreparedSeries, schedule: NoiseSchedule,
+                      device: torch.device, progress: ProgressCallback | None,
+                      cancel: CancelCheck | None) -> tuple[np.ndarray, StateMatch, float]:
+    """Stage I output of every slice, its Stage II match, and the seconds both took."""
     clock = time.perf_counter()
-    stage1_output = predict_slices(bundle.networks["stage1"], inputs, device, _batch(device), progress=progress,
+    stage1_output = predict_slices(stage1, prepared.inputs, device, _batch(device), progress=progress,
                                    cancel=cancel, stage="stage I inference")
-    match = match_states(slices, stage1_output, schedule)
-    timings = {"stage1_inference_and_matching_s": time.perf_counter() - clock}
-    stage1 = scaling.inverse(stage1_output.reshape(scaled.shape))
+    return stage1_output, match_states(prepared.slices, stage1_output, schedule), time.perf_counter() - clock
+
+
+def _finish(bundle: ModelBundle, prepared: _PreparedSeries, stage1_output: np.ndarray, match: StateMatch,
+            device: torch.device, progress: ProgressCallback | None, cancel: CancelCheck | None) -> DWIDenoiseResult:
+    """Sample every slice from its matched step with the bundle's diffusion network (a Stage I bundle returns
+    the Stage I output), back in the input's units."""
+    series = prepared.series
+    grid = series.shape[:2]
+    stage1 = prepared.scaling.inverse(stage1_output.reshape(series.shape))
     steps = match.steps.reshape(grid)
     if bundle.method == "stage1":
         no = np.zeros(grid, dtype=bool)
-        return DWIDenoiseResult(stage1, stage1, steps, no, no, timings, bundle)
+        return DWIDenoiseResult(stage1, stage1, steps, no, no, {}, bundle)
+    described = bundle.metadata["ddm2"]
     clock = time.perf_counter()
-    sampled = sample_ddm2(bundle.networks["diffusion"], slices, inputs, match.steps, schedule, described["sampler"],
-                          described["sampler_steps"], device, described["seed"], _batch(device), progress, cancel)
-    timings["sampling_s"] = time.perf_counter() - clock
-    denoised = scaling.inverse(sampled.denoised.reshape(scaled.shape))
+    sampled = sample_ddm2(bundle.networks["diffusion"], prepared.slices, prepared.inputs, match.steps,
+                          NoiseSchedule(**described["schedule"]), described["sampler"], described["sampler_steps"],
+                          device, described["seed"], _batch(device), progress, cancel)
+    timings = {"sampling_s": round(time.perf_counter() - clock, 3)}
+    denoised = prepared.scaling.inverse(sampled.denoised.reshape(series.shape))
     untouched = sampled.untouched.reshape(grid)
     denoised[untouched] = series[untouched]  # exactly the input, not its float32 round trip
-    return DWIDenoiseResult(denoised, stage1, steps, untouched, sampled.outliers.reshape(grid),
-                            {k: round(v, 3) for k, v in timings.items()}, bundle)
+    return DWIDenoiseResult(denoised, stage1, steps, untouched, sampled.outliers.reshape(grid), timings, bundle)
