@@ -116,9 +116,14 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"'{inputVolumeNode.GetName()}' is a diffusion-weighted series: use processDWI (DDM2)")
         if inputVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
             raise ValueError(f"'{inputVolumeNode.GetName()}' is a label map (segmentation); select an image")
-        if inputVolumeNode.GetImageData() is None:
-            raise ValueError(f"'{inputVolumeNode.GetName()}' has no image data")
-        if outputVolumeNode is not None and outputVolumeNode is inputVolumeNode:
+        DiffDenoiseLogic._checkDataAndOutput(inputVolumeNode, outputVolumeNode)
+
+    @staticmethod
+    def _checkDataAndOutput(inputNode, outputNode):
+        """Refuse an input without image data, and an output that is the input itself."""
+        if inputNode.GetImageData() is None:
+            raise ValueError(f"'{inputNode.GetName()}' has no image data")
+        if outputNode is not None and outputNode is inputNode:
             raise ValueError("The output volume must differ from the input: the input is never overwritten")
 
     @staticmethod
@@ -192,10 +197,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         """(volumes, z, y, x) series and b-values of a DWI node, after checking the node and the output."""
         if dwiNode is None or not dwiNode.IsA("vtkMRMLDiffusionWeightedVolumeNode"):
             raise ValueError("Select a diffusion-weighted volume (DWI) as input")
-        if dwiNode.GetImageData() is None:
-            raise ValueError(f"'{dwiNode.GetName()}' has no image data")
-        if outputNode is not None and outputNode is dwiNode:
-            raise ValueError("The output volume must differ from the input: the input is never overwritten")
+        DiffDenoiseLogic._checkDataAndOutput(dwiNode, outputNode)
         series = np.moveaxis(slicer.util.arrayFromVolume(dwiNode), -1, 0).copy()  # (z, y, x, v) -> (v, z, y, x)
         return series, vtk_to_numpy(dwiNode.GetBValues()).astype(np.float64)
 
