@@ -32,6 +32,7 @@ from .pipelines.ddm2 import (
     match_states,
     neighbour_volumes,
     sample_ddm2,
+    shell_loss_weights,
     shell_of,
     slices_of,
     stage1_inputs,
@@ -134,14 +135,15 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, *, method: str = "ddm2",
     prepared = _prepare(series, bvals, settings.neighbours)
     check_slice_size(prepared.slices, max(settings.stage1_network.min_size, settings.diffusion_network.min_size))
     networks, training, timings = {}, {}, {}
-    stage1, summary = train_stage1(prepared.slices, prepared.inputs, settings, progress, cancel)
+    stage1, summary = train_stage1(prepared.slices, prepared.inputs, prepared.weights, settings, progress, cancel)
     networks["stage1"], training["stage1"] = stage1, {"config": asdict(settings.stage1_training),
                                                       "summary": asdict(summary)}
     timings["train_stage1_s"] = summary.seconds
     stage1_output, match, timings["stage1_inference_and_matching_s"] = _stage1_and_match(
         stage1, prepared, settings.schedule, torch_device, progress, cancel)
     if method == "ddm2":
-        diffusion, summary = train_stage3(prepared.slices, match, prepared.inputs, settings, progress, cancel)
+        diffusion, summary = train_stage3(prepared.slices, match, prepared.inputs, prepared.weights, settings,
+                                          progress, cancel)
         networks["diffusion"], training["diffusion"] = diffusion, {"config": asdict(settings.diffusion_training),
                                                                    "summary": asdict(summary)}
         timings["train_stage3_s"] = summary.seconds
@@ -195,19 +197,22 @@ def apply_dwi_bundle(bundle: ModelBundle, series: np.ndarray, bvals: np.ndarray,
 
 @dataclass
 class _PreparedSeries:
-    """A series in model units: its per-volume scaling, (V * Z, 1, H, W) slices and their Stage I inputs."""
+    """A series in model units: its per-shell scaling, (V * Z, 1, H, W) slices, their Stage I inputs and their
+    training loss weights."""
 
     series: np.ndarray
     scaling: VolumeScaling
     slices: np.ndarray
     inputs: np.ndarray
+    weights: np.ndarray
 
 
 def _prepare(series: np.ndarray, bvals: np.ndarray, neighbours: int) -> _PreparedSeries:
-    scaling = VolumeScaling.fit(series)
+    scaling = VolumeScaling.fit(series, bvals)
     scaled = scaling.forward(series)
-    return _PreparedSeries(series, scaling, slices_of(scaled), stage1_inputs(scaled, neighbour_volumes(bvals,
-                                                                                                       neighbours)))
+    chosen = neighbour_volumes(bvals, neighbours)
+    return _PreparedSeries(series, scaling, slices_of(scaled), stage1_inputs(scaled, chosen),
+                           shell_loss_weights(scaled, bvals, chosen))
 
 
 def _stage1_and_match(stage1: torch.nn.Module, prepared: _PreparedSeries, schedule: NoiseSchedule,

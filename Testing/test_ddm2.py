@@ -21,6 +21,7 @@ from DiffDenoiseLib.pipelines.ddm2 import (
     neighbour_volumes,
     reverse_warmup_schedule,
     sample_ddm2,
+    shell_loss_weights,
     shuffle_pixels,
     stage3_loss,
 )
@@ -124,16 +125,30 @@ def test_matching_folds_the_residual_mean_into_the_signal():
     np.testing.assert_allclose(match.signal.mean() * s, noisy.mean(), rtol=1e-4)
 
 
-def test_volume_scaling_round_trips_each_volume_and_refuses_constant_ones():
-    series = np.random.default_rng(0).random((4, 2, 8, 8)).astype(np.float32) * [[[[1]]], [[[10]]], [[[100]]],
-                                                                                   [[[1000]]]]
-    scaling = VolumeScaling.fit(series)
+def test_scaling_is_shared_within_a_shell_round_trips_and_refuses_constant_volumes():
+    rng = np.random.default_rng(0)
+    series = rng.random((4, 2, 8, 8)).astype(np.float32) * np.array([1000, 900, 10, 11], np.float32)[:, None, None,
+                                                                                                       None]
+    bvals = np.array([0, 5, 1000, 1010])
+    scaling = VolumeScaling.fit(series, bvals)
+    assert scaling.low[0] == scaling.low[1] and scaling.high[0] == scaling.high[1] != scaling.high[2]
     scaled = scaling.forward(series)
-    assert scaled.min() >= -1 and np.all(np.percentile(scaled.reshape(4, -1), 99.9, axis=1) <= 1.0 + 1e-5)
+    for shell in (slice(0, 2), slice(2, 4)):  # each shell spans [-1, 1] up to its 99.9th percentile
+        assert scaled[shell].min() == pytest.approx(-1) and np.percentile(scaled[shell], 99.9) == pytest.approx(1)
     np.testing.assert_allclose(scaling.inverse(scaled), series, rtol=1e-5, atol=1e-3)
     series[2] = 7
     with pytest.raises(InputError, match="volume\\(s\\) 2 .* constant"):
-        VolumeScaling.fit(series)
+        VolumeScaling.fit(series, bvals)
+
+
+def test_loss_weights_balance_shells_by_their_neighbour_difference():
+    rng = np.random.default_rng(0)
+    bvals = np.array([0, 0, 0, 1000, 1000, 1000])
+    sigmas = np.array([0.01, 0.01, 0.01, 0.1, 0.1, 0.1], np.float32)[:, None, None, None]
+    scaled = (rng.standard_normal((6, 2, 16, 16)) * sigmas).astype(np.float32)
+    weights = shell_loss_weights(scaled, bvals, neighbour_volumes(bvals, 2))
+    assert weights.shape == (12,) and weights.mean() == pytest.approx(1)
+    assert weights[0] / weights[-1] == pytest.approx(100, rel=0.2)  # 1 / sigma^2 per shell
 
 
 def test_shuffle_permutes_pixels_of_each_item():
@@ -146,15 +161,24 @@ def test_shuffle_permutes_pixels_of_each_item():
     assert not torch.equal(shuffled, images)
 
 
-def test_stage3_loss_trains_against_the_noisy_slice():
+def test_stage3_loss_trains_against_the_noisy_slice_with_its_weight():
     schedule = NoiseSchedule("reverse_warmup", 100, 5e-5, 1e-2, 30)
     network = NAFNet(NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,), in_channels=3,
                                   time_conditioned=True))
-    batch = torch.randn(2, 6, 16, 16)
-    batch[:, 3] = 40.0  # matched step
+    batch = torch.randn(2, 7, 16, 16)  # x, y, n, matched step, weight, 2 condition channels
+    batch[:, 3], batch[:, 4] = 40.0, 1.0
     loss = stage3_loss(schedule)(network, batch)
     loss.backward()
-    assert torch.isfinite(loss) and network.intro.weight.grad is not None
+    assert torch.isfinite(loss) and loss > 0 and network.intro.weight.grad is not None
+    batch[:, 4] = 0.0
+    assert stage3_loss(schedule)(network, batch) == 0
+
+
+def test_stage1_network_starts_as_the_mean_of_its_neighbours():
+    network = NAFNet(NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,), in_channels=2,
+                                  residual="mean"))
+    neighbours = torch.randn(3, 2, 16, 16)
+    torch.testing.assert_close(network(neighbours), neighbours.mean(dim=1, keepdim=True))
 
 
 def test_samplers_reach_a_perfect_clean_estimate():

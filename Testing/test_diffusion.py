@@ -16,7 +16,7 @@ CPU = torch.device("cpu")
 def _network(seed: int = 0) -> NAFNet:
     torch.manual_seed(seed)
     network = NAFNet(NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,), in_channels=2,
-                                  residual=False, time_conditioned=True)).eval()
+                                  residual="none", time_conditioned=True)).eval()
     for name, parameter in network.named_parameters():  # fresh NAFNet blocks are the identity: wake them up
         if name.endswith(("beta", "gamma")):
             torch.nn.init.normal_(parameter, std=0.5)

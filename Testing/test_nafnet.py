@@ -19,7 +19,7 @@ def test_denoiser_keeps_any_size_and_starts_near_the_identity():
 
 def test_time_conditioned_network_uses_the_timestep():
     config = NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,), in_channels=2,
-                          residual=False, time_conditioned=True)
+                          residual="none", time_conditioned=True)
     torch.manual_seed(0)
     network = build_network("nafnet", config.__dict__).eval()
     for name, parameter in network.named_parameters():

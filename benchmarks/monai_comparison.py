@@ -58,7 +58,7 @@ def main() -> None:
     }
     for width in (16, 32):
         networks[f"DiffDenoise NAFNet width {width} (1,1,1)/1 (preset {'quick' if width == 16 else 'standard'})"] = \
-            NAFNet(NAFNetConfig(width=width, in_channels=2, residual=False, time_conditioned=True))
+            NAFNet(NAFNetConfig(width=width, in_channels=2, residual="none", time_conditioned=True))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| network | parameters | s / train step (8x64x64) | s / SRDS call (2x256x256) |\n|---|---|---|---|")
     for name, network in networks.items():

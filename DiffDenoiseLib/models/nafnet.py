@@ -1,6 +1,6 @@
 """NAFNet (Chen et al., ECCV 2022) for single-channel images, optionally conditioned on a diffusion timestep.
 
-One architecture serves two stages of DiffDenoise:
+One architecture serves two stages of DiffDenoise (and both DDM2 networks):
 
 * the distilled denoiser: noisy slice in, denoised slice out (global residual), trained on (noisy, SRDS) pairs;
 * the conditional diffusion network: ``[x_t, c]`` in, noise (or x0) out, with the timestep injected into every
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -32,7 +33,9 @@ class NAFNetConfig:
         decoder_blocks: gated blocks per decoder level (same length as ``encoder_blocks``).
         in_channels: input channels (1 for a denoiser; 1 + condition channels for ``[x_t, c]`` in diffusion).
         out_channels: output channels.
-        residual: add the first input channel to the output (a denoiser predicts a correction).
+        residual: what the output is a correction of: ``first`` input channel (a denoiser), ``mean`` of the
+            input channels (DDM2 Stage I predicts a slice from other volumes; with the last convolution zeroed,
+            training starts from their plain mean instead of from noise) or ``none``.
         time_conditioned: take a diffusion timestep as second argument of ``forward``.
     """
 
@@ -42,12 +45,14 @@ class NAFNetConfig:
     decoder_blocks: tuple[int, ...] = (1, 1, 1)
     in_channels: int = 1
     out_channels: int = 1
-    residual: bool = True
+    residual: Literal["none", "first", "mean"] = "first"
     time_conditioned: bool = False
 
     def __post_init__(self) -> None:
         self.encoder_blocks = tuple(self.encoder_blocks)
         self.decoder_blocks = tuple(self.decoder_blocks)
+        if self.residual not in ("none", "first", "mean"):
+            raise ValueError(f"unknown NAFNet residual '{self.residual}': use none, first or mean")
         if len(self.encoder_blocks) != len(self.decoder_blocks):
             raise ValueError("encoder_blocks and decoder_blocks need the same number of levels")
 
@@ -94,6 +99,9 @@ class NAFNet(nn.Module):
             channels //= 2
             self.decoders.append(self._level(channels, count))
         self.ending = nn.Conv2d(width, config.out_channels, 3, padding=1)
+        if config.residual == "mean":
+            nn.init.zeros_(self.ending.weight)
+            nn.init.zeros_(self.ending.bias)
         self.multiple = 2 ** len(config.encoder_blocks)
 
     def _level(self, channels: int, count: int) -> nn.ModuleList:
@@ -128,4 +136,6 @@ class NAFNet(nn.Module):
             for block in level:
                 features = block(features, time)
         out = self.ending(features)[..., :height, :width]
-        return out + x[:, :1] if self.config.residual else out
+        if self.config.residual == "first":
+            return out + x[:, :1]
+        return out + x.mean(dim=1, keepdim=True) if self.config.residual == "mean" else out

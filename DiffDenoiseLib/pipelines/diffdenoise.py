@@ -60,7 +60,7 @@ class DiffusionSettings:
         if self.conditioning not in CONDITION_CHANNELS:
             raise ValueError(f"unknown conditioning '{self.conditioning}': use recorrupted, bsn or identity")
         self.network = replace(self.network, in_channels=1 + CONDITION_CHANNELS[self.conditioning], out_channels=1,
-                               residual=False, time_conditioned=True)
+                               residual="none", time_conditioned=True)
 
 
 @dataclass
@@ -92,7 +92,7 @@ class DistillationSettings:
     training: TrainConfig
 
     def __post_init__(self) -> None:
-        self.network = replace(self.network, in_channels=1, out_channels=1, residual=True, time_conditioned=False)
+        self.network = replace(self.network, in_channels=1, out_channels=1, residual="first", time_conditioned=False)
 
 
 _RECORRUPTION_STREAM = 0x52325220  # "R2R "
