@@ -193,13 +193,76 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         return self._writeResult(inputVolumeNode, outputVolumeNode, result)
 
     @staticmethod
-    def _dwiArrays(dwiNode, outputNode):
-        """(volumes, z, y, x) series and b-values of a DWI node, after checking the node and the output."""
+    def _dwiArrays(dwiNode, outputNode, bvals=None):
+        """(volumes, z, y, x) series and b-values of a DWI node, or of a sequence of scalar volumes (4D series;
+        b-values from ``bvals`` or from the sequence's index when it is the b-value), after checking the node
+        and the output."""
+        if dwiNode is not None and dwiNode.IsA("vtkMRMLSequenceNode"):
+            return DiffDenoiseLogic._sequenceArrays(dwiNode, outputNode, bvals)
         if dwiNode is None or not dwiNode.IsA("vtkMRMLDiffusionWeightedVolumeNode"):
-            raise ValueError("Select a diffusion-weighted volume (DWI) as input")
+            raise ValueError("Select a diffusion-weighted volume (DWI) or a sequence of volumes as input")
+        if bvals is not None:
+            raise ValueError(f"'{dwiNode.GetName()}' is a DWI node and carries its own b-values: leave bvals out")
         DiffDenoiseLogic._checkDataAndOutput(dwiNode, outputNode)
         series = np.moveaxis(slicer.util.arrayFromVolume(dwiNode), -1, 0).copy()  # (z, y, x, v) -> (v, z, y, x)
         return series, vtk_to_numpy(dwiNode.GetBValues()).astype(np.float64)
+
+    @staticmethod
+    def _sequenceArrays(sequenceNode, outputNode, bvals):
+        count = sequenceNode.GetNumberOfDataNodes()
+        items = [sequenceNode.GetNthDataNode(i) for i in range(count)]
+        if not items or not all(item is not None and item.IsA("vtkMRMLScalarVolumeNode") for item in items):
+            raise ValueError(f"'{sequenceNode.GetName()}' is not a sequence of scalar volumes")
+        if outputNode is sequenceNode:
+            raise ValueError("The output sequence must differ from the input: the input is never overwritten")
+        arrays = []
+        for item in items:
+            DiffDenoiseLogic._checkDataAndOutput(item, None)
+            arrays.append(slicer.util.arrayFromVolume(item))
+        if len({array.shape for array in arrays}) > 1:
+            raise ValueError(f"the volumes of '{sequenceNode.GetName()}' differ in size; resample them to one grid")
+        if bvals is None:
+            bvals = DiffDenoiseLogic._bValuesFromIndex(sequenceNode)
+        return np.stack(arrays).astype(np.float32), np.asarray(bvals, dtype=np.float64)
+
+    @staticmethod
+    def _bValuesFromIndex(sequenceNode):
+        """The sequence's index values when its index is the b-value (they are unique, so rarely)."""
+        values = [sequenceNode.GetNthIndexValue(i) for i in range(sequenceNode.GetNumberOfDataNodes())]
+        if sequenceNode.GetIndexName().lower().replace("-", "").replace(" ", "") == "bvalue":
+            try:
+                return [float(value) for value in values]
+            except ValueError:
+                pass
+        raise ValueError(f"'{sequenceNode.GetName()}' has no b-values (its index is '{sequenceNode.GetIndexName()}' "
+                         f"= {', '.join(values[:3])}, ...): pass bvals=[...] with one b-value per volume")
+
+    @staticmethod
+    def _writeSeries(inputNode, outputNode, series):
+        """The denoised series as the same kind of node as the input (DWI node or sequence of volumes)."""
+        if inputNode.IsA("vtkMRMLSequenceNode"):
+            return DiffDenoiseLogic._writeSequence(inputNode, outputNode, series)
+        return DiffDenoiseLogic._writeDWI(inputNode, outputNode, series)
+
+    @staticmethod
+    def _writeSequence(sequenceNode, outputNode, series):
+        """A new (or the given) sequence with one denoised volume per input item: same index, geometry."""
+        scene = sequenceNode.GetScene() or slicer.mrmlScene
+        if outputNode is None:
+            outputNode = scene.AddNewNodeByClass("vtkMRMLSequenceNode",
+                                                 scene.GenerateUniqueName(f"{sequenceNode.GetName()} denoised"))
+        outputNode.RemoveAllDataNodes()
+        for attribute in ("IndexName", "IndexUnit", "IndexType"):
+            getattr(outputNode, f"Set{attribute}")(getattr(sequenceNode, f"Get{attribute}")())
+        matrix = vtk.vtkMatrix4x4()
+        for i, volume in enumerate(series):
+            item = sequenceNode.GetNthDataNode(i)
+            denoised = slicer.vtkMRMLScalarVolumeNode()
+            item.GetIJKToRASMatrix(matrix)
+            denoised.SetIJKToRASMatrix(matrix)
+            slicer.util.updateVolumeFromArray(denoised, np.ascontiguousarray(volume, np.float32))
+            outputNode.SetDataNodeAtValue(denoised, sequenceNode.GetNthIndexValue(i))
+        return outputNode
 
     @staticmethod
     def _writeDWI(dwiNode, outputNode, series):
@@ -225,15 +288,18 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
 
     def processDWI(self, dwiNode, outputNode=None, method: str = "ddm2", preset: str = "quick", device: str = "auto",
                    steps: int | None = None, seed: int = 0, neighbours: int | None = None, sampler: str | None = None,
-                   samplerSteps: int | None = None, saveModelPath: str | None = None,
+                   samplerSteps: int | None = None, saveModelPath: str | None = None, bvals=None,
                    progressCallback: Callable | None = None, cancelCallback: Callable[[], bool] | None = None):
         """Denoise a diffusion-weighted volume node with DDM2 trained on it; returns a new DWI node (or
         ``outputNode``) with every volume, the same gradients, b-values, measurement frame and geometry.
 
+        A ``vtkMRMLSequenceNode`` of scalar volumes (a 4D series) works too and gives a new sequence; its
+        b-values are ``bvals`` (one per volume) or the sequence's index values when the index is "b-value".
+
         Options are those of ``DiffDenoiseLib.denoise_dwi.denoise_dwi``; the per-slice summary (matched
         steps, untouched and outlier slices) is kept in ``self.lastSummary``.
         """
-        series, bvals = self._dwiArrays(dwiNode, outputNode)
+        series, bvals = self._dwiArrays(dwiNode, outputNode, bvals)
         _import_library()
         from DiffDenoiseLib.bundle import save_bundle
         from DiffDenoiseLib.denoise_dwi import denoise_dwi
@@ -245,12 +311,14 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
             save_bundle(saveModelPath, result.bundle)
         self.lastSummary = result.summary()
         logging.info(f"DiffDenoise DDM2: {self.lastSummary}; timings {result.timings}")
-        return self._writeDWI(dwiNode, outputNode, result.denoised)
+        return self._writeSeries(dwiNode, outputNode, result.denoised)
 
     def applyDWI(self, dwiNode, modelPath: str, outputNode=None, device: str = "auto", sampler: str | None = None,
-                 progressCallback: Callable | None = None, cancelCallback: Callable[[], bool] | None = None):
-        """Denoise a DWI node with a saved DDM2 bundle (no training); returns a new DWI node."""
-        series, bvals = self._dwiArrays(dwiNode, outputNode)
+                 bvals=None, progressCallback: Callable | None = None,
+                 cancelCallback: Callable[[], bool] | None = None):
+        """Denoise a DWI node (or a sequence of volumes, see :meth:`processDWI`) with a saved DDM2 bundle (no
+        training); returns a new node of the input's kind."""
+        series, bvals = self._dwiArrays(dwiNode, outputNode, bvals)
         _import_library()
         from DiffDenoiseLib.bundle import load_bundle
         from DiffDenoiseLib.denoise_dwi import apply_dwi_bundle
@@ -258,7 +326,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         result = apply_dwi_bundle(load_bundle(modelPath), series, bvals, device=device, sampler=sampler,
                                   progress=progressCallback, cancel=cancelCallback)
         self.lastSummary = result.summary()
-        return self._writeDWI(dwiNode, outputNode, result.denoised)
+        return self._writeSeries(dwiNode, outputNode, result.denoised)
 
 
 #

@@ -130,3 +130,35 @@ def test_process_dwi_returns_a_new_dwi_node_with_the_same_gradients(small_dwi, t
     with pytest.raises(ValueError, match="processDWI"):
         logic.process(node)
     scene.Clear(1)
+
+
+def test_process_dwi_takes_a_sequence_of_volumes_and_returns_a_new_sequence(small_dwi):
+    from conftest import make_tiny_ddm2
+
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "series")
+    sequence.SetIndexName("volume")
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    ijk_to_ras.SetElement(0, 0, -2.0)
+    ijk_to_ras.SetElement(0, 3, 12.5)
+    for i in range(5):
+        volume = slicer.vtkMRMLScalarVolumeNode()
+        volume.SetIJKToRASMatrix(ijk_to_ras)
+        slicer.util.updateVolumeFromArray(volume, small_dwi.volume.array[i].astype(np.float32))
+        sequence.SetDataNodeAtValue(volume, str(i))
+    logic = DiffDenoiseLogic()
+    with pytest.raises(ValueError, match="has no b-values .* pass bvals"):
+        logic.processDWI(sequence, preset=make_tiny_ddm2(), device="cpu")
+    output = logic.processDWI(sequence, preset=make_tiny_ddm2(), device="cpu", bvals=small_dwi.bvals[:5])
+    assert output.IsA("vtkMRMLSequenceNode") and output.GetName() == "series denoised"
+    assert output.GetNumberOfDataNodes() == 5 and output.GetIndexName() == "volume"
+    for i in range(5):
+        assert output.GetNthIndexValue(i) == sequence.GetNthIndexValue(i)
+        item = output.GetNthDataNode(i)
+        assert slicer.util.arrayFromVolume(item).shape == small_dwi.volume.array[i].shape
+        np.testing.assert_allclose(_ijk_to_ras(item), _ijk_to_ras(sequence.GetNthDataNode(i)))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(sequence.GetNthDataNode(2)), small_dwi.volume.array[2])
+    sequence.SetIndexName("b-value")  # an index that is the b-value gives the b-values
+    assert DiffDenoiseLogic._bValuesFromIndex(sequence) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    scene.Clear(1)
