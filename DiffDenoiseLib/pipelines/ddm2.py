@@ -1,6 +1,6 @@
 """The three stages of DDM2 (Xiang et al., ICLR 2023) on a 4D diffusion series, in memory.
 
-Every stage works on 2D slices of per-volume scaled series ``(v, z, y, x)`` in the diffusion model's [-1, 1]:
+Every stage works on 2D slices of per-shell scaled series ``(v, z, y, x)`` in the diffusion model's [-1, 1]:
 
 * **Stage I**: a NAFNet predicts each slice from the same slice in ``neighbours`` other volumes of its shell
   (their noise is independent of the slice's, so the network can only learn the signal: Noise2Noise).
