@@ -127,12 +127,18 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
             raise ValueError("The output volume must differ from the input: the input is never overwritten")
 
     @staticmethod
+    def _newNodeFor(inputNode, className: str, suffix: str = "denoised"):
+        """A new node "<input> <suffix>" of ``className`` in the input's scene (with display nodes if it has any)."""
+        scene = inputNode.GetScene() or slicer.mrmlScene
+        node = scene.AddNewNodeByClass(className, scene.GenerateUniqueName(f"{inputNode.GetName()} {suffix}"))
+        if node.IsA("vtkMRMLDisplayableNode"):
+            node.CreateDefaultDisplayNodes()
+        return node
+
+    @staticmethod
     def _writeOutput(inputVolumeNode, outputVolumeNode, denoised, suffix: str = "denoised"):
-        scene = inputVolumeNode.GetScene() or slicer.mrmlScene
         if outputVolumeNode is None:
-            outputVolumeNode = scene.AddNewNodeByClass(
-                "vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{inputVolumeNode.GetName()} {suffix}"))
-            outputVolumeNode.CreateDefaultDisplayNodes()
+            outputVolumeNode = DiffDenoiseLogic._newNodeFor(inputVolumeNode, "vtkMRMLScalarVolumeNode", suffix)
         ijkToRas = vtk.vtkMatrix4x4()
         inputVolumeNode.GetIJKToRASMatrix(ijkToRas)
         outputVolumeNode.SetIJKToRASMatrix(ijkToRas)
@@ -247,10 +253,8 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _writeSequence(sequenceNode, outputNode, series):
         """A new (or the given) sequence with one denoised volume per input item: same index, geometry."""
-        scene = sequenceNode.GetScene() or slicer.mrmlScene
         if outputNode is None:
-            outputNode = scene.AddNewNodeByClass("vtkMRMLSequenceNode",
-                                                 scene.GenerateUniqueName(f"{sequenceNode.GetName()} denoised"))
+            outputNode = DiffDenoiseLogic._newNodeFor(sequenceNode, "vtkMRMLSequenceNode")
         outputNode.RemoveAllDataNodes()
         for attribute in ("IndexName", "IndexUnit", "IndexType"):
             getattr(outputNode, f"Set{attribute}")(getattr(sequenceNode, f"Get{attribute}")())
@@ -267,11 +271,8 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _writeDWI(dwiNode, outputNode, series):
         """A new (or the given) DWI node with the input's geometry, gradients, b-values and measurement frame."""
-        scene = dwiNode.GetScene() or slicer.mrmlScene
         if outputNode is None:
-            outputNode = scene.AddNewNodeByClass("vtkMRMLDiffusionWeightedVolumeNode",
-                                                 scene.GenerateUniqueName(f"{dwiNode.GetName()} denoised"))
-            outputNode.CreateDefaultDisplayNodes()
+            outputNode = DiffDenoiseLogic._newNodeFor(dwiNode, "vtkMRMLDiffusionWeightedVolumeNode")
         matrix = vtk.vtkMatrix4x4()
         dwiNode.GetIJKToRASMatrix(matrix)
         outputNode.SetIJKToRASMatrix(matrix)
