@@ -123,8 +123,12 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         """Refuse an input without image data, and an output that is the input itself."""
         if inputNode.GetImageData() is None:
             raise ValueError(f"'{inputNode.GetName()}' has no image data")
-        if outputNode is not None and outputNode is inputNode:
-            raise ValueError("The output volume must differ from the input: the input is never overwritten")
+        DiffDenoiseLogic._checkOutput(inputNode, outputNode)
+
+    @staticmethod
+    def _checkOutput(inputNode, outputNode):
+        if outputNode is inputNode:
+            raise ValueError("The output node must differ from the input: the input is never overwritten")
 
     @staticmethod
     def _newNodeFor(inputNode, className: str, suffix: str = "denoised"):
@@ -219,8 +223,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         items = [sequenceNode.GetNthDataNode(i) for i in range(count)]
         if not items or not all(item is not None and item.IsA("vtkMRMLScalarVolumeNode") for item in items):
             raise ValueError(f"'{sequenceNode.GetName()}' is not a sequence of scalar volumes")
-        if outputNode is sequenceNode:
-            raise ValueError("The output sequence must differ from the input: the input is never overwritten")
+        DiffDenoiseLogic._checkOutput(sequenceNode, outputNode)
         arrays = []
         for item in items:
             DiffDenoiseLogic._checkDataAndOutput(item, None)
