@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -331,6 +333,127 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
                                   progress=progressCallback, cancel=cancelCallback)
         self.lastSummary = result.summary()
         return self._writeSeries(dwiNode, outputNode, result.denoised)
+
+
+    def startBackground(self, inputNode, outputNode=None, method: str = "auto", noise: str = "auto",
+                        preset: str = "quick", device: str = "auto", srdsPairs: int | None = None,
+                        ddimSteps: int | None = None, steps: int | None = None, extraOutputs: tuple[str, ...] = (),
+                        modelPath: str | None = None, bvals=None, python: str | None = None) -> BackgroundRun:
+        """Start the same run as :meth:`process` / :meth:`apply` / :meth:`processDWI` in a worker process (the
+        ``diffdenoise`` CLI with Slicer's Python, on temporary files) and return at once; the panel's way.
+
+        ``method``: ``auto`` (DDM2 for a DWI node or a sequence, ``diffdenoise`` otherwise), ``diffdenoise``,
+        ``diffusion``, ``bsn``, ``ddm2``, or ``apply`` (``modelPath`` is then the bundle to apply; for the
+        other methods it is where to save the trained bundle, optional). ``bvals`` as in :meth:`processDWI`;
+        ``steps`` overrides the preset's training steps.
+        Poll the returned :class:`BackgroundRun` from a timer; ``run.wait()`` blocks instead.
+        """
+        _import_library()
+        from DiffDenoiseLib.io import DiffusionVolume, Volume, write_dwi, write_volume
+
+        isSeries = inputNode is not None and (inputNode.IsA("vtkMRMLDiffusionWeightedVolumeNode")
+                                              or inputNode.IsA("vtkMRMLSequenceNode"))
+        if method == "auto":
+            method = "ddm2" if isSeries else "diffdenoise"
+        if method == "apply" and not modelPath:
+            raise ValueError("Choose the model bundle (.safetensors) to apply")
+        folder = tempfile.mkdtemp(prefix="DiffDenoise-")
+        output = os.path.join(folder, "output.nii.gz")
+        device = ["--device", device]
+        try:
+            if isSeries:
+                series, bvals = self._dwiArrays(inputNode, outputNode, bvals)
+                reference = inputNode if not inputNode.IsA("vtkMRMLSequenceNode") else inputNode.GetNthDataNode(0)
+                source = os.path.join(folder, "input.nii.gz")
+                # DDM2 uses the b-values only; the output node gets the input's own gradients back
+                write_dwi(source, DiffusionVolume(Volume(series, node_geometry(reference).with_series_axis()),
+                                                  bvals, np.zeros((len(bvals), 3))))
+                arguments = ["ddm2", source, output, "--preset", preset, *device]
+                if method == "apply":
+                    arguments += ["--model", modelPath]
+                elif method != "ddm2":
+                    raise ValueError(f"'{inputNode.GetName()}' is a diffusion series: use method ddm2 or apply")
+            else:
+                self._checkInput(inputNode, outputNode)
+                source = os.path.join(folder, "input.nrrd")
+                write_volume(source, Volume(slicer.util.arrayFromVolume(inputNode), node_geometry(inputNode)))
+                extras = ["--extra", *extraOutputs] if extraOutputs else []
+                if method == "apply":
+                    arguments = ["apply", "--model", modelPath, source, output, *device, *extras]
+                else:
+                    arguments = ["denoise", source, output, "--method", method, "--noise", noise, "--preset", preset,
+                                 *device, *extras]
+                    arguments += ["--srds-pairs", str(srdsPairs)] if srdsPairs else []
+                    arguments += ["--ddim-steps", str(ddimSteps)] if ddimSteps else []
+            if method != "apply":
+                arguments += ["--steps", str(steps)] if steps else []
+                arguments += ["--save-model", modelPath] if modelPath else []
+            arguments += ["--output-dtype", "float32"]
+            return BackgroundRun(self, inputNode, outputNode, folder, arguments, python)
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def _readBack(self, inputNode, outputNode, outputs: dict[str, str]):
+        """Load a worker's output files into nodes: the denoised result (returned) and any extra outputs."""
+        from DiffDenoiseLib.io import read_dwi, read_volume
+
+        if inputNode.IsA("vtkMRMLDiffusionWeightedVolumeNode") or inputNode.IsA("vtkMRMLSequenceNode"):
+            return self._writeSeries(inputNode, outputNode, read_dwi(outputs["denoised"]).volume.array)
+        self.lastExtraNodes = {name: self._writeOutput(inputNode, None, read_volume(path).array, name)
+                               for name, path in outputs.items() if name not in ("denoised", "model")}
+        return self._writeOutput(inputNode, outputNode, read_volume(outputs["denoised"]).array)
+
+
+class BackgroundRun:
+    """A DiffDenoise run in a worker process (see :meth:`DiffDenoiseLogic.startBackground`).
+
+    Call :meth:`messages` from a timer for progress and log lines; once :attr:`running` is False,
+    :meth:`finish` loads the result into nodes and returns the output node. :meth:`cancel` kills the worker
+    and removes its temporary files: no output file or node is left behind.
+    """
+
+    def __init__(self, logic, inputNode, outputNode, folder: str, arguments: list[str], python: str | None = None):
+        from DiffDenoiseLib.worker import WorkerProcess
+
+        self.logic, self.inputNode, self.outputNode, self.folder = logic, inputNode, outputNode, folder
+        self.worker = WorkerProcess(arguments, python)
+        self.log: list[str] = []
+
+    def messages(self):
+        """What the worker reported since the last call (``WorkerMessage`` objects); log lines are also kept
+        in :attr:`log`."""
+        found = self.worker.messages()
+        self.log += [message.text for message in found if message.kind in ("log", "error")]
+        return found
+
+    @property
+    def running(self) -> bool:
+        return self.worker.running
+
+    def wait(self):
+        """Block until the worker ends; then as :meth:`finish`."""
+        self.worker.wait()
+        return self.finish()
+
+    def finish(self):
+        """The output node of a finished run; raises ``RuntimeError`` with the worker's message if it failed."""
+        try:
+            self.messages()
+            result = self.worker.result
+            if self.worker.cancelled:
+                raise RuntimeError("DiffDenoise was cancelled; no output was created")
+            if result is None or result.kind == "error":
+                reason = result.text if result is not None else "\n".join(self.log[-5:]) or "no output"
+                raise RuntimeError(f"DiffDenoise failed: {reason}")
+            return self.logic._readBack(self.inputNode, self.outputNode, result.outputs)
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def cancel(self) -> None:
+        """Kill the worker and remove its temporary files."""
+        self.worker.cancel()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 #

@@ -1,7 +1,9 @@
 """The ``diffdenoise`` command line: denoise, apply, ddm2, info and demo.
 
 Errors the user can fix are printed as one line (``diffdenoise: error: ...``) with exit code 2 for bad
-usage or input, 1 for other failures and 130 when interrupted.
+usage or input, 1 for other failures and 130 when interrupted. ``--machine-progress`` reports progress, the
+files written and errors as JSON lines on stdout instead (the protocol of :mod:`.worker`, read by the Slicer
+panel).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tqdm import tqdm
 from . import __version__
 from .errors import Cancelled, DiffDenoiseError, InputError
 from .progress import ProgressEvent
+from .worker import JsonLinesProgress
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
     from .io import Volume
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+Written = dict[str, Path]  # what a command wrote, by name (denoised, residual, model, ...)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +64,9 @@ class TqdmProgress:
             self.bar = None
 
 
+Progress = TqdmProgress | JsonLinesProgress
+
+
 def _check_output(input_path: Path, output_path: Path) -> None:
     if output_path.resolve() == input_path.resolve():
         raise InputError(f"output {output_path} would overwrite the input: choose another output path")
@@ -79,19 +86,21 @@ def extra_output_path(output: Path, name: str) -> Path:
     return output.with_name(f"{output.name[:len(output.name) - len(suffixes)]}_{name}{suffixes}")
 
 
-def _write_extras(input_volume: Volume, extras: dict[str, np.ndarray], output: Path) -> None:
-    """Extra outputs are float32 (a residual is signed; an uncertainty is fractional)."""
+def _write_extras(input_volume: Volume, extras: dict[str, np.ndarray], output: Path) -> dict[str, Path]:
+    """Extra outputs are float32 (a residual is signed; an uncertainty is fractional); returns their paths."""
+    written = {}
     for name, image in extras.items():
-        path = extra_output_path(output, name)
-        _write_result(input_volume, image, path, "float32")
-        print(f"wrote {name} to {path}")
+        written[name] = extra_output_path(output, name)
+        _write_result(input_volume, image, written[name], "float32")
+        print(f"wrote {name} to {written[name]}")
+    return written
 
 
 def _slice_axis(volume: Volume, choice: str) -> int:
     return volume.geometry.slice_axis() if choice == "auto" else int(choice)
 
 
-def cmd_denoise(args: argparse.Namespace, progress: TqdmProgress) -> int:
+def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     from .bundle import save_bundle
     from .denoise import denoise
     from .io import read_volume
@@ -104,17 +113,17 @@ def cmd_denoise(args: argparse.Namespace, progress: TqdmProgress) -> int:
                      outputs=tuple(args.extra), progress=progress)
     progress.close()
     _write_result(volume, result.denoised, args.output, args.output_dtype)
-    _write_extras(volume, result.extras, args.output)
+    written = {"denoised": args.output, **_write_extras(volume, result.extras, args.output)}
     noise = result.noise
     print(f"noise: {noise.kind} (sigma ~ {noise.sigma:.4g}, {100 * noise.relative_sigma:.1f}% of range); "
           f"wrote {args.output} in {result.timings['total_s']:.0f} s")
     if args.save_model:
-        path = save_bundle(args.save_model, result.bundle)
-        print(f"saved model bundle {path}")
-    return 0
+        written["model"] = save_bundle(args.save_model, result.bundle)
+        print(f"saved model bundle {written['model']}")
+    return written
 
 
-def cmd_apply(args: argparse.Namespace, progress: TqdmProgress) -> int:
+def cmd_apply(args: argparse.Namespace, progress: Progress) -> Written:
     from .bundle import load_bundle
     from .denoise import apply_bundle
     from .io import read_volume
@@ -127,12 +136,12 @@ def cmd_apply(args: argparse.Namespace, progress: TqdmProgress) -> int:
                           progress=progress)
     progress.close()
     _write_result(volume, result.denoised, args.output, args.output_dtype)
-    _write_extras(volume, result.extras, args.output)
+    written = {"denoised": args.output, **_write_extras(volume, result.extras, args.output)}
     print(f"applied {bundle.method} bundle {args.model}; wrote {args.output}")
-    return 0
+    return written
 
 
-def cmd_ddm2(args: argparse.Namespace, progress: TqdmProgress) -> int:
+def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
     from .bundle import load_bundle, save_bundle
     from .denoise_dwi import apply_dwi_bundle, denoise_dwi
     from .io import DiffusionVolume, read_dwi, write_dwi
@@ -155,17 +164,19 @@ def cmd_ddm2(args: argparse.Namespace, progress: TqdmProgress) -> int:
     print(result.summary())
     print(f"wrote {args.output} ({len(series)} volumes, b-values and gradients kept) in "
           f"{result.timings['total_s']:.0f} s")
+    written = {"denoised": args.output}
     if args.save_model and not args.model:
-        print(f"saved model bundle {save_bundle(args.save_model, result.bundle)}")
-    return 0
+        written["model"] = save_bundle(args.save_model, result.bundle)
+        print(f"saved model bundle {written['model']}")
+    return written
 
 
-def cmd_info(args: argparse.Namespace, progress: TqdmProgress) -> int:
+def cmd_info(args: argparse.Namespace, progress: Progress) -> Written:
     if args.input.suffix == ".safetensors":
         from .bundle import read_bundle_metadata
 
         print(json.dumps(read_bundle_metadata(args.input), indent=2))
-        return 0
+        return {}
     import numpy as np
 
     from .io import read_volume
@@ -188,16 +199,16 @@ def cmd_info(args: argparse.Namespace, progress: TqdmProgress) -> int:
         print(f"noise type: {noise.kind} (neighbour correlation {noise.neighbour_correlation:+.2f}; "
               "> +0.02 counts as spatially correlated)")
         print(f"slice axis: {geometry.slice_axis()} (coarsest spacing)")
-    return 0
+    return {}
 
 
-def cmd_demo(args: argparse.Namespace, progress: TqdmProgress) -> int:
+def cmd_demo(args: argparse.Namespace, progress: Progress) -> Written:
     from .demo import run_demo
 
     report = run_demo(args.out, steps=args.steps, device=args.device, progress=progress)
     progress.close()
     print(report)
-    return 0
+    return {"folder": args.out}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "from the noisy scan itself, no clean data needed.")
     parser.add_argument("--version", action="version", version=f"diffdenoise {__version__}")
     parser.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
+    parser.add_argument("--machine-progress", action="store_true",
+                        help="report progress, written files and errors as JSON lines on stdout (for a parent "
+                             "process such as the Slicer panel) instead of progress bars")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add_common(sub: argparse.ArgumentParser, default_axis: str) -> None:
@@ -282,30 +296,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch  # after parsing, so usage errors stay fast; every command but info needs it anyway
 
-    progress = TqdmProgress(enabled=not args.no_progress)
+    progress: Progress = JsonLinesProgress() if args.machine_progress else TqdmProgress(not args.no_progress)
+
+    def fail(message: str, code: int) -> int:
+        progress.close()
+        print(f"diffdenoise: {message}", file=sys.stderr)
+        if isinstance(progress, JsonLinesProgress):
+            progress.error(message, code)
+        return code
+
     try:
-        return args.run(args, progress)
+        written = args.run(args, progress)
     except Cancelled as error:
-        progress.close()
-        print(f"diffdenoise: {error}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return fail(str(error), EXIT_INTERRUPTED)
     except KeyboardInterrupt:
-        progress.close()
-        print("diffdenoise: interrupted; no output was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return fail("interrupted; no output was written", EXIT_INTERRUPTED)
     except InputError as error:
-        progress.close()
-        print(f"diffdenoise: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(f"error: {error}", EXIT_USAGE)
     except DiffDenoiseError as error:
-        progress.close()
-        print(f"diffdenoise: error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
+        return fail(f"error: {error}", EXIT_FAILURE)
     except (MemoryError, torch.OutOfMemoryError):
-        progress.close()
-        print("diffdenoise: error: out of memory: use a smaller preset, fewer slices or --device cuda",
-              file=sys.stderr)
-        return EXIT_FAILURE
+        return fail("error: out of memory: use a smaller preset, fewer slices or --device cuda", EXIT_FAILURE)
+    if isinstance(progress, JsonLinesProgress):
+        progress.result(written)
+    return 0
 
 
 if __name__ == "__main__":

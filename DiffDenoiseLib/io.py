@@ -57,6 +57,12 @@ class Geometry:
         image.SetOrigin(self.origin)
         image.SetDirection(self.direction)
 
+    def with_series_axis(self) -> Geometry:
+        """This 3D geometry with a 4th (volume) axis of unit spacing appended, for (v, z, y, x) series."""
+        direction = np.eye(4)
+        direction[:3, :3] = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        return Geometry((*self.spacing, 1.0), (*self.origin, 0.0), tuple(direction.ravel().tolist()))
+
     def slice_axis(self) -> int:
         """Numpy axis to slice a 3D volume along: the one with the coarsest spacing (the acquisition plane)."""
         if len(self.spacing) < 3:
@@ -397,10 +403,8 @@ def _read_nrrd_dwi(path: Path) -> DiffusionVolume:
     bvals = float(header["DWMRI_b-value"]) * norms ** 2
     unit = np.divide(gradients, norms[:, None], out=np.zeros_like(gradients), where=norms[:, None] > 0)
     bvecs = world_to_fsl_bvecs((unit @ frame.T) * to_lps, direction)
-    direction4 = np.eye(4)
-    direction4[:3, :3] = direction
-    geometry = Geometry((*spacing.tolist(), 1.0), (*origin.tolist(), 0.0), tuple(direction4.ravel().tolist()))
-    return DiffusionVolume(Volume(series, geometry), bvals, bvecs)
+    geometry = Geometry(tuple(spacing.tolist()), tuple(origin.tolist()), tuple(direction.ravel().tolist()))
+    return DiffusionVolume(Volume(series, geometry.with_series_axis()), bvals, bvecs)
 
 
 def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume) -> None:

@@ -1,6 +1,7 @@
 """The Slicer module's logic on a real MRML scene from slicer-core (no mocks)."""
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,9 @@ def test_process_dwi_returns_a_new_dwi_node_with_the_same_gradients(small_dwi, t
     again = logic.applyDWI(node, str(tmp_path / "m.safetensors"))
     assert again.GetName() == "dwi denoised_1"
     np.testing.assert_allclose(slicer.util.arrayFromVolume(again), denoised, atol=1e-3)
+    background, _ = _finish(logic.startBackground(node, method="apply", modelPath=str(tmp_path / "m.safetensors")))
+    assert background.IsA("vtkMRMLDiffusionWeightedVolumeNode") and background.GetName() == "dwi denoised_2"
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(background), denoised, atol=1e-3)
     with pytest.raises(ValueError, match="processDWI"):
         logic.process(node)
     scene.Clear(1)
@@ -162,3 +166,51 @@ def test_process_dwi_takes_a_sequence_of_volumes_and_returns_a_new_sequence(smal
     sequence.SetIndexName("b-value")  # an index that is the b-value gives the b-values
     assert DiffDenoiseLogic._bValuesFromIndex(sequence) == [0.0, 1.0, 2.0, 3.0, 4.0]
     scene.Clear(1)
+
+
+def _finish(run, timeout=300.0):
+    """Poll a background run the way the panel's timer does; return its output node and progress events."""
+    events, started = [], time.monotonic()
+    while run.running:
+        events += [m.event for m in run.messages() if m.kind == "progress"]
+        assert time.monotonic() - started < timeout, "the worker did not finish"
+        time.sleep(0.1)
+    return run.finish(), events
+
+
+def test_background_run_matches_the_input_and_leaves_no_temporary_files(scene_with_volume, tmp_path):
+    scene, node = scene_with_volume
+    before = slicer.util.arrayFromVolume(node).copy()
+    run = DiffDenoiseLogic().startBackground(node, method="bsn", steps=2, device="cpu",
+                                             extraOutputs=("residual",), modelPath=str(tmp_path / "bsn.safetensors"))
+    output, events = _finish(run)
+    assert output.GetName() == "knee denoised" and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 3
+    assert events and events[-1].step == events[-1].total
+    np.testing.assert_allclose(_ijk_to_ras(output), IJK_TO_RAS, atol=1e-9)
+    denoised = slicer.util.arrayFromVolume(output)
+    assert denoised.shape == before.shape and np.abs(denoised - before).mean() > 0
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+    assert not Path(run.folder).exists() and (tmp_path / "bsn.safetensors").exists()
+
+
+def test_background_cancel_kills_the_worker_and_leaves_no_output(scene_with_volume):
+    scene, node = scene_with_volume
+    nodes_before = scene.GetNumberOfNodes()
+    run = DiffDenoiseLogic().startBackground(node, method="diffdenoise", steps=100000, device="cpu")
+    started = time.monotonic()
+    while not any(m.kind == "progress" for m in run.messages()):  # training has started
+        assert run.running and time.monotonic() - started < 120
+        time.sleep(0.1)
+    run.cancel()
+    assert run.worker.process.poll() is not None and not Path(run.folder).exists()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        run.finish()
+    assert scene.GetNumberOfNodes() == nodes_before
+
+
+def test_background_failure_reports_the_worker_error(scene_with_volume, tmp_path):
+    _, node = scene_with_volume
+    (tmp_path / "not_a_bundle.safetensors").write_bytes(b"\x00" * 16)
+    run = DiffDenoiseLogic().startBackground(node, method="apply", modelPath=str(tmp_path / "not_a_bundle.safetensors"))
+    with pytest.raises(RuntimeError, match="DiffDenoise failed: .*bundle"):
+        _finish(run)
