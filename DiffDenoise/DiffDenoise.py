@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import slicer
@@ -41,18 +44,63 @@ except ImportError:
     ScriptedLoadableModuleLogic = ScriptedLoadableModuleTest = _OutsideSlicerApp
 from slicer.util import VTKObservationMixin
 
+try:  # typed parameters bound to the panel's widgets and saved with the scene (Slicer >= 5.4)
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+except ImportError:  # slicer-core: no GUI binding; the declaration below still lists each parameter's choices
+
+    @dataclass(frozen=True)
+    class Choice:
+        choices: tuple
+
+    @dataclass(frozen=True)
+    class WithinRange:
+        minimum: int
+        maximum: int
+
+    parameterNodeWrapper = None
+
 _MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+REQUIREMENTS = os.path.join(_MODULE_DIR, "Resources", "requirements.txt")
 
 
 def _import_library() -> None:
     """Make DiffDenoiseLib importable: bundled next to this file when installed, one level up in a checkout.
 
-    Imported lazily (not at module load) so Slicer starts even before torch is installed.
+    Its heavy modules (torch) are imported where they are used, so Slicer starts before torch is installed.
     """
     try:
         import DiffDenoiseLib  # noqa: F401
     except ImportError:
         sys.path.insert(0, os.path.dirname(_MODULE_DIR))
+
+
+_import_library()
+from DiffDenoiseLib.options import DEVICE_CHOICES, METHODS, NOISE_CHOICES, PRESETS  # noqa: E402 (torch-free)
+
+PANEL_METHODS = ("auto", *METHODS, "ddm2", "apply")
+
+
+def missingRequirements(path: str = REQUIREMENTS) -> list[str]:
+    """The lines of ``requirements.txt`` that this Python does not satisfy (absent, or outside the range)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    missing = []
+    with open(path) as handle:
+        for line in handle:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            requirement = Requirement(line)
+            try:
+                installed = version(requirement.name)
+            except PackageNotFoundError:
+                missing.append(line)
+                continue
+            if not requirement.specifier.contains(installed, prereleases=True):
+                missing.append(line)
+    return missing
 
 
 #
@@ -76,6 +124,41 @@ class DiffDenoise(ScriptedLoadableModule):
             "Methods: PUCA blind-spot network (Jang et al., NeurIPS 2023); DiffDenoise (arXiv 2504.00264). "
             "Sample data: knee MRI from pymskt (MIT)."
         )
+
+
+#
+# The panel's state
+#
+
+
+class DiffDenoiseParameterNode:
+    """What the panel shows, saved with the scene. Each name is a widget's ``SlicerParameterName`` in the .ui."""
+
+    inputVolume: slicer.vtkMRMLScalarVolumeNode  # a DWI node is one too
+    outputVolume: slicer.vtkMRMLScalarVolumeNode  # none: a new node
+    method: Annotated[str, Choice(PANEL_METHODS)] = "auto"
+    noise: Annotated[str, Choice(NOISE_CHOICES)] = "auto"
+    preset: Annotated[str, Choice(PRESETS)] = "quick"
+    device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
+    modelPath: pathlib.Path = pathlib.Path()  # the bundle to apply, or where to save the trained one
+    srdsPairs: Annotated[int, WithinRange(0, 16)] = 0  # 0: the preset's
+    ddimSteps: Annotated[int, WithinRange(0, 1000)] = 0
+    residualOutput: bool = False
+    uncertaintyOutput: bool = False
+
+
+if parameterNodeWrapper is not None:
+    DiffDenoiseParameterNode = parameterNodeWrapper(DiffDenoiseParameterNode)
+
+
+def runOptions(parameters) -> dict:
+    """Keyword arguments of :meth:`DiffDenoiseLogic.startBackground` for the panel's state."""
+    modelPath = str(parameters.modelPath or "")
+    extras = {"residual": parameters.residualOutput, "uncertainty": parameters.uncertaintyOutput}
+    return {"outputNode": parameters.outputVolume, "method": parameters.method, "noise": parameters.noise,
+            "preset": parameters.preset, "device": parameters.device, "srdsPairs": parameters.srdsPairs or None,
+            "ddimSteps": parameters.ddimSteps or None, "extraOutputs": tuple(name for name, on in extras.items() if on),
+            "modelPath": modelPath if modelPath not in ("", ".") else None}
 
 
 #
@@ -462,75 +545,149 @@ class BackgroundRun:
 
 
 class DiffDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Gathers the panel's state (a parameter node) and runs the logic in a worker process, polled by a timer."""
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._cancelRequested = False
+        self.run = None  # the BackgroundRun in progress
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
 
     def setup(self):
+        import qt
+
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/DiffDenoise.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = DiffDenoiseLogic()
-        _import_library()
-        from DiffDenoiseLib.options import DEVICE_CHOICES, METHODS, NOISE_CHOICES, PRESETS  # no torch needed
-
-        self.ui.methodComboBox.addItems(list(METHODS))
-        self.ui.noiseComboBox.addItems(list(NOISE_CHOICES))
-        self.ui.presetComboBox.addItems(list(PRESETS))
-        self.ui.deviceComboBox.addItems(list(DEVICE_CHOICES))
-        self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
+        self.timer = qt.QTimer()
+        self.timer.setInterval(250)
+        self.timer.connect("timeout()", self.onTimer)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.progressBar.setVisible(False)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        if self.run is not None:
+            self.onCancelButton()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(DiffDenoiseParameterNode(self.logic.getParameterNode()))
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
         self.updateButtons()
 
     def updateButtons(self, *_):
-        self.ui.applyButton.enabled = self.ui.inputSelector.currentNode() is not None
-        self.ui.cancelButton.enabled = False
+        running = self.run is not None
+        hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
+        self.ui.applyButton.enabled = hasInput and not running
+        self.ui.cancelButton.enabled = running
+        self.ui.progressBar.setVisible(running)
 
-    def _onProgress(self, event):
-        self.ui.progressBar.setVisible(True)
-        self.ui.progressBar.setFormat(f"{event.stage}: %p%")
-        self.ui.progressBar.setMaximum(event.total)
-        self.ui.progressBar.setValue(event.step)
-        slicer.app.processEvents()  # keeps Cancel clickable during the blocking run
+    def ensureDependencies(self) -> bool:
+        """Install what requirements.txt lists and this Slicer lacks, after asking; True when all are there.
 
-    def _extraOutputs(self) -> tuple[str, ...]:
-        checked = {"residual": self.ui.residualCheckBox.checked, "uncertainty": self.ui.uncertaintyCheckBox.checked}
-        return tuple(name for name, on in checked.items() if on)
-
-    def onCancelButton(self):
-        self._cancelRequested = True
+        torch comes from the PyTorch extension when it is installed (it picks a CUDA build matching the GPU).
+        """
+        missing = missingRequirements()
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                "DiffDenoise needs these Python packages, which are not installed yet:\n\n" + "\n".join(missing)
+                + "\n\nInstall them now? This can take several minutes (torch is large).",
+                windowTitle="DiffDenoise: install dependencies"):
+            return False
+        with slicer.util.tryWithErrorDisplay("Installing DiffDenoise's dependencies failed.", waitCursor=True):
+            torchLine = next((line for line in missing if line.startswith("torch")), None)
+            if torchLine:
+                try:
+                    import PyTorchUtils
+                except ImportError:
+                    PyTorchUtils = None  # no PyTorch extension: pip installs torch with the rest
+                if PyTorchUtils is not None:
+                    version = torchLine[len("torch"):].strip()
+                    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                                  torchVersionRequirement=version)
+            try:
+                import slicer.pydeps as pydeps  # Slicer >= 5.11
+            except ImportError:
+                pydeps = None
+            if pydeps is not None:
+                pydeps.pip_ensure(pydeps.load_requirements(REQUIREMENTS), requester="DiffDenoise")
+            elif missingRequirements():
+                slicer.util.pip_install(missingRequirements())
+        missing = missingRequirements()
+        if missing:
+            slicer.util.errorDisplay("Still missing: " + ", ".join(missing) + ". Restart Slicer and try again.")
+        return not missing
 
     def onApplyButton(self):
-        self._cancelRequested = False
-        self.ui.applyButton.enabled = False
-        self.ui.cancelButton.enabled = True
-        modelPath = self.ui.modelPathLineEdit.currentPath
-        try:
-            with slicer.util.tryWithErrorDisplay("DiffDenoise failed.", waitCursor=True):
-                options = {"outputVolumeNode": self.ui.outputSelector.currentNode(),
-                           "progressCallback": self._onProgress, "cancelCallback": lambda: self._cancelRequested}
-                if self.ui.applyModelCheckBox.checked:
-                    output = self.logic.apply(self.ui.inputSelector.currentNode(), modelPath,
-                                              device=self.ui.deviceComboBox.currentText,
-                                              extraOutputs=self._extraOutputs(), **options)
-                else:
-                    output = self.logic.process(
-                        self.ui.inputSelector.currentNode(), method=self.ui.methodComboBox.currentText,
-                        noise=self.ui.noiseComboBox.currentText, preset=self.ui.presetComboBox.currentText,
-                        device=self.ui.deviceComboBox.currentText, srdsPairs=self.ui.srdsPairsSpinBox.value or None,
-                        ddimSteps=self.ui.ddimStepsSpinBox.value or None, extraOutputs=self._extraOutputs(),
-                        saveModelPath=modelPath or None, **options)
-                self.ui.outputSelector.setCurrentNode(output)
-                slicer.util.setSliceViewerLayers(background=output)
-        finally:
-            self.ui.progressBar.setVisible(False)
-            self.updateButtons()
+        if not self.ensureDependencies():
+            return
+        self.ui.logTextEdit.clear()
+        with slicer.util.tryWithErrorDisplay("DiffDenoise could not start.", waitCursor=True):
+            self.run = self.logic.startBackground(self._parameterNode.inputVolume, **runOptions(self._parameterNode))
+            self.ui.logTextEdit.appendPlainText("Started: " + " ".join(self.run.worker.command[3:]))
+            self.timer.start()
+        self.updateButtons()
+
+    def onTimer(self):
+        for message in self.run.messages():
+            if message.kind == "progress":
+                event = message.event
+                self.ui.progressBar.setFormat(f"{event.stage}: %p%")
+                self.ui.progressBar.setMaximum(event.total)
+                self.ui.progressBar.setValue(event.step)
+            elif message.text:
+                self.ui.logTextEdit.appendPlainText(message.text)
+        if self.run.running:
+            return
+        self.timer.stop()
+        run, self.run = self.run, None
+        with slicer.util.tryWithErrorDisplay("DiffDenoise failed.", waitCursor=True):
+            output = run.finish()
+            self._parameterNode.outputVolume = output
+            slicer.util.setSliceViewerLayers(background=output)
+            self.ui.logTextEdit.appendPlainText(f"Done: '{output.GetName()}'")
+        self.updateButtons()
+
+    def onCancelButton(self):
+        self.timer.stop()
+        if self.run is not None:
+            self.run.cancel()
+            self.run = None
+            self.ui.logTextEdit.appendPlainText("Cancelled: no output was created")
+        self.updateButtons()
 
 
 #

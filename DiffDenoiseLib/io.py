@@ -188,7 +188,7 @@ def volume_to_image(volume: Volume) -> sitk.Image:
 
 
 @contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
+def atomic_target(path: Path) -> Iterator[Path]:
     """Yield a path inside a hidden temporary folder next to ``path``; move the results into place on success.
 
     Multi-file outputs (NHDR/MHD header + data, DICOM series folders) move data first and the header last.
@@ -224,7 +224,7 @@ def write_volume(path: str | os.PathLike, volume: Volume, description: str = "Di
     if suffix == ".png" and volume.array.dtype not in (np.uint8, np.uint16):
         raise InputError(f"PNG stores 8/16-bit unsigned integers, not {volume.array.dtype}: "
                          "write .nrrd/.nii.gz instead, or keep the input's data type")
-    with _atomic_target(path) as target:
+    with atomic_target(path) as target:
         if is_series:
             _write_dicom_series(target, volume, description)
         elif suffix == ".dcm":
@@ -351,7 +351,7 @@ def write_dwi(path: str | os.PathLike, dwi: DiffusionVolume) -> None:
     bval_path, bvec_path = _dwi_sidecars(path)
     write_volume(path, dwi.volume)
     for sidecar, rows in ((bval_path, dwi.bvals[None, :]), (bvec_path, dwi.bvecs.T)):
-        with _atomic_target(sidecar) as target:
+        with atomic_target(sidecar) as target:
             np.savetxt(target, rows, fmt="%.10g")
 
 
@@ -430,7 +430,7 @@ def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume) -> None:
     }
     if array.dtype == np.float64:
         array = array.astype(np.float32)
-    with _atomic_target(path) as target:
+    with atomic_target(path) as target:
         detached = {"detached_header": True} if _suffix(path) == ".nhdr" else {}
         nrrd.write(str(target), np.ascontiguousarray(np.moveaxis(array, 0, -1)), header, index_order="C",
                    **detached)

@@ -21,8 +21,8 @@ def test_ruff_is_clean():
 def test_files_named_by_the_slicer_cmake_exist():
     module = ROOT / "DiffDenoise"
     text = (module / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "DiffDenoise")
-    named = re.findall(r"^\s+([\w/.]+\.(?:py|png|ui|gz|md))\s*$", text, re.M)
-    assert len(named) >= 5
+    named = re.findall(r"^\s+([\w/.]+\.(?:py|png|ui|gz|md|txt))\s*$", text, re.M)
+    assert len(named) >= 7 and "Resources/requirements.txt" in named
     for name in named:
         base = ROOT if name.startswith("DiffDenoiseLib/") else module
         assert (base / name).is_file(), name
@@ -36,3 +36,12 @@ def test_ui_file_parses_and_has_every_widget_the_widget_uses():
     names = {w.get("name") for w in tree.iter("widget")}
     used = set(re.findall(r"self\.ui\.(\w+)", (ROOT / "DiffDenoise" / "DiffDenoise.py").read_text()))
     assert used and used <= names, used - names
+
+
+def test_slicer_requirements_match_the_package_dependencies():
+    import tomllib
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = (ROOT / "DiffDenoise" / "Resources" / "requirements.txt").read_text().splitlines()
+    requirements = [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+    assert requirements == dependencies

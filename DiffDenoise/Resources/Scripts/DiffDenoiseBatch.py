@@ -1,0 +1,136 @@
+"""Denoise one image file, or every image in a folder, with the DiffDenoise module's logic (no GUI).
+
+    Slicer --no-splash --no-main-window --python-script DiffDenoiseBatch.py --input IN --output OUT [options]
+    python DiffDenoiseBatch.py --input IN --output OUT [options]        (plain Python with slicer-core)
+
+Each image is read into its own MRML scene through a storage node, denoised by ``DiffDenoiseLogic`` (trained
+on the image itself, or with ``--model`` a saved bundle), and written through a storage node: a file to a
+file, a folder to a folder with the same file names. Outputs appear only when complete. Exit status: 0 when
+every image was denoised, 1 when any failed (the others are still written), 2 for bad arguments or paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the module folder (Resources/Scripts/..)
+
+import slicer  # noqa: E402
+
+from DiffDenoise import DiffDenoiseLogic  # noqa: E402
+from DiffDenoiseLib.cli import TqdmProgress  # noqa: E402
+from DiffDenoiseLib.io import atomic_target  # noqa: E402
+from DiffDenoiseLib.options import DEVICE_CHOICES, EXTRA_OUTPUTS, METHODS, NOISE_CHOICES, PRESETS  # noqa: E402
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")  # what the volume storage node reads
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images directly in ``folder`` (sorted; hidden and partial files skipped)."""
+    return sorted(path for path in folder.iterdir()
+                  if path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES))
+
+
+def read_node(scene, path: Path):
+    """A scalar volume node read from ``path`` by Slicer's volume storage node."""
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", path.name)
+    if not storage.ReadData(node) or node.GetImageData() is None:
+        raise ValueError(f"cannot read {path} as an image volume")
+    return node
+
+
+def write_node(node, path: Path) -> None:
+    """Write ``node`` to ``path`` through a storage node, atomically (never a partial file at ``path``)."""
+    with atomic_target(path) as target:
+        storage = node.GetScene().AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        storage.SetFileName(str(target))
+        storage.SetUseCompression(True)
+        if not storage.WriteData(node):
+            raise OSError(f"cannot write {path}")
+
+
+def denoise_file(source: Path, target: Path, args: argparse.Namespace) -> None:
+    scene = slicer.vtkMRMLScene()
+    try:
+        node = read_node(scene, source)
+        progress = TqdmProgress(enabled=not args.no_progress)
+        options = {"device": args.device, "extraOutputs": tuple(args.extra), "progressCallback": progress}
+        logic = DiffDenoiseLogic()
+        if args.model:
+            output = logic.apply(node, str(args.model), **options)
+        else:
+            output = logic.process(node, method=args.method, noise=args.noise, preset=args.preset, steps=args.steps,
+                                   seed=args.seed, **options)
+        progress.close()
+        write_node(output, target)
+        for name, extra in logic.lastExtraNodes.items():
+            suffix = next(s for s in IMAGE_SUFFIXES if target.name.lower().endswith(s))
+            write_node(extra, target.with_name(f"{target.name[:-len(suffix)]}_{name}{suffix}"))
+    finally:
+        scene.Clear(1)
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="DiffDenoiseBatch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", type=Path, required=True, help="an image file or a folder of them")
+    parser.add_argument("--output", type=Path, required=True, help="output file (for a file) or folder")
+    parser.add_argument("--method", default="diffdenoise", choices=METHODS)
+    parser.add_argument("--model", type=Path, help="apply this saved bundle instead of training on each image")
+    parser.add_argument("--noise", default="auto", choices=NOISE_CHOICES)
+    parser.add_argument("--preset", default="quick", choices=PRESETS)
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--steps", type=int, help="training steps of every stage, overriding the preset")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extra", nargs="+", default=[], choices=EXTRA_OUTPUTS, help="also write OUTPUT_<name>")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = parse_arguments(argv)
+    except SystemExit as stop:  # argparse printed the problem
+        return EXIT_USAGE if stop.code else EXIT_OK
+    source, target = args.input, args.output
+    if not source.exists():
+        print(f"DiffDenoiseBatch: error: input {source} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    if args.model and not args.model.is_file():
+        print(f"DiffDenoiseBatch: error: model bundle {args.model} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    if source.is_dir():
+        if target.exists() and not target.is_dir() or target.resolve() == source.resolve():
+            print(f"DiffDenoiseBatch: error: output {target} must be another folder for an input folder",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        jobs = [(path, target / path.name) for path in image_files(source)]
+        if not jobs:
+            print(f"DiffDenoiseBatch: error: no images ({', '.join(IMAGE_SUFFIXES)}) in {source}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        if not target.name.lower().endswith(IMAGE_SUFFIXES) or target.resolve() == source.resolve():
+            print(f"DiffDenoiseBatch: error: output {target} must be a new image file ({', '.join(IMAGE_SUFFIXES)})",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        jobs = [(source, target)]
+    failed = 0
+    for number, (path, output) in enumerate(jobs, start=1):
+        started = time.perf_counter()
+        try:
+            denoise_file(path, output, args)
+            print(f"[{number}/{len(jobs)}] {path.name} -> {output} ({time.perf_counter() - started:.0f} s)")
+        except Exception as error:  # one bad file must not stop the cohort; it is reported and counted
+            failed += 1
+            print(f"[{number}/{len(jobs)}] {path.name}: FAILED: {error}", file=sys.stderr)
+    print(f"denoised {len(jobs) - failed} of {len(jobs)} images" + (f"; {failed} failed" if failed else ""))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
