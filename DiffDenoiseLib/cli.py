@@ -101,6 +101,7 @@ def _slice_axis(volume: Volume, choice: str) -> int:
 
 
 def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
+    from . import distributed
     from .bundle import save_bundle
     from .denoise import denoise
     from .io import read_volume
@@ -112,6 +113,8 @@ def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
                      srds_pairs=args.srds_pairs, ddim_steps=args.ddim_steps, distill_slices=args.distill_slices,
                      outputs=tuple(args.extra), progress=progress)
     progress.close()
+    if not distributed.is_main():  # under torchrun every process trains; one writes
+        return {}
     _write_result(volume, result.denoised, args.output, args.output_dtype)
     written = {"denoised": args.output, **_write_extras(volume, result.extras, args.output)}
     noise = result.noise
@@ -142,6 +145,7 @@ def cmd_apply(args: argparse.Namespace, progress: Progress) -> Written:
 
 
 def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
+    from . import distributed
     from .bundle import load_bundle, save_bundle
     from .denoise_dwi import apply_dwi_bundle, denoise_dwi
     from .io import DiffusionVolume, read_dwi, write_dwi
@@ -158,6 +162,8 @@ def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
                              seed=args.seed, steps=args.steps, neighbours=args.neighbours, sampler=args.sampler,
                              sampler_steps=args.sampler_steps, progress=progress)
     progress.close()
+    if not distributed.is_main():
+        return {}
     dtype = series.dtype if args.output_dtype == "input" else "float32"
     write_dwi(args.output, DiffusionVolume(dwi.volume.with_array(match_dtype(result.denoised, dtype)), dwi.bvals,
                                            dwi.bvecs))
@@ -168,6 +174,31 @@ def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
     if args.save_model and not args.model:
         written["model"] = save_bundle(args.save_model, result.bundle)
         print(f"saved model bundle {written['model']}")
+    return written
+
+
+def cmd_cohort(args: argparse.Namespace, progress: Progress) -> Written:
+    """Apply one bundle to many images; under torchrun each process takes every world-size-th image."""
+    from . import distributed
+    from .bundle import load_bundle
+    from .denoise import apply_bundle
+    from .io import read_volume
+
+    bundle = load_bundle(args.model)
+    jobs = [(path, args.out / path.name) for path in args.inputs]
+    for path, output in jobs:
+        _check_output(path, output)
+    written = {}
+    for path, output in distributed.shard(jobs):
+        volume = read_volume(path)
+        axis = None if args.slice_axis == "bundle" else _slice_axis(volume, args.slice_axis)
+        result = apply_bundle(bundle, volume.array, device=args.device, slice_axis=axis, outputs=tuple(args.extra),
+                              progress=progress)
+        progress.close()
+        _write_result(volume, result.denoised, output, args.output_dtype)
+        written.update({str(path): output, **{f"{path}:{name}": extra for name, extra in
+                                              _write_extras(volume, result.extras, output).items()}})
+        print(f"[process {distributed.rank()}] {path} -> {output}")
     return written
 
 
@@ -258,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(apply, "bundle")
     apply.set_defaults(run=cmd_apply)
 
+    cohort = commands.add_parser("cohort", help="apply a saved bundle to many images (shared out by torchrun)")
+    cohort.add_argument("--model", type=Path, required=True, help="bundle saved with denoise --save-model")
+    cohort.add_argument("--out", type=Path, required=True, help="output folder (same file names as the inputs)")
+    cohort.add_argument("inputs", type=Path, nargs="+", help="image files or DICOM folders")
+    add_common(cohort, "bundle")
+    cohort.set_defaults(run=cmd_cohort)
+
     ddm2 = commands.add_parser("ddm2", help="denoise a 4D diffusion MRI series with DDM2 (trained on it)")
     ddm2.add_argument("input", type=Path, help="4D NIfTI (with --bval/--bvec or <stem>.bval/.bvec) or NRRD DWI")
     ddm2.add_argument("output", type=Path, help="4D output: .nii.gz (+ .bval/.bvec written next to it) or .nrrd")
@@ -296,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch  # after parsing, so usage errors stay fast; every command but info needs it anyway
 
-    progress: Progress = JsonLinesProgress() if args.machine_progress else TqdmProgress(not args.no_progress)
+    from . import distributed
+
+    distributed.initialise(getattr(args, "device", "auto"))  # a no-op unless started by torchrun
+    progress: Progress = (JsonLinesProgress() if args.machine_progress
+                          else TqdmProgress(not args.no_progress and distributed.is_main()))
 
     def fail(message: str, code: int) -> int:
         progress.close()
@@ -317,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"error: {error}", EXIT_FAILURE)
     except (MemoryError, torch.OutOfMemoryError):
         return fail("error: out of memory: use a smaller preset, fewer slices or --device cuda", EXIT_FAILURE)
+    finally:
+        distributed.shutdown()
     if isinstance(progress, JsonLinesProgress):
         progress.result(written)
     return 0

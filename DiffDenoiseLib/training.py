@@ -2,7 +2,8 @@
 
 Features every stage gets for free: optimizer and learning-rate schedule from :class:`TrainConfig`,
 progress callback, cancel check, checkpoints every N steps with exact resume (model, optimizer, schedule,
-patch sampler and RNG state), seed, device ``auto`` and mixed precision where it is fast.
+patch sampler and RNG state), seed, device ``auto``, mixed precision where it is fast, and
+DistributedDataParallel under ``torchrun`` (:mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .devices import choose_precision, resolve_device
 from .errors import Cancelled, InputError
 from .progress import CancelCheck, ProgressCallback, report
@@ -72,6 +74,7 @@ class TrainSummary:
     device: str
     resumed_from_step: int = 0
     loss_curve: list[float] = field(default_factory=list)  # mean loss per 5% of the run
+    processes: int = 1  # torchrun processes that trained together (each step saw processes x batch patches)
 
 
 class PatchSampler:
@@ -131,6 +134,9 @@ def _config_fingerprint(config: TrainConfig, model: nn.Module) -> str:
     settings = {k: v for k, v in asdict(config).items()
                 if k not in ("device", "checkpoint_every", "checkpoint_path", "mixed_precision", "channels_last")}
     settings["parameters"] = [list(p.shape) for p in model.parameters()]
+    settings["checkpoint_format"] = 2  # RNG states per process
+    if distributed.world_size() > 1:  # each process resumes its own patch stream
+        settings["processes"] = distributed.world_size()
     return json.dumps(settings, sort_keys=True)
 
 
@@ -152,15 +158,21 @@ def train(model: nn.Module, slices: torch.Tensor | np.ndarray, loss_fn: LossFunc
     seed, an interrupted and resumed run ends with the same weights as an uninterrupted one.
     The model is left on the training device in eval mode.
     """
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     precision = choose_precision(device, config.mixed_precision)
     channels_last = precision.channels_last and config.channels_last
-    torch.manual_seed(config.seed)
+    rank = distributed.rank()
+    torch.manual_seed(config.seed + rank)  # each process draws its own patches, time steps and noise
     slices = torch.as_tensor(slices, dtype=torch.float32)
-    sampler = PatchSampler(slices, config.patch_size, config.batch_size, config.augment, config.seed)
+    sampler = PatchSampler(slices, config.patch_size, config.batch_size, config.augment, config.seed + rank)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    # Under torchrun, DDP starts every process from rank 0's weights and averages the gradients.
+    trained = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+               if distributed.active() else model)
+    if not distributed.is_main():
+        progress = None  # one process reports
     optimizer = _make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_factor(config))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.autocast_dtype == torch.float16)
@@ -175,27 +187,32 @@ def train(model: nn.Module, slices: torch.Tensor | np.ndarray, loss_fn: LossFunc
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        sampler.generator.set_state(state["sampler_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        sampler.generator.set_state(state["sampler_rng"][rank])
+        torch.set_rng_state(state["torch_rng"][rank])
         start_step, losses = int(state["step"]), list(state["losses"])
 
-    def state_at(step: int) -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "sampler_rng": sampler.generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "step": step, "losses": losses, "fingerprint": fingerprint}
+    def save_state(step: int) -> None:
+        """Checkpoint (collective under torchrun: every process adds its RNG states; rank 0 writes)."""
+        sampler_rngs, torch_rngs = distributed.gather(sampler.generator.get_state()), distributed.gather(
+            torch.get_rng_state())
+        if checkpoint is not None and distributed.is_main():
+            _save_checkpoint(checkpoint, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "sampler_rng": sampler_rngs, "torch_rng": torch_rngs, "step": step, "losses": losses,
+                "fingerprint": fingerprint})
 
     model.train()
     started = time.perf_counter()
     for step in range(start_step, config.steps):
         if cancel is not None and cancel():
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, state_at(step))
+                save_state(step)
             raise Cancelled(f"cancelled during {stage} at step {step}/{config.steps}")
         batch = sampler.sample().to(device)
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with precision.autocast(device):
-            loss = loss_fn(model, batch)
+            loss = loss_fn(trained, batch)
         if not torch.isfinite(loss):
             raise InputError(f"{stage}: the loss became {loss.item()} at step {step}; lower the learning rate "
                              "or check the input for extreme values")
@@ -210,7 +227,7 @@ def train(model: nn.Module, slices: torch.Tensor | np.ndarray, loss_fn: LossFunc
         losses.append(float(loss.detach()))
         report(progress, stage, step + 1, config.steps, losses[-1])
         if checkpoint is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-            _save_checkpoint(checkpoint, state_at(step + 1))
+            save_state(step + 1)
     model.eval()
     chunks = np.array_split(np.asarray(losses), min(20, len(losses)))
     return TrainSummary(
@@ -220,4 +237,5 @@ def train(model: nn.Module, slices: torch.Tensor | np.ndarray, loss_fn: LossFunc
         device=str(device),
         resumed_from_step=start_step,
         loss_curve=[round(float(c.mean()), 6) for c in chunks],
+        processes=distributed.world_size(),
     )
