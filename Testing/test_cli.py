@@ -103,3 +103,23 @@ def test_bad_bundle(tmp_path, noisy_file):
     fake = tmp_path / "model.pt"
     fake.write_bytes(b"not a model")
     _one_line_error(run_cli("apply", "--model", fake, noisy_file, tmp_path / "o.nrrd"), "never unpickles")
+
+
+def test_machine_progress_reports_progress_then_the_written_files(tmp_path, noisy_file):
+    from DiffDenoiseLib.worker import parse_line
+
+    output = tmp_path / "out.nrrd"
+    result = run_cli("--machine-progress", "denoise", noisy_file, output, "--method", "bsn", "--steps", "3",
+                     "--extra", "residual", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    messages = [parse_line(line) for line in result.stdout.splitlines()]
+    training = [m.event for m in messages if m.kind == "progress" and m.event.stage == "train bsn"]
+    assert [e.step for e in training] == [1, 2, 3] and all(e.total == 3 and e.loss > 0 for e in training)
+    assert messages[-1].kind == "result" and [m.kind for m in messages].count("result") == 1
+    assert messages[-1].outputs == {"denoised": str(output), "residual": str(tmp_path / "out_residual.nrrd")}
+    assert any(m.kind == "log" and m.text.startswith("noise:") for m in messages)
+
+    failed = run_cli("--machine-progress", "apply", "--model", tmp_path / "missing.safetensors", noisy_file, output)
+    last = parse_line(failed.stdout.splitlines()[-1])
+    assert failed.returncode != 0 and last.kind == "error" and last.exit_code == failed.returncode
+    assert "not found" in last.text
