@@ -657,7 +657,7 @@ class DiffDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.clear()
         with slicer.util.tryWithErrorDisplay("DiffDenoise could not start.", waitCursor=True):
             self.run = self.logic.startBackground(self._parameterNode.inputVolume, **runOptions(self._parameterNode))
-            self.ui.logTextEdit.appendPlainText("Started: " + " ".join(self.run.worker.command[3:]))
+            self.ui.logTextEdit.appendPlainText("Started: " + " ".join(self.run.worker.command[4:]))
             self.timer.start()
         self.updateButtons()
 
@@ -702,6 +702,7 @@ class DiffDenoiseTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_DenoiseSample()
+        self.test_BackgroundRun()
 
     def test_DenoiseSample(self):
         """Denoise the embedded knee sample with a short training; the input node must stay untouched."""
@@ -715,3 +716,13 @@ class DiffDenoiseTest(ScriptedLoadableModuleTest):
         self.assertTrue(np.array_equal(before, slicer.util.arrayFromVolume(inputNode)))
         self.assertEqual(slicer.util.arrayFromVolume(output).shape, before.shape)
         self.delayDisplay("DiffDenoise test passed")
+
+    def test_BackgroundRun(self):
+        """The panel's way: the CLI in a PythonSlicer worker process; the result is read back into a new node."""
+        _import_library()
+        from DiffDenoiseLib.data import SAMPLE_KNEE
+
+        inputNode = slicer.util.loadVolume(str(SAMPLE_KNEE))
+        output = DiffDenoiseLogic().startBackground(inputNode, method="bsn", steps=20).wait()
+        self.assertEqual(slicer.util.arrayFromVolume(output).shape, slicer.util.arrayFromVolume(inputNode).shape)
+        self.delayDisplay("DiffDenoise background run passed")
