@@ -38,10 +38,14 @@ def test_ui_file_parses_and_has_every_widget_the_widget_uses():
     assert used and used <= names, used - names
 
 
-def test_slicer_requirements_match_the_package_dependencies():
+def test_slicer_extension_metadata_and_requirements_match_the_package():
     import tomllib
 
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    dependencies = project["dependencies"]
+    cmake = dict(re.findall(r'^set\((EXTENSION_\w+) "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text(), re.M))
+    assert cmake["EXTENSION_HOMEPAGE"] == project["urls"]["Homepage"]
+    assert "PyTorch" in cmake["EXTENSION_DEPENDS"].split() and any(d.startswith("torch") for d in dependencies)
     lines = (ROOT / "DiffDenoise" / "Resources" / "requirements.txt").read_text().splitlines()
     requirements = [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
     assert requirements == dependencies
