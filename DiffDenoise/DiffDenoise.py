@@ -441,7 +441,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         if method == "apply" and not modelPath:
             raise ValueError("Choose the model bundle (.safetensors) to apply")
         folder = tempfile.mkdtemp(prefix="DiffDenoise-")
-        output = os.path.join(folder, "output.nii.gz")
+        output = os.path.join(folder, "output.nii.gz" if isSeries else "output.nrrd")  # 4D: NIfTI + .bval
         device = ["--device", device]
         try:
             if isSeries:
