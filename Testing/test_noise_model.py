@@ -7,15 +7,16 @@ from DiffDenoiseLib.noise import correlated_gaussian
 from DiffDenoiseLib.noise_model import NoiseModel, fit_noise_model
 from DiffDenoiseLib.pipelines.diffdenoise import recorrupt
 
-SHAPE = (8, 96, 96)
+SHAPE = (8, 160, 160)
 
 
 def smooth_phantom() -> np.ndarray:
-    """(8, 96, 96) float32 image: flat discs of several intensities on a dark ramp."""
-    yy, xx = np.mgrid[:96, :96]
-    image = np.broadcast_to(0.05 + 0.1 * xx / 96, SHAPE).copy()
-    for index, (cy, cx, value) in enumerate([(25, 25, 0.3), (25, 70, 0.5), (70, 25, 0.7), (70, 70, 0.9)]):
-        image[:, (yy - cy) ** 2 + (xx - cx) ** 2 < 18**2] = value + 0.01 * index
+    """(8, 160, 160) float32 image: flat discs of several intensities on a dark ramp; the discs hold flat
+    32-px blocks, the scale at which correlated noise is analysed."""
+    yy, xx = np.mgrid[:160, :160]
+    image = np.broadcast_to(0.05 + 0.1 * xx / 160, SHAPE).copy()
+    for index, (cy, cx, value) in enumerate([(40, 40, 0.3), (40, 118, 0.5), (118, 40, 0.7), (118, 118, 0.9)]):
+        image[:, (yy - cy) ** 2 + (xx - cx) ** 2 < 32**2] = value + 0.01 * index
     return image.astype(np.float32)
 
 
