@@ -417,7 +417,6 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         self.lastSummary = result.summary()
         return self._writeSeries(dwiNode, outputNode, result.denoised)
 
-
     def startBackground(self, inputNode, outputNode=None, method: str = "auto", noise: str = "auto",
                         preset: str = "quick", device: str = "auto", srdsPairs: int | None = None,
                         ddimSteps: int | None = None, steps: int | None = None, extraOutputs: tuple[str, ...] = (),
@@ -458,6 +457,8 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
                     raise ValueError(f"'{inputNode.GetName()}' is a diffusion series: use method ddm2 or apply")
             else:
                 self._checkInput(inputNode, outputNode)
+                if method == "ddm2":
+                    raise ValueError(f"'{inputNode.GetName()}' is a scalar volume: DDM2 needs a diffusion series")
                 source = os.path.join(folder, "input.nrrd")
                 write_volume(source, Volume(slicer.util.arrayFromVolume(inputNode), node_geometry(inputNode)))
                 extras = ["--extra", *extraOutputs] if extraOutputs else []
@@ -644,8 +645,8 @@ class DiffDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 pydeps = None
             if pydeps is not None:
                 pydeps.pip_ensure(pydeps.load_requirements(REQUIREMENTS), requester="DiffDenoise")
-            elif missingRequirements():
-                slicer.util.pip_install(missingRequirements())
+            else:
+                slicer.util.pip_install(missingRequirements() or [])
         missing = missingRequirements()
         if missing:
             slicer.util.errorDisplay("Still missing: " + ", ".join(missing) + ". Restart Slicer and try again.")

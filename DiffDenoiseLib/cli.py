@@ -1,4 +1,4 @@
-"""The ``diffdenoise`` command line: denoise, apply, ddm2, info and demo.
+"""The ``diffdenoise`` command line: denoise, apply, cohort, ddm2, info and demo.
 
 Errors the user can fix are printed as one line (``diffdenoise: error: ...``) with exit code 2 for bad
 usage or input, 1 for other failures and 130 when interrupted. ``--machine-progress`` reports progress, the
@@ -24,6 +24,7 @@ from .worker import JsonLinesProgress
 if TYPE_CHECKING:
     import numpy as np
 
+    from .bundle import ModelBundle
     from .io import Volume
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -126,20 +127,27 @@ def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     return written
 
 
-def cmd_apply(args: argparse.Namespace, progress: Progress) -> Written:
-    from .bundle import load_bundle
+def _apply_to_file(bundle: ModelBundle, path: Path, output: Path, args: argparse.Namespace,
+                   progress: Progress) -> Written:
+    """Denoise one image file with a loaded bundle and write the result (and extras) next to ``output``."""
     from .denoise import apply_bundle
     from .io import read_volume
 
-    _check_output(args.input, args.output)
-    bundle = load_bundle(args.model)
-    volume = read_volume(args.input)
+    volume = read_volume(path)
     axis = None if args.slice_axis == "bundle" else _slice_axis(volume, args.slice_axis)
     result = apply_bundle(bundle, volume.array, device=args.device, slice_axis=axis, outputs=tuple(args.extra),
                           progress=progress)
     progress.close()
-    _write_result(volume, result.denoised, args.output, args.output_dtype)
-    written = {"denoised": args.output, **_write_extras(volume, result.extras, args.output)}
+    _write_result(volume, result.denoised, output, args.output_dtype)
+    return {"denoised": output, **_write_extras(volume, result.extras, output)}
+
+
+def cmd_apply(args: argparse.Namespace, progress: Progress) -> Written:
+    from .bundle import load_bundle
+
+    _check_output(args.input, args.output)
+    bundle = load_bundle(args.model)
+    written = _apply_to_file(bundle, args.input, args.output, args, progress)
     print(f"applied {bundle.method} bundle {args.model}; wrote {args.output}")
     return written
 
@@ -181,8 +189,6 @@ def cmd_cohort(args: argparse.Namespace, progress: Progress) -> Written:
     """Apply one bundle to many images; under torchrun each process takes every world-size-th image."""
     from . import distributed
     from .bundle import load_bundle
-    from .denoise import apply_bundle
-    from .io import read_volume
 
     bundle = load_bundle(args.model)
     jobs = [(path, args.out / path.name) for path in args.inputs]
@@ -190,14 +196,8 @@ def cmd_cohort(args: argparse.Namespace, progress: Progress) -> Written:
         _check_output(path, output)
     written = {}
     for path, output in distributed.shard(jobs):
-        volume = read_volume(path)
-        axis = None if args.slice_axis == "bundle" else _slice_axis(volume, args.slice_axis)
-        result = apply_bundle(bundle, volume.array, device=args.device, slice_axis=axis, outputs=tuple(args.extra),
-                              progress=progress)
-        progress.close()
-        _write_result(volume, result.denoised, output, args.output_dtype)
-        written.update({str(path): output, **{f"{path}:{name}": extra for name, extra in
-                                              _write_extras(volume, result.extras, output).items()}})
+        files = _apply_to_file(bundle, path, output, args, progress)
+        written.update({f"{path}:{name}": file for name, file in files.items()})
         print(f"[process {distributed.rank()}] {path} -> {output}")
     return written
 
