@@ -28,7 +28,7 @@ def initialise(device: str = "auto") -> bool:
     whether this run is distributed. Each CUDA process uses the GPU of its ``LOCAL_RANK``."""
     if not launched_by_torchrun() or active():
         return active()
-    use_cuda = device != "cpu" and device != "mps" and torch.cuda.is_available()
+    use_cuda = device not in ("cpu", "mps") and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
