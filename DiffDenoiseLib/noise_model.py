@@ -20,7 +20,7 @@ from .noise import image_blocks
 BLOCK = 16  # px per side of the analysed blocks (i.i.d. noise)
 CORRELATED_BLOCK = 32  # larger blocks for correlated noise: its spectrum has detail at low frequencies
 LEVEL_BINS = 8  # intensity bins of the noise level function
-FLAT_FRACTION = 0.3  # flattest share of the blocks of each intensity bin that is analysed
+FLAT_FRACTION = 0.3  # flattest share analysed: of each intensity bin (i.i.d.), of all blocks (correlated)
 
 
 @dataclass(frozen=True)

@@ -69,8 +69,8 @@ def denoise_file(source: Path, target: Path, args: argparse.Namespace) -> None:
                                    seed=args.seed, **options)
         progress.close()
         write_node(output, target)
+        suffix = next(s for s in IMAGE_SUFFIXES if target.name.lower().endswith(s))
         for name, extra in logic.lastExtraNodes.items():
-            suffix = next(s for s in IMAGE_SUFFIXES if target.name.lower().endswith(s))
             write_node(extra, target.with_name(f"{target.name[:-len(suffix)]}_{name}{suffix}"))
     finally:
         scene.Clear(1)
