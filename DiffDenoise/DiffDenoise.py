@@ -61,6 +61,7 @@ except ImportError:  # slicer-core: no GUI binding; the declaration below still 
 
 _MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS = os.path.join(_MODULE_DIR, "Resources", "requirements.txt")
+PROVENANCE_ATTRIBUTE = "DiffDenoise."  # node attributes DiffDenoise.method, DiffDenoise.bundle_sha256, ...
 
 
 def _import_library() -> None:
@@ -235,11 +236,32 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         slicer.util.updateVolumeFromArray(outputVolumeNode, denoised.astype(np.float32))
         return outputVolumeNode
 
-    def _writeResult(self, inputVolumeNode, outputVolumeNode, result):
-        """The denoised image into the output node; each extra output into a new node "<input> <extra>"."""
+    @staticmethod
+    def _recordProvenance(nodes, provenance):
+        """Node attributes ``DiffDenoise.<field>`` (method, preset, bundle_sha256, model, package_version,
+        created): saved with the scene, read back by :meth:`provenanceOf`."""
+        for node in nodes:
+            for key, value in provenance.as_dict().items():
+                node.SetAttribute(PROVENANCE_ATTRIBUTE + key, value)
+
+    @staticmethod
+    def provenanceOf(node):
+        """The ``Provenance`` DiffDenoise recorded on an output node, or None for a node it did not make."""
+        _import_library()
+        from DiffDenoiseLib.provenance import Provenance
+
+        record = {name[len(PROVENANCE_ATTRIBUTE):]: node.GetAttribute(name) for name in node.GetAttributeNames()
+                  if name.startswith(PROVENANCE_ATTRIBUTE)}
+        return Provenance.from_dict(record) if "method" in record else None
+
+    def _writeResult(self, inputVolumeNode, outputVolumeNode, result, provenance):
+        """The denoised image into the output node; each extra output into a new node "<input> <extra>"; every
+        node gets the run's provenance."""
         self.lastExtraNodes = {name: self._writeOutput(inputVolumeNode, None, image, name)
                                for name, image in result.extras.items()}
-        return self._writeOutput(inputVolumeNode, outputVolumeNode, result.denoised)
+        outputVolumeNode = self._writeOutput(inputVolumeNode, outputVolumeNode, result.denoised)
+        self._recordProvenance([outputVolumeNode, *self.lastExtraNodes.values()], provenance)
+        return outputVolumeNode
 
     def process(self, inputVolumeNode, outputVolumeNode=None, method: str = "diffdenoise", noise: str = "auto",
                 preset: str = "quick", device: str = "auto", steps: int | None = None, seed: int = 0,
@@ -257,6 +279,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         _import_library()
         from DiffDenoiseLib.bundle import save_bundle
         from DiffDenoiseLib.denoise import denoise
+        from DiffDenoiseLib.provenance import Provenance
 
         array = slicer.util.arrayFromVolume(inputVolumeNode).copy()  # (k, j, i) = (z, y, x), like the library
         geometry = node_geometry(inputVolumeNode)
@@ -267,7 +290,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         if saveModelPath:
             save_bundle(saveModelPath, result.bundle)
         logging.info(f"DiffDenoise: noise {result.noise.kind}, timings {result.timings}")
-        return self._writeResult(inputVolumeNode, outputVolumeNode, result)
+        return self._writeResult(inputVolumeNode, outputVolumeNode, result, Provenance.of(result.bundle, True))
 
     def apply(self, inputVolumeNode, modelPath: str, outputVolumeNode=None, device: str = "auto",
               extraOutputs: tuple[str, ...] = (), progressCallback: Callable | None = None,
@@ -280,12 +303,13 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         _import_library()
         from DiffDenoiseLib.bundle import load_bundle
         from DiffDenoiseLib.denoise import apply_bundle
+        from DiffDenoiseLib.provenance import Provenance
 
         bundle = load_bundle(modelPath)
         array = slicer.util.arrayFromVolume(inputVolumeNode).copy()
         result = apply_bundle(bundle, array, device=device, outputs=tuple(extraOutputs), progress=progressCallback,
                               cancel=cancelCallback)
-        return self._writeResult(inputVolumeNode, outputVolumeNode, result)
+        return self._writeResult(inputVolumeNode, outputVolumeNode, result, Provenance.of(bundle, False))
 
     @staticmethod
     def _dwiArrays(dwiNode, outputNode, bvals=None):
@@ -332,11 +356,13 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
                          f"= {', '.join(values[:3])}, ...): pass bvals=[...] with one b-value per volume")
 
     @staticmethod
-    def _writeSeries(inputNode, outputNode, series):
-        """The denoised series as the same kind of node as the input (DWI node or sequence of volumes)."""
-        if inputNode.IsA("vtkMRMLSequenceNode"):
-            return DiffDenoiseLogic._writeSequence(inputNode, outputNode, series)
-        return DiffDenoiseLogic._writeDWI(inputNode, outputNode, series)
+    def _writeSeries(inputNode, outputNode, series, provenance):
+        """The denoised series as the same kind of node as the input (DWI node or sequence of volumes), with
+        the run's provenance."""
+        write = DiffDenoiseLogic._writeSequence if inputNode.IsA("vtkMRMLSequenceNode") else DiffDenoiseLogic._writeDWI
+        outputNode = write(inputNode, outputNode, series)
+        DiffDenoiseLogic._recordProvenance([outputNode], provenance)
+        return outputNode
 
     @staticmethod
     def _writeSequence(sequenceNode, outputNode, series):
@@ -392,6 +418,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         _import_library()
         from DiffDenoiseLib.bundle import save_bundle
         from DiffDenoiseLib.denoise_dwi import denoise_dwi
+        from DiffDenoiseLib.provenance import Provenance
 
         result = denoise_dwi(series, bvals, method=method, preset=preset, device=device, seed=seed, steps=steps,
                              neighbours=neighbours, sampler=sampler, sampler_steps=samplerSteps,
@@ -400,7 +427,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
             save_bundle(saveModelPath, result.bundle)
         self.lastSummary = result.summary()
         logging.info(f"DiffDenoise DDM2: {self.lastSummary}; timings {result.timings}")
-        return self._writeSeries(dwiNode, outputNode, result.denoised)
+        return self._writeSeries(dwiNode, outputNode, result.denoised, Provenance.of(result.bundle, True))
 
     def applyDWI(self, dwiNode, modelPath: str, outputNode=None, device: str = "auto", sampler: str | None = None,
                  bvals=None, progressCallback: Callable | None = None,
@@ -411,11 +438,12 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         _import_library()
         from DiffDenoiseLib.bundle import load_bundle
         from DiffDenoiseLib.denoise_dwi import apply_dwi_bundle
+        from DiffDenoiseLib.provenance import Provenance
 
         result = apply_dwi_bundle(load_bundle(modelPath), series, bvals, device=device, sampler=sampler,
                                   progress=progressCallback, cancel=cancelCallback)
         self.lastSummary = result.summary()
-        return self._writeSeries(dwiNode, outputNode, result.denoised)
+        return self._writeSeries(dwiNode, outputNode, result.denoised, Provenance.of(result.bundle, False))
 
     def startBackground(self, inputNode, outputNode=None, method: str = "auto", noise: str = "auto",
                         preset: str = "quick", device: str = "auto", srdsPairs: int | None = None,
@@ -479,14 +507,18 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
             raise
 
     def _readBack(self, inputNode, outputNode, outputs: dict[str, str]):
-        """Load a worker's output files into nodes: the denoised result (returned) and any extra outputs."""
-        from DiffDenoiseLib.io import read_dwi, read_volume
+        """Load a worker's output files into nodes: the denoised result (returned) and any extra outputs, with
+        the provenance the worker recorded in its files."""
+        from DiffDenoiseLib.io import read_dwi, read_provenance, read_volume
 
+        provenance = read_provenance(outputs["denoised"])
         if inputNode.IsA("vtkMRMLDiffusionWeightedVolumeNode") or inputNode.IsA("vtkMRMLSequenceNode"):
-            return self._writeSeries(inputNode, outputNode, read_dwi(outputs["denoised"]).volume.array)
+            return self._writeSeries(inputNode, outputNode, read_dwi(outputs["denoised"]).volume.array, provenance)
         self.lastExtraNodes = {name: self._writeOutput(inputNode, None, read_volume(path).array, name)
                                for name, path in outputs.items() if name not in ("denoised", "model")}
-        return self._writeOutput(inputNode, outputNode, read_volume(outputs["denoised"]).array)
+        outputNode = self._writeOutput(inputNode, outputNode, read_volume(outputs["denoised"]).array)
+        self._recordProvenance([outputNode, *self.lastExtraNodes.values()], provenance)
+        return outputNode
 
 
 class BackgroundRun:

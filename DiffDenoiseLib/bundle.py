@@ -64,13 +64,23 @@ def _weights_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _tensors(bundle: ModelBundle) -> dict[str, torch.Tensor]:
+    """Every network's weights under ``<network>.<parameter>``, as stored in the file."""
+    return {f"{name}.{key}": value.detach().cpu().contiguous()
+            for name, net in bundle.networks.items() for key, value in net.state_dict().items()}
+
+
+def bundle_sha256(bundle: ModelBundle) -> str:
+    """The SHA-256 of the bundle's weights: the ``weights_sha256`` its file records (or will, once saved)."""
+    return _weights_digest(_tensors(bundle))
+
+
 def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
     """Write ``bundle`` to ``path`` (``.safetensors`` is appended if missing) atomically; returns the path."""
     path = Path(path)
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
-    tensors = {f"{name}.{key}": value.detach().cpu().contiguous()
-               for name, net in bundle.networks.items() for key, value in net.state_dict().items()}
+    tensors = _tensors(bundle)
     metadata = bundle.describe()
     metadata["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     metadata["weights_sha256"] = _weights_digest(tensors)

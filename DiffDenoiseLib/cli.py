@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .bundle import ModelBundle
+    from .denoise import Denoised
     from .io import Volume
+    from .provenance import Provenance
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 Written = dict[str, Path]  # what a command wrote, by name (denoised, residual, model, ...)
@@ -73,12 +75,14 @@ def _check_output(input_path: Path, output_path: Path) -> None:
         raise InputError(f"output {output_path} would overwrite the input: choose another output path")
 
 
-def _write_result(input_volume: Volume, denoised: np.ndarray, output: Path, output_dtype: str) -> None:
+def _write_result(input_volume: Volume, denoised: np.ndarray, output: Path, output_dtype: str,
+                  provenance: Provenance) -> None:
     from .io import write_volume
     from .preprocessing import match_dtype
 
     dtype = input_volume.array.dtype if output_dtype == "input" else "float32"
-    write_volume(output, input_volume.with_array(match_dtype(denoised, dtype)), description="DiffDenoise")
+    write_volume(output, input_volume.with_array(match_dtype(denoised, dtype)), description="DiffDenoise",
+                 provenance=provenance)
 
 
 def extra_output_path(output: Path, name: str) -> Path:
@@ -87,12 +91,15 @@ def extra_output_path(output: Path, name: str) -> Path:
     return output.with_name(f"{output.name[:len(output.name) - len(suffixes)]}_{name}{suffixes}")
 
 
-def _write_extras(input_volume: Volume, extras: dict[str, np.ndarray], output: Path) -> dict[str, Path]:
-    """Extra outputs are float32 (a residual is signed; an uncertainty is fractional); returns their paths."""
-    written = {}
-    for name, image in extras.items():
+def _write_outputs(input_volume: Volume, result: Denoised, output: Path, output_dtype: str,
+                   provenance: Provenance) -> Written:
+    """Write the denoised image and each extra output (float32: a residual is signed, an uncertainty is
+    fractional) with the run's provenance; returns their paths."""
+    _write_result(input_volume, result.denoised, output, output_dtype, provenance)
+    written = {"denoised": output}
+    for name, image in result.extras.items():
         written[name] = extra_output_path(output, name)
-        _write_result(input_volume, image, written[name], "float32")
+        _write_result(input_volume, image, written[name], "float32", provenance)
         print(f"wrote {name} to {written[name]}")
     return written
 
@@ -106,6 +113,7 @@ def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     from .bundle import save_bundle
     from .denoise import denoise
     from .io import read_volume
+    from .provenance import Provenance
 
     _check_output(args.input, args.output)
     volume = read_volume(args.input)
@@ -116,8 +124,7 @@ def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     progress.close()
     if not distributed.is_main():  # under torchrun every process trains; one writes
         return {}
-    _write_result(volume, result.denoised, args.output, args.output_dtype)
-    written = {"denoised": args.output, **_write_extras(volume, result.extras, args.output)}
+    written = _write_outputs(volume, result, args.output, args.output_dtype, Provenance.of(result.bundle, True))
     noise = result.noise
     print(f"noise: {noise.kind} (sigma ~ {noise.sigma:.4g}, {100 * noise.relative_sigma:.1f}% of range); "
           f"wrote {args.output} in {result.timings['total_s']:.0f} s")
@@ -132,14 +139,14 @@ def _apply_to_file(bundle: ModelBundle, path: Path, output: Path, args: argparse
     """Denoise one image file with a loaded bundle and write the result (and extras) next to ``output``."""
     from .denoise import apply_bundle
     from .io import read_volume
+    from .provenance import Provenance
 
     volume = read_volume(path)
     axis = None if args.slice_axis == "bundle" else _slice_axis(volume, args.slice_axis)
     result = apply_bundle(bundle, volume.array, device=args.device, slice_axis=axis, outputs=tuple(args.extra),
                           progress=progress)
     progress.close()
-    _write_result(volume, result.denoised, output, args.output_dtype)
-    return {"denoised": output, **_write_extras(volume, result.extras, output)}
+    return _write_outputs(volume, result, output, args.output_dtype, Provenance.of(bundle, False))
 
 
 def cmd_apply(args: argparse.Namespace, progress: Progress) -> Written:
@@ -158,6 +165,7 @@ def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
     from .denoise_dwi import apply_dwi_bundle, denoise_dwi
     from .io import DiffusionVolume, read_dwi, write_dwi
     from .preprocessing import match_dtype
+    from .provenance import Provenance
 
     _check_output(args.input, args.output)
     dwi = read_dwi(args.input, args.bval, args.bvec)
@@ -174,7 +182,7 @@ def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
         return {}
     dtype = series.dtype if args.output_dtype == "input" else "float32"
     write_dwi(args.output, DiffusionVolume(dwi.volume.with_array(match_dtype(result.denoised, dtype)), dwi.bvals,
-                                           dwi.bvecs))
+                                           dwi.bvecs), Provenance.of(result.bundle, not args.model))
     print(result.summary())
     print(f"wrote {args.output} ({len(series)} volumes, b-values and gradients kept) in "
           f"{result.timings['total_s']:.0f} s")
@@ -210,7 +218,7 @@ def cmd_info(args: argparse.Namespace, progress: Progress) -> Written:
         return {}
     import numpy as np
 
-    from .io import read_volume
+    from .io import read_provenance, read_volume
     from .noise import estimate_noise
 
     volume = read_volume(args.input)
@@ -230,6 +238,9 @@ def cmd_info(args: argparse.Namespace, progress: Progress) -> Written:
         print(f"noise type: {noise.kind} (neighbour correlation {noise.neighbour_correlation:+.2f}; "
               "> +0.02 counts as spatially correlated)")
         print(f"slice axis: {geometry.slice_axis()} (coarsest spacing)")
+    provenance = read_provenance(args.input)
+    if provenance is not None:
+        print("made by:   " + ", ".join(f"{key} {value}" for key, value in provenance.as_dict().items()))
     return {}
 
 

@@ -11,6 +11,7 @@ place only when complete, so a failed or cancelled run never leaves a partial ou
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -19,12 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import nrrd
 import numpy as np
 import SimpleITK as sitk
 from pydicom.misc import is_dicom
 
 from .errors import InputError
+from .provenance import Provenance
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".dcm")
 _TWO_FILE_SUFFIXES = (".nhdr", ".mhd")
@@ -33,6 +36,9 @@ _DICOM_TAGS_KEPT = (
     "0010|0010", "0010|0020", "0010|0030", "0010|0040", "0008|0020", "0008|0030", "0008|0050",
     "0008|0060", "0020|000d", "0020|0010", "0008|103e", "0018|0050",
 )
+_DICOM_DERIVATION = "0008|2111"  # Derivation Description: where a DICOM output keeps its provenance (JSON)
+_KEY_VALUE_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")  # formats with free key/value header fields
+_SIDECAR_SUFFIXES = (".png", ".tif", ".tiff")  # no header fields: provenance goes to <stem>.json beside them
 
 
 @dataclass
@@ -209,11 +215,17 @@ def atomic_target(path: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_volume(path: str | os.PathLike, volume: Volume, description: str = "DiffDenoise output") -> None:
+def write_volume(path: str | os.PathLike, volume: Volume, description: str = "DiffDenoise output",
+                 provenance: Provenance | None = None) -> None:
     """Write ``volume`` with its geometry; the format follows the extension (a path without one: DICOM series).
 
     PNG stores 8- or 16-bit unsigned integers only: cast first (the CLI keeps the input's data type).
     DICOM outputs store float data as 16-bit integers with RescaleSlope/Intercept.
+
+    ``provenance`` is recorded as: ``DiffDenoise_<field>`` header fields (NRRD, MetaImage); the ``descrip``
+    summary line plus the whole record as JSON in a comment extension (NIfTI); JSON in Derivation Description
+    (0008,2111) of every slice (DICOM); a ``<stem>.json`` sidecar (PNG, TIFF). :func:`read_provenance` reads
+    it back.
     """
     path = Path(path)
     suffix = _suffix(path)
@@ -226,19 +238,68 @@ def write_volume(path: str | os.PathLike, volume: Volume, description: str = "Di
                          "write .nrrd/.nii.gz instead, or keep the input's data type")
     with atomic_target(path) as target:
         if is_series:
-            _write_dicom_series(target, volume, description)
+            target.mkdir()
+            _write_dicom_slices(target, volume, description, provenance)
         elif suffix == ".dcm":
-            _write_dicom_slices(target.parent, volume, description, single_file=target)
+            _write_dicom_slices(target.parent, volume, description, provenance, single_file=target)
         else:
             image = volume_to_image(volume)
-            if suffix in (".png", ".tif", ".tiff") and image.GetDimension() == 3 and image.GetSize()[2] == 1:
+            if suffix in _SIDECAR_SUFFIXES and image.GetDimension() == 3 and image.GetSize()[2] == 1:
                 image = image[:, :, 0]
-            sitk.WriteImage(image, str(target), useCompression=suffix in (".nrrd", ".nhdr", ".mha", ".mhd"))
+            if provenance is not None and suffix in _KEY_VALUE_SUFFIXES:
+                for key, value in provenance.header_fields().items():
+                    image.SetMetaData(key, value)
+            if provenance is not None and suffix in (".nii", ".nii.gz"):
+                image.SetMetaData("ITK_FileNotes", provenance.summary())  # ITK writes it to descrip
+            sitk.WriteImage(image, str(target), useCompression=suffix in _KEY_VALUE_SUFFIXES)
+            if provenance is not None and suffix in (".nii", ".nii.gz"):
+                _add_nifti_record(target, provenance)
+            if provenance is not None and suffix in _SIDECAR_SUFFIXES:
+                _sidecar(target).write_text(json.dumps(provenance.as_dict(), indent=2))
 
 
-def _write_dicom_series(folder: Path, volume: Volume, description: str) -> None:
-    folder.mkdir()
-    _write_dicom_slices(folder, volume, description)
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name[:len(path.name) - len(_suffix(path))] + ".json")
+
+
+def _add_nifti_record(path: Path, provenance: Provenance) -> None:
+    """Append the provenance record to a NIfTI file as a JSON comment extension (ITK cannot write extensions)."""
+    image = nib.load(path)
+    header = image.header.copy()
+    header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(provenance.as_dict()).encode()))
+    # the stored values (keeps ITK's scaling and data type), copied: a .nii is memory-mapped and rewritten here
+    data = np.array(image.dataobj.get_unscaled())
+    nib.save(nib.Nifti1Image(data, None, header), path)
+
+
+def read_provenance(path: str | os.PathLike) -> Provenance | None:
+    """The provenance record :func:`write_volume` stored in an output file or DICOM folder; None if it has none."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.dcm"))
+        if not files:
+            return None
+        path = files[0]
+    suffix = _suffix(path)
+    if suffix in _SIDECAR_SUFFIXES:
+        sidecar = _sidecar(path)
+        return Provenance.from_dict(json.loads(sidecar.read_text())) if sidecar.is_file() else None
+    if suffix in (".nii", ".nii.gz"):
+        for extension in nib.load(path).header.extensions:
+            if extension.get_code() == 6:  # comment
+                with contextlib.suppress(ValueError):
+                    record = json.loads(extension.get_content())
+                    if isinstance(record, dict) and "method" in record:
+                        return Provenance.from_dict(record)
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    header = {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
+    if _DICOM_DERIVATION in header:
+        with contextlib.suppress(ValueError):
+            return Provenance.from_dict(json.loads(header[_DICOM_DERIVATION]))
+    return Provenance.from_header_fields(header)
 
 
 def _dicom_pixels(image: sitk.Image) -> tuple[sitk.Image, dict[str, str]]:
@@ -254,7 +315,8 @@ def _dicom_pixels(image: sitk.Image) -> tuple[sitk.Image, dict[str, str]]:
                     "0028|0101": "16", "0028|0102": "15", "0028|0103": "0"}
 
 
-def _write_dicom_slices(folder: Path, volume: Volume, description: str, single_file: Path | None = None) -> None:
+def _write_dicom_slices(folder: Path, volume: Volume, description: str, provenance: Provenance | None,
+                        single_file: Path | None = None) -> None:
     image = volume_to_image(volume)
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
@@ -275,6 +337,7 @@ def _write_dicom_slices(folder: Path, volume: Volume, description: str, single_f
         "0018|0050": f"{image.GetSpacing()[2]:.10g}",
         "0008|0008": "DERIVED\\SECONDARY",
         **rescale_tags,
+        **({_DICOM_DERIVATION: json.dumps(provenance.as_dict())} if provenance else {}),
     })
     tags.setdefault("0020|000d", f"2.25.{uuid.uuid4().int}")
     writer = sitk.ImageFileWriter()
@@ -341,15 +404,16 @@ def read_dwi(path: str | os.PathLike, bval_path: str | os.PathLike | None = None
     return DiffusionVolume(volume, bvals, bvecs)
 
 
-def write_dwi(path: str | os.PathLike, dwi: DiffusionVolume) -> None:
+def write_dwi(path: str | os.PathLike, dwi: DiffusionVolume, provenance: Provenance | None = None) -> None:
     """Write a 4D series: ``.nrrd`` / ``.nhdr`` as NRRD DWI (gradients in the header, as Slicer reads them),
-    anything else plus ``<stem>.bval`` / ``<stem>.bvec`` next to it (FSL layout, one row per axis)."""
+    anything else plus ``<stem>.bval`` / ``<stem>.bvec`` next to it (FSL layout, one row per axis).
+    ``provenance`` is recorded as in :func:`write_volume`."""
     path = Path(path)
     if _is_nrrd(path):
-        _write_nrrd_dwi(path, dwi)
+        _write_nrrd_dwi(path, dwi, provenance)
         return
     bval_path, bvec_path = _dwi_sidecars(path)
-    write_volume(path, dwi.volume)
+    write_volume(path, dwi.volume, provenance=provenance)
     for sidecar, rows in ((bval_path, dwi.bvals[None, :]), (bvec_path, dwi.bvecs.T)):
         with atomic_target(sidecar) as target:
             np.savetxt(target, rows, fmt="%.10g")
@@ -407,7 +471,7 @@ def _read_nrrd_dwi(path: Path) -> DiffusionVolume:
     return DiffusionVolume(Volume(series, geometry.with_series_axis()), bvals, bvecs)
 
 
-def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume) -> None:
+def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume, provenance: Provenance | None) -> None:
     array = dwi.volume.array
     if array.ndim != 4:
         raise InputError(f"a DWI has 4 dimensions (volumes, z, y, x), got shape {array.shape}")
@@ -427,6 +491,7 @@ def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume) -> None:
         "modality": "DWMRI",
         "DWMRI_b-value": f"{reference_b:.10g}",
         **{f"DWMRI_gradient_{i:04d}": " ".join(f"{c:.10g}" for c in g) for i, g in enumerate(gradients)},
+        **(provenance.header_fields() if provenance else {}),
     }
     if array.dtype == np.float64:
         array = array.astype(np.float32)

@@ -7,7 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from DiffDenoiseLib.io import Geometry, Volume, read_volume, write_volume
+from DiffDenoiseLib.bundle import read_bundle_metadata
+from DiffDenoiseLib.io import Geometry, Volume, read_provenance, read_volume, write_volume
 
 
 def run_cli(*args):
@@ -44,13 +45,25 @@ def test_denoise_apply_and_info(tmp_path, noisy_file):
     np.testing.assert_allclose(written.geometry.spacing, source.geometry.spacing, atol=1e-6)
     np.testing.assert_allclose(written.geometry.origin, source.geometry.origin, atol=1e-6)
 
+    # every output records what made it; the hash is the saved bundle's, trained here or applied from it
+    weights = read_bundle_metadata(model)["weights_sha256"]
+    for path in (out, tmp_path / "out_residual.nii.gz", tmp_path / "out_uncertainty.nii.gz"):
+        record = read_provenance(path)
+        assert (record.method, record.preset, record.model) == ("diffdenoise", "quick", "trained on the input")
+        assert record.bundle_sha256 == weights
+    assert nib.load(out).header["descrip"].item().decode().startswith(f"DiffDenoise {record.package_version} "
+                                                                      f"diffdenoise quick {weights[:12]}")
+
     applied = tmp_path / "applied.nrrd"
     result = run_cli("apply", "--model", model, noisy_file, applied, "--output-dtype", "float32")
     assert result.returncode == 0, result.stderr
     assert read_volume(applied).array.dtype == np.float32
+    record = read_provenance(applied)
+    assert (record.model, record.bundle_sha256) == ("bundle", weights)
 
     info = run_cli("info", noisy_file)
     assert info.returncode == 0 and "noise type:" in info.stdout and "(0.6, 0.6, 4.0)" in info.stdout
+    assert "made by" not in info.stdout and f"bundle_sha256 {weights}" in run_cli("info", applied).stdout
     bundle_info = run_cli("info", model)
     assert bundle_info.returncode == 0 and '"method": "diffdenoise"' in bundle_info.stdout
     assert '"pairs": 2' in bundle_info.stdout

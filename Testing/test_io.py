@@ -2,11 +2,22 @@
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
 from DiffDenoiseLib.errors import InputError
-from DiffDenoiseLib.io import DiffusionVolume, Geometry, Volume, read_dwi, read_volume, write_dwi, write_volume
+from DiffDenoiseLib.io import (
+    DiffusionVolume,
+    Geometry,
+    Volume,
+    read_dwi,
+    read_provenance,
+    read_volume,
+    write_dwi,
+    write_volume,
+)
+from DiffDenoiseLib.provenance import Provenance
 
 # An oblique, anisotropic, off-centre geometry: a round trip that drops any of it fails.
 ROTATION = np.array([[0.0, -0.6, 0.8], [1.0, 0.0, 0.0], [0.0, 0.8, 0.6]])
@@ -72,6 +83,39 @@ def test_2d_image_formats_round_trip(tmp_path, name, dtype):
     np.testing.assert_array_equal(back.array, volume.array)
     # Picture formats store pixel spacing at most, never origin or direction.
     np.testing.assert_allclose(back.geometry.spacing, geometry.spacing, atol=1e-5)
+
+
+RECORD = Provenance("diffdenoise", "standard", "0123456789abcdef" * 4, "bundle")
+
+
+@pytest.mark.parametrize("name", ["v.nii.gz", "v.nii", "v.nrrd", "v.nhdr", "v.mha", "series", "s.dcm", "i.png"])
+def test_provenance_is_recorded_in_every_format_without_changing_the_image(tmp_path, name):
+    shape = (1, 12, 10) if name in ("s.dcm", "i.png") else (5, 12, 10)
+    volume = _volume(np.uint16 if name == "i.png" else np.int16, shape)
+    write_volume(tmp_path / name, volume, provenance=RECORD)
+    assert read_provenance(tmp_path / name) == RECORD
+    back = read_volume(tmp_path / name)
+    np.testing.assert_array_equal(back.array.reshape(shape), volume.array)
+    if name not in ("s.dcm", "i.png"):  # single slices keep no slice spacing
+        _assert_geometry(back.geometry, volume.geometry, tolerance=1e-4)
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    write_volume(tmp_path / f"plain_{name}", volume)
+    assert read_provenance(tmp_path / f"plain_{name}") is None
+
+
+def test_provenance_summary_fits_the_nifti_description(tmp_path):
+    write_volume(tmp_path / "v.nii.gz", _volume(), provenance=RECORD)
+    descrip = nib.load(tmp_path / "v.nii.gz").header["descrip"].item().decode()
+    assert descrip == RECORD.summary() and len(descrip) <= 80
+    assert descrip.startswith(f"DiffDenoise {RECORD.package_version} diffdenoise standard 0123456789ab ")
+
+
+@pytest.mark.parametrize("name", ["d.nrrd", "d.nii.gz"])
+def test_dwi_outputs_record_provenance(tmp_path, name):
+    series = Volume(np.arange(3 * 2 * 4 * 4, dtype=np.int16).reshape(3, 2, 4, 4), GEOMETRY_3D.with_series_axis())
+    write_dwi(tmp_path / name, DiffusionVolume(series, np.array([0.0, 1000, 1000]), np.eye(3)), RECORD)
+    assert read_provenance(tmp_path / name) == RECORD
+    np.testing.assert_array_equal(read_dwi(tmp_path / name).volume.array, series.array)
 
 
 def test_png_refuses_float_data(tmp_path):

@@ -14,6 +14,7 @@ import vtk  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DiffDenoise"))
 from DiffDenoise import DiffDenoiseLogic, node_geometry  # noqa: E402
+from DiffDenoiseLib.bundle import read_bundle_metadata  # noqa: E402
 
 IJK_TO_RAS = np.array([[0.0, -0.6, 0.0, 12.5], [0.7, 0.0, 0.0, -30.0], [0.0, 0.0, 4.0, 8.25], [0, 0, 0, 1]])
 
@@ -58,6 +59,13 @@ def test_process_creates_a_new_node_with_the_same_geometry(scene_with_volume, tm
     again = DiffDenoiseLogic().apply(node, str(tmp_path / "m.safetensors"))
     assert again.GetName() == "knee denoised_1"
     np.testing.assert_allclose(slicer.util.arrayFromVolume(again), slicer.util.arrayFromVolume(output), atol=1e-3)
+    weights = read_bundle_metadata(tmp_path / "m.safetensors")["weights_sha256"]
+    for made, how in ((output, "trained on the input"), (logic.lastExtraNodes["residual"], "trained on the input"),
+                      (again, "bundle")):
+        record = DiffDenoiseLogic.provenanceOf(made)
+        assert (record.method, record.model, record.bundle_sha256) == ("diffdenoise", how, weights)
+        assert made.GetAttribute("DiffDenoise.bundle_sha256") == weights
+    assert DiffDenoiseLogic.provenanceOf(node) is None
 
 
 def test_geometry_conversion_matches_itk_conventions(scene_with_volume):
@@ -131,6 +139,10 @@ def test_process_dwi_returns_a_new_dwi_node_with_the_same_gradients(small_dwi, t
     background, _ = _finish(logic.startBackground(node, method="apply", modelPath=str(tmp_path / "m.safetensors")))
     assert background.IsA("vtkMRMLDiffusionWeightedVolumeNode") and background.GetName() == "dwi denoised_2"
     np.testing.assert_allclose(slicer.util.arrayFromVolume(background), denoised, atol=1e-3)
+    weights = read_bundle_metadata(tmp_path / "m.safetensors")["weights_sha256"]
+    records = [DiffDenoiseLogic.provenanceOf(made) for made in (output, again, background)]
+    assert [(r.method, r.model, r.bundle_sha256) for r in records] == [
+        ("ddm2", "trained on the input", weights), ("ddm2", "bundle", weights), ("ddm2", "bundle", weights)]
     with pytest.raises(ValueError, match="processDWI"):
         logic.process(node)
     scene.Clear(1)

@@ -4,8 +4,9 @@
     python DiffDenoiseBatch.py --input IN --output OUT [options]        (plain Python with slicer-core)
 
 Each image is read into its own MRML scene through a storage node, denoised by ``DiffDenoiseLogic`` (trained
-on the image itself, or with ``--model`` a saved bundle), and written through a storage node: a file to a
-file, a folder to a folder with the same file names. Outputs appear only when complete. Exit status: 0 when
+on the image itself, or with ``--model`` a saved bundle), and written by the library's writer with the node's
+geometry and provenance (method, preset, bundle hash, version, date) in the header: a file to a file, a
+folder to a folder with the same file names. Outputs appear only when complete. Exit status: 0 when
 every image was denoised, 1 when any failed (the others are still written), 2 for bad arguments or paths.
 """
 
@@ -20,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the module folde
 
 import slicer  # noqa: E402
 
-from DiffDenoise import DiffDenoiseLogic  # noqa: E402
+from DiffDenoise import DiffDenoiseLogic, node_geometry  # noqa: E402
 from DiffDenoiseLib.cli import TqdmProgress  # noqa: E402
-from DiffDenoiseLib.io import atomic_target  # noqa: E402
+from DiffDenoiseLib.io import Volume, write_volume  # noqa: E402
 from DiffDenoiseLib.options import DEVICE_CHOICES, EXTRA_OUTPUTS, METHODS, NOISE_CHOICES, PRESETS  # noqa: E402
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")  # what the volume storage node reads
@@ -46,13 +47,10 @@ def read_node(scene, path: Path):
 
 
 def write_node(node, path: Path) -> None:
-    """Write ``node`` to ``path`` through a storage node, atomically (never a partial file at ``path``)."""
-    with atomic_target(path) as target:
-        storage = node.GetScene().AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-        storage.SetFileName(str(target))
-        storage.SetUseCompression(True)
-        if not storage.WriteData(node):
-            raise OSError(f"cannot write {path}")
+    """Write ``node`` to ``path`` atomically, with its geometry and the provenance the logic recorded on it (a
+    storage node would drop the provenance attributes)."""
+    volume = Volume(slicer.util.arrayFromVolume(node).copy(), node_geometry(node))
+    write_volume(path, volume, provenance=DiffDenoiseLogic.provenanceOf(node))
 
 
 def denoise_file(source: Path, target: Path, args: argparse.Namespace) -> None:
