@@ -19,10 +19,11 @@ from torch import nn
 from ..devices import choose_precision
 from ..diffusion import NoiseSchedule, srds_sample
 from ..diffusion.ddim import DenoisingModel
+from ..inference import TILE_SIZE, MemoryPlan, run_in_chunks, tiled
 from ..models import NAFNet, NAFNetConfig
 from ..noise_model import NoiseModel
 from ..noise_normalisation import NoiseNormaliser
-from ..progress import CancelCheck, ProgressCallback, report
+from ..progress import CancelCheck, ProgressCallback
 from ..training import TrainConfig, TrainSummary, fit_patch_size, train
 
 # condition channels of each conditioning (the network also gets x_t)
@@ -159,14 +160,20 @@ def train_diffusion(noisy: np.ndarray, condition: np.ndarray, settings: Diffusio
                             diffusion_loss(settings.schedule), "train diffusion", progress, cancel)
 
 
-def conditioned_model(network: nn.Module, condition: torch.Tensor, device: torch.device) -> DenoisingModel:
-    """``model(x_t, t)`` for the samplers: item i of a batch is conditioned on ``condition[i % N]``."""
+def conditioned_model(network: nn.Module, condition: torch.Tensor, device: torch.device,
+                      tile: int = TILE_SIZE) -> DenoisingModel:
+    """``model(x_t, t)`` for the samplers: item i of a batch is conditioned on ``condition[i % N]``; slices
+    larger than ``tile`` go through the network in overlapping tiles (bounded memory)."""
     precision = choose_precision(device, True)
 
     def model(x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        tiled = condition.repeat(x_t.shape[0] // condition.shape[0], 1, 1, 1)
-        with precision.autocast(device):
-            return network(torch.cat([x_t, tiled], dim=1), timesteps).float()
+        repeated = condition.repeat(x_t.shape[0] // condition.shape[0], 1, 1, 1)
+
+        def forward(part: torch.Tensor) -> torch.Tensor:
+            with precision.autocast(device):
+                return network(part, timesteps).float()
+
+        return tiled(forward, torch.cat([x_t, repeated], dim=1), tile)
 
     return model
 
@@ -185,22 +192,25 @@ def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedu
     normalised intensity units. A model trained on noise-normalised slices gets its ``normaliser`` and the
     (N, 1, H, W) BSN output ``signal`` it normalised around, to map its output back.
 
-    The start noise of slice i depends only on ``seed`` and i, so batching does not change the result.
+    The start noise of slice i depends only on ``seed`` and i, so batching does not change the result. Large
+    slices run in tiles, and out of memory the run goes on with fewer slices per call, smaller tiles, then
+    on the CPU, as in :func:`..inference.predict_slices`.
     """
-    network.eval().to(device)
-    batch = settings.batch_slices or (8 if device.type == "cuda" else 1)
-    means, uncertainties = [], []
-    for start in range(0, len(condition), batch):
-        chunk = torch.from_numpy(np.ascontiguousarray(condition[start:start + batch], dtype=np.float32))
-        chunk = to_model_range(chunk.to(device))
+    network.eval()
+    plan = MemoryPlan.for_network(network, device, settings.batch_slices or (8 if device.type == "cuda" else 1))
+
+    def sample_chunk(start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        chunk = torch.from_numpy(np.ascontiguousarray(condition[start:start + count], dtype=np.float32))
         eps = torch.stack([slice_start_noise(seed, start + i, settings.pairs, (1, *chunk.shape[2:]))
-                           for i in range(len(chunk))], dim=1)
-        result = srds_sample(conditioned_model(network, chunk, device), eps.to(device), schedule, settings.steps,
-                             cancel=cancel)
-        means.append(from_model_range(result.mean).cpu().numpy())
-        uncertainties.append((result.uncertainty / 2).cpu().numpy())  # half of [-1, 1] units = normalised units
-        report(progress, "srds", min(start + batch, len(condition)), len(condition))
-    mean, uncertainty = np.concatenate(means), np.concatenate(uncertainties)
+                           for i in range(count)], dim=1)
+        model = conditioned_model(network.to(plan.device), to_model_range(chunk.to(plan.device)), plan.device,
+                                  plan.tile)
+        result = srds_sample(model, eps.to(plan.device), schedule, settings.steps, cancel=cancel)
+        # uncertainty: half of [-1, 1] units = normalised units
+        return from_model_range(result.mean).cpu().numpy(), (result.uncertainty / 2).cpu().numpy()
+
+    chunks = run_in_chunks(len(condition), plan, sample_chunk, "srds", progress, cancel)
+    mean, uncertainty = (np.concatenate(part) for part in zip(*chunks, strict=True))
     if normaliser is None:
         return mean, uncertainty
     return normaliser.inverse(mean, signal), uncertainty / normaliser.gain(signal)
