@@ -256,7 +256,8 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
 
     def _writeResult(self, inputVolumeNode, outputVolumeNode, result, provenance):
         """The denoised image into the output node; each extra output into a new node "<input> <extra>"; every
-        node gets the run's provenance."""
+        node gets the run's provenance; the outlier slices go to ``self.lastSummary``."""
+        self.lastSummary = result.summary()
         self.lastExtraNodes = {name: self._writeOutput(inputVolumeNode, None, image, name)
                                for name, image in result.extras.items()}
         outputVolumeNode = self._writeOutput(inputVolumeNode, outputVolumeNode, result.denoised)

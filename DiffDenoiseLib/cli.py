@@ -125,6 +125,7 @@ def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     if not distributed.is_main():  # under torchrun every process trains; one writes
         return {}
     written = _write_outputs(volume, result, args.output, args.output_dtype, Provenance.of(result.bundle, True))
+    print(result.summary())
     noise = result.noise
     print(f"noise: {noise.kind} (sigma ~ {noise.sigma:.4g}, {100 * noise.relative_sigma:.1f}% of range); "
           f"wrote {args.output} in {result.timings['total_s']:.0f} s")
@@ -146,6 +147,7 @@ def _apply_to_file(bundle: ModelBundle, path: Path, output: Path, args: argparse
     result = apply_bundle(bundle, volume.array, device=args.device, slice_axis=axis, outputs=tuple(args.extra),
                           progress=progress)
     progress.close()
+    print(result.summary())
     return _write_outputs(volume, result, output, args.output_dtype, Provenance.of(bundle, False))
 
 

@@ -22,7 +22,7 @@ from .devices import resolve_device
 from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
 from .inference import predict_slices
-from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise
+from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise, residual_outliers
 from .noise_model import fit_noise_model
 from .noise_normalisation import NoiseNormaliser
 from .options import EXTRA_OUTPUTS, METHODS, NOISE_CHOICES
@@ -54,11 +54,25 @@ INFERENCE_NETWORK = {"diffdenoise": "nafnet", "diffusion": "diffusion", "bsn": "
 
 @dataclass
 class Denoised:
-    """A denoised image and the optional extra outputs, all float32 in the input's shape and units."""
+    """A denoised image and the optional extra outputs, all float32 in the input's shape and units.
+
+    ``outliers`` flags, per slice along the slice axis, where the removed part was far from the noise level
+    compared with the other slices (:func:`.noise.residual_outliers`): slices to inspect.
+    """
 
     denoised: np.ndarray
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # "residual", "uncertainty" when asked for
     timings: dict[str, float] = field(default_factory=dict)
+    outliers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def summary(self) -> str:
+        """One line for logs and the run summary: the outlier slices, if any."""
+        if not self.outliers.any():
+            return f"outlier slices: none of {len(self.outliers)}"
+        flagged = np.flatnonzero(self.outliers)
+        listed = ", ".join(map(str, flagged[:20])) + (f" and {len(flagged) - 20} more" if len(flagged) > 20 else "")
+        return (f"outlier slices ({len(flagged)} of {len(self.outliers)}; removed much more or less than their noise "
+                f"compared with the other slices, inspect them): {listed}")
 
 
 @dataclass
@@ -214,7 +228,8 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
             "sampling": asdict(settings.sampling) | {"seed": seed}}),
     })
     timings["total_s"] = time.perf_counter() - started
-    return DenoiseResult(denoised, extras, {k: round(v, 3) for k, v in timings.items()}, bundle, analysis)
+    return DenoiseResult(denoised, extras, {k: round(v, 3) for k, v in timings.items()},
+                         residual_outliers(slices[:, 0], output[:, 0]), bundle, analysis)
 
 
 def _batch(device: torch.device) -> int:
@@ -281,4 +296,5 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
                                 progress=progress, cancel=cancel)
     denoised = scaling.denormalise(from_slices(output, image.shape, axis))
     extras = _extras(image, denoised, tuple(outputs), stages, scaling, axis)
-    return Denoised(denoised, extras, {"total_s": round(time.perf_counter() - started, 3)})
+    return Denoised(denoised, extras, {"total_s": round(time.perf_counter() - started, 3)},
+                    residual_outliers(slices[:, 0], output[:, 0]))

@@ -144,3 +144,25 @@ def estimate_noise(image: np.ndarray) -> NoiseAnalysis:
     correlation = neighbour_correlation(planes)
     kind: Literal["iid", "correlated"] = "correlated" if correlation > CORRELATION_THRESHOLD else "iid"
     return NoiseAnalysis(sigma, sigma / (high - low), correlation, kind)
+
+
+# A slice is an outlier when its removed-noise ratio is this many times above or below the volume's median.
+OUTLIER_FACTOR = 1.5
+
+
+def residual_outliers(noisy: np.ndarray, denoised: np.ndarray) -> np.ndarray:
+    """Per-slice audit of (N, H, W) slices before and after denoising: True where the part removed (noisy -
+    denoised), relative to the slice's own noise level, is ``OUTLIER_FACTOR`` times larger or smaller than in
+    the median slice: a slice where much less than its noise was removed, or much more (anatomy). Relative
+    to the volume, so it holds for correlated noise, which the wavelet estimate underrates; slices without
+    measurable noise are never flagged."""
+    ratios = np.full(len(noisy), np.nan)
+    for index, (before, after) in enumerate(zip(noisy, denoised, strict=True)):
+        sigma = estimate_sigma(before.astype(np.float64)) if np.ptp(before) > 0 else 0.0
+        if sigma > 0:
+            ratios[index] = np.std(before.astype(np.float64) - after) / sigma
+    if not np.isfinite(ratios).any():
+        return np.zeros(len(noisy), dtype=bool)
+    median = np.nanmedian(ratios)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(ratios) & ((ratios > OUTLIER_FACTOR * median) | (ratios < median / OUTLIER_FACTOR))

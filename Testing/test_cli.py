@@ -36,6 +36,7 @@ def test_denoise_apply_and_info(tmp_path, noisy_file):
     result = run_cli("denoise", noisy_file, out, "--steps", "2", "--ddim-steps", "2", "--srds-pairs", "2",
                      "--save-model", model, "--device", "cpu", "--extra", "residual", "uncertainty")
     assert result.returncode == 0, result.stderr
+    assert "outlier slices" in result.stdout
     written, source = read_volume(out), read_volume(noisy_file)
     assert written.array.shape == source.array.shape and written.array.dtype == np.int16
     for name in ("residual", "uncertainty"):

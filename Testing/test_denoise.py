@@ -19,6 +19,7 @@ def test_denoise_returns_float32_of_the_same_shape_and_leaves_the_input(knee_cro
     assert {e.stage for e in events} == {"train bsn", "bsn inference", "train diffusion", "srds", "train nafnet",
                                          "denoise"}
     assert set(result.timings) >= {"train_bsn_s", "train_diffusion_s", "srds_s", "train_nafnet_s", "total_s"}
+    assert result.outliers.shape == (len(noisy),) and result.summary().startswith("outlier slices")
 
 
 def test_same_seed_same_result(knee_crop, tiny_settings):

@@ -51,3 +51,18 @@ def test_unknown_kind_and_bad_level_are_refused(knee_crop):
     with pytest.raises(InputError, match="positive"):
         add_noise(knee_crop, "gaussian", 0)
     assert set(NOISE_KINDS) == {"gaussian", "poisson", "gamma", "rician", "correlated"}
+
+
+def test_outlier_slices_are_those_denoised_unlike_the_others(knee_crop):
+    from scipy import ndimage
+
+    from DiffDenoiseLib.noise import residual_outliers
+
+    noisy = add_noise(knee_crop, "gaussian", 0.1, seed=2)
+    denoised = np.stack([ndimage.gaussian_filter(plane, 1.0) for plane in noisy])
+    denoised[1] = noisy[1]  # nothing removed
+    denoised[3] = ndimage.gaussian_filter(noisy[3], 6.0)  # anatomy removed with the noise
+    flagged = residual_outliers(noisy, denoised)
+    assert flagged.tolist() == [i in (1, 3) for i in range(len(noisy))]
+    assert not residual_outliers(noisy[:1], denoised[:1]).any()
+    assert not residual_outliers(np.zeros((2, 32, 32)), np.zeros((2, 32, 32))).any()
