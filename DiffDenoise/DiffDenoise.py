@@ -267,14 +267,15 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
     def process(self, inputVolumeNode, outputVolumeNode=None, method: str = "diffdenoise", noise: str = "auto",
                 preset: str = "quick", device: str = "auto", steps: int | None = None, seed: int = 0,
                 srdsPairs: int | None = None, ddimSteps: int | None = None, distillSlices: int | None = None,
-                extraOutputs: tuple[str, ...] = (), saveModelPath: str | None = None,
+                extraOutputs: tuple[str, ...] = (), saveModelPath: str | None = None, checkpointDir: str | None = None,
                 progressCallback: Callable | None = None, cancelCallback: Callable[[], bool] | None = None):
         """Denoise ``inputVolumeNode`` by training on it; returns the output node (new unless one is given).
 
         Options are those of ``DiffDenoiseLib.denoise.denoise`` (method, noise, preset, device, steps, seed,
         SRDS pairs, DDIM steps, distillation slices). ``extraOutputs`` (``residual``, ``uncertainty``, ``bsn``,
         ``srds``) become new volume nodes, listed in ``self.lastExtraNodes``. ``saveModelPath`` also saves the
-        trained bundle for ``apply`` on other volumes.
+        trained bundle for ``apply`` on other volumes. With ``checkpointDir`` each training stage keeps a
+        checkpoint there, and a run cancelled or killed before the end resumes from it when started again.
         """
         self._checkInput(inputVolumeNode, outputVolumeNode)
         _import_library()
@@ -287,7 +288,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         result = denoise(array, method=method, noise=noise, preset=preset, device=device,
                          slice_axis=geometry.slice_axis(), seed=seed, steps=steps, srds_pairs=srdsPairs,
                          ddim_steps=ddimSteps, distill_slices=distillSlices, outputs=tuple(extraOutputs),
-                         progress=progressCallback, cancel=cancelCallback)
+                         checkpoint_dir=checkpointDir, progress=progressCallback, cancel=cancelCallback)
         if saveModelPath:
             save_bundle(saveModelPath, result.bundle)
         logging.info(f"DiffDenoise: noise {result.noise.kind}, timings {result.timings}")
@@ -405,14 +406,16 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
     def processDWI(self, dwiNode, outputNode=None, method: str = "ddm2", preset: str = "quick", device: str = "auto",
                    steps: int | None = None, seed: int = 0, neighbours: int | None = None, sampler: str | None = None,
                    samplerSteps: int | None = None, saveModelPath: str | None = None, bvals=None,
-                   progressCallback: Callable | None = None, cancelCallback: Callable[[], bool] | None = None):
+                   checkpointDir: str | None = None, progressCallback: Callable | None = None,
+                   cancelCallback: Callable[[], bool] | None = None):
         """Denoise a diffusion-weighted volume node with DDM2 trained on it; returns a new DWI node (or
         ``outputNode``) with every volume, the same gradients, b-values, measurement frame and geometry.
 
         A ``vtkMRMLSequenceNode`` of scalar volumes (a 4D series) works too and gives a new sequence; its
         b-values are ``bvals`` (one per volume) or the sequence's index values when the index is "b-value".
 
-        Options are those of ``DiffDenoiseLib.denoise_dwi.denoise_dwi``; the per-slice summary (matched
+        Options are those of ``DiffDenoiseLib.denoise_dwi.denoise_dwi`` (``checkpointDir`` as in
+        :meth:`process`); the per-slice summary (matched
         steps, untouched and outlier slices) is kept in ``self.lastSummary``.
         """
         series, bvals = self._dwiArrays(dwiNode, outputNode, bvals)
@@ -423,7 +426,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
 
         result = denoise_dwi(series, bvals, method=method, preset=preset, device=device, seed=seed, steps=steps,
                              neighbours=neighbours, sampler=sampler, sampler_steps=samplerSteps,
-                             progress=progressCallback, cancel=cancelCallback)
+                             checkpoint_dir=checkpointDir, progress=progressCallback, cancel=cancelCallback)
         if saveModelPath:
             save_bundle(saveModelPath, result.bundle)
         self.lastSummary = result.summary()
@@ -449,14 +452,15 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
     def startBackground(self, inputNode, outputNode=None, method: str = "auto", noise: str = "auto",
                         preset: str = "quick", device: str = "auto", srdsPairs: int | None = None,
                         ddimSteps: int | None = None, steps: int | None = None, extraOutputs: tuple[str, ...] = (),
-                        modelPath: str | None = None, bvals=None, python: str | None = None) -> BackgroundRun:
+                        modelPath: str | None = None, bvals=None, checkpointDir: str | None = None,
+                        python: str | None = None) -> BackgroundRun:
         """Start the same run as :meth:`process` / :meth:`apply` / :meth:`processDWI` in a worker process (the
         ``diffdenoise`` CLI with Slicer's Python, on temporary files) and return at once; the panel's way.
 
         ``method``: ``auto`` (DDM2 for a DWI node or a sequence, ``diffdenoise`` otherwise), ``diffdenoise``,
         ``diffusion``, ``bsn``, ``ddm2``, or ``apply`` (``modelPath`` is then the bundle to apply; for the
         other methods it is where to save the trained bundle, optional). ``bvals`` as in :meth:`processDWI`;
-        ``steps`` overrides the preset's training steps.
+        ``steps`` overrides the preset's training steps; ``checkpointDir`` as in :meth:`process`.
         Poll the returned :class:`BackgroundRun` from a timer; ``run.wait()`` blocks instead.
         """
         _import_library()
@@ -501,6 +505,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
             if method != "apply":
                 arguments += ["--steps", str(steps)] if steps else []
                 arguments += ["--save-model", modelPath] if modelPath else []
+                arguments += ["--checkpoint-dir", checkpointDir] if checkpointDir else []
             arguments += ["--output-dtype", "float32"]
             return BackgroundRun(self, inputNode, outputNode, folder, arguments, python)
         except Exception:

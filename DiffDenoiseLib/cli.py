@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 Written = dict[str, Path]  # what a command wrote, by name (denoised, residual, model, ...)
+CHECKPOINT_HELP = ("keep a checkpoint of each training stage in this folder; run the same command again after a "
+                   "crash or Ctrl-C to resume where it stopped (delete the folder when done)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,7 +122,7 @@ def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     result = denoise(volume.array, method=args.method, noise=args.noise, preset=args.preset, device=args.device,
                      slice_axis=_slice_axis(volume, args.slice_axis), seed=args.seed, steps=args.steps,
                      srds_pairs=args.srds_pairs, ddim_steps=args.ddim_steps, distill_slices=args.distill_slices,
-                     outputs=tuple(args.extra), progress=progress)
+                     outputs=tuple(args.extra), checkpoint_dir=args.checkpoint_dir, progress=progress)
     progress.close()
     if not distributed.is_main():  # under torchrun every process trains; one writes
         return {}
@@ -178,7 +180,8 @@ def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
     else:
         result = denoise_dwi(series, dwi.bvals, method=args.method, preset=args.preset, device=args.device,
                              seed=args.seed, steps=args.steps, neighbours=args.neighbours, sampler=args.sampler,
-                             sampler_steps=args.sampler_steps, progress=progress)
+                             sampler_steps=args.sampler_steps, checkpoint_dir=args.checkpoint_dir,
+                             progress=progress)
     progress.close()
     if not distributed.is_main():
         return {}
@@ -292,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="SRDS-sample at most this many evenly spaced slices to train the NAFNet")
     denoise.add_argument("--seed", type=int, default=0)
     denoise.add_argument("--save-model", type=Path, help="also save the trained model bundle (.safetensors)")
+    denoise.add_argument("--checkpoint-dir", type=Path, help=CHECKPOINT_HELP)
     add_common(denoise, "auto")
     denoise.set_defaults(run=cmd_denoise)
 
@@ -325,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     ddm2.add_argument("--seed", type=int, default=0)
     ddm2.add_argument("--model", type=Path, help="apply this saved DDM2 bundle instead of training")
     ddm2.add_argument("--save-model", type=Path, help="also save the trained model bundle (.safetensors)")
+    ddm2.add_argument("--checkpoint-dir", type=Path, help=CHECKPOINT_HELP)
     ddm2.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
     ddm2.add_argument("--output-dtype", default="input", choices=("input", "float32"),
                       help="data type of the output file (default: the input's, rounded for integers)")
@@ -340,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     demo.set_defaults(run=cmd_demo)
     return parser
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    folder = getattr(args, "checkpoint_dir", None)
+    return f"; run the same command again to resume from the checkpoints in {folder}" if folder else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,9 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = args.run(args, progress)
     except Cancelled as error:
-        return fail(str(error), EXIT_INTERRUPTED)
+        return fail(str(error) + _resume_hint(args), EXIT_INTERRUPTED)
     except KeyboardInterrupt:
-        return fail("interrupted; no output was written", EXIT_INTERRUPTED)
+        return fail("interrupted; no output was written" + _resume_hint(args), EXIT_INTERRUPTED)
     except InputError as error:
         return fail(f"error: {error}", EXIT_USAGE)
     except DiffDenoiseError as error:

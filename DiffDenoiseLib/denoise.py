@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -47,6 +48,7 @@ from .preprocessing import (
 )
 from .presets import PipelineSettings, pipeline_settings
 from .progress import CancelCheck, ProgressCallback
+from .training import TrainConfig, checkpointed, training_record
 
 # the network that `apply` runs for a bundle of each method
 INFERENCE_NETWORK = {"diffdenoise": "nafnet", "diffusion": "diffusion", "bsn": "bsn"}
@@ -101,15 +103,20 @@ def _check_choices(method: str, outputs: tuple[str, ...]) -> None:
 
 
 def _with_overrides(settings: PipelineSettings, seed: int, device: str, steps: int | None, srds_pairs: int | None,
-                    ddim_steps: int | None, distill_slices: int | None) -> PipelineSettings:
+                    ddim_steps: int | None, distill_slices: int | None,
+                    checkpoint_dir: str | Path | None) -> PipelineSettings:
     training = {"seed": seed, "device": device} | ({"steps": steps} if steps is not None else {})
     sampling = {k: v for k, v in (("pairs", srds_pairs), ("steps", ddim_steps), ("distill_slices", distill_slices))
                 if v is not None}
+
+    def stage_training(config: TrainConfig, stage: str) -> TrainConfig:
+        return checkpointed(replace(config, **training), checkpoint_dir, stage)
+
     return PipelineSettings(
-        replace(settings.bsn, training=replace(settings.bsn.training, **training)),
-        replace(settings.diffusion, training=replace(settings.diffusion.training, **training)),
+        replace(settings.bsn, training=stage_training(settings.bsn.training, "bsn")),
+        replace(settings.diffusion, training=stage_training(settings.diffusion.training, "diffusion")),
         replace(settings.sampling, **sampling),
-        replace(settings.distillation, training=replace(settings.distillation.training, **training)),
+        replace(settings.distillation, training=stage_training(settings.distillation.training, "nafnet")),
     )
 
 
@@ -117,7 +124,8 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
             preset: str | PipelineSettings = "quick", device: str = "auto", slice_axis: int = 0, seed: int = 0,
             steps: int | None = None, srds_pairs: int | None = None, ddim_steps: int | None = None,
             distill_slices: int | None = None, outputs: tuple[str, ...] = (),
-            progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> DenoiseResult:
+            checkpoint_dir: str | Path | None = None, progress: ProgressCallback | None = None,
+            cancel: CancelCheck | None = None) -> DenoiseResult:
     """Denoise ``image`` (2D, or 3D processed as 2D slices along ``slice_axis``) without clean data.
 
     Args:
@@ -136,6 +144,10 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         outputs: extra outputs: ``residual`` (input - output), ``uncertainty`` (mean |half-difference| of the
             SRDS pairs, in intensity units), ``bsn`` (the BSN output), ``srds`` (the SRDS output). Asking for
             ``uncertainty`` or ``srds`` runs SRDS on every slice.
+        checkpoint_dir: a folder for one checkpoint per training stage (``bsn.pt``, ``diffusion.pt``,
+            ``nafnet.pt``), written every 10% of a stage and on cancel. Run again with the same folder, image
+            and settings, a killed or cancelled run resumes from there (finished stages are not retrained) and
+            ends with the same result as an uninterrupted run; checkpoints of other data or settings are refused.
         progress: called with :class:`ProgressEvent` during every stage.
         cancel: polled often; when it returns True the run stops with :class:`Cancelled`.
 
@@ -153,7 +165,7 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
     check_slice_size(slices, MIN_ANALYSIS_SIZE)
     analysis, noise_kind = _noise_kind(slices[:, 0], noise)
     settings = _with_overrides(pipeline_settings(preset, noise_kind), seed, device, steps, srds_pairs, ddim_steps,
-                               distill_slices)
+                               distill_slices, checkpoint_dir)
     torch_device = resolve_device(device)  # fail early on an unavailable device, before any training
     check_slice_size(slices, max(settings.bsn.network.min_size, settings.diffusion.network.min_size))
     timings = {"analysis_s": time.perf_counter() - started}
@@ -162,7 +174,7 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
 
     def stage_done(name: str, network: torch.nn.Module, config: object, summary: object) -> None:
         networks[name] = network
-        training[name] = {"config": asdict(config), "summary": asdict(summary)}
+        training[name] = training_record(config, summary)
         timings[f"train_{name}_s"] = summary.seconds
 
     predictions = targets = uncertainty = noise_model = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from .pipelines.ddm2 import (
 from .preprocessing import check_slice_size, check_values
 from .presets import ddm2_settings
 from .progress import CancelCheck, ProgressCallback
+from .training import checkpointed, training_record
 
 DWI_METHODS = ("ddm2", "stage1")
 MIN_VOLUMES = 3
@@ -94,12 +96,14 @@ def check_series(series: np.ndarray, bvals: np.ndarray) -> None:
 
 
 def _with_overrides(settings: DDM2Settings, seed: int, device: str, steps: int | None, neighbours: int | None,
-                    sampler: str | None, sampler_steps: int | None) -> DDM2Settings:
+                    sampler: str | None, sampler_steps: int | None,
+                    checkpoint_dir: str | Path | None) -> DDM2Settings:
     training = {"seed": seed, "device": device} | ({"steps": steps} if steps is not None else {})
     choices = {k: v for k, v in (("neighbours", neighbours), ("sampler", sampler), ("sampler_steps", sampler_steps))
                if v is not None}
-    return replace(settings, stage1_training=replace(settings.stage1_training, **training),
-                   diffusion_training=replace(settings.diffusion_training, **training), **choices)
+    stage1 = checkpointed(replace(settings.stage1_training, **training), checkpoint_dir, "stage1")
+    stage3 = checkpointed(replace(settings.diffusion_training, **training), checkpoint_dir, "stage3")
+    return replace(settings, stage1_training=stage1, diffusion_training=stage3, **choices)
 
 
 def _batch(device: torch.device) -> int:
@@ -109,7 +113,8 @@ def _batch(device: torch.device) -> int:
 def denoise_dwi(series: np.ndarray, bvals: np.ndarray, *, method: str = "ddm2",
                 preset: str | DDM2Settings = "quick", device: str = "auto", seed: int = 0, steps: int | None = None,
                 neighbours: int | None = None, sampler: str | None = None, sampler_steps: int | None = None,
-                progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> DWIDenoiseResult:
+                checkpoint_dir: str | Path | None = None, progress: ProgressCallback | None = None,
+                cancel: CancelCheck | None = None) -> DWIDenoiseResult:
     """Denoise a 4D diffusion series ``(volumes, z, y, x)`` with DDM2, trained on the series itself.
 
     Args:
@@ -124,28 +129,29 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, *, method: str = "ddm2",
         neighbours: volumes per Stage I input (default 2).
         sampler: ``accelerated`` (DDIM over ``sampler_steps`` steps, the default) or ``full`` (every step).
         sampler_steps: DDIM steps of the accelerated sampler.
+        checkpoint_dir: a folder for the checkpoints of both training stages (``stage1.pt``, ``stage3.pt``);
+            a killed run started again with it resumes there, as in :func:`.denoise.denoise`.
         progress, cancel: progress callback and cancel check, as in :func:`.denoise.denoise`.
     """
     if method not in DWI_METHODS:
         raise InputError(f"unknown DWI method '{method}': use one of {', '.join(DWI_METHODS)}")
     started = time.perf_counter()
     check_series(series, bvals)
-    settings = _with_overrides(ddm2_settings(preset), seed, device, steps, neighbours, sampler, sampler_steps)
+    settings = _with_overrides(ddm2_settings(preset), seed, device, steps, neighbours, sampler, sampler_steps,
+                               checkpoint_dir)
     torch_device = resolve_device(device)
     prepared = _prepare(series, bvals, settings.neighbours)
     check_slice_size(prepared.slices, max(settings.stage1_network.min_size, settings.diffusion_network.min_size))
     networks, training, timings = {}, {}, {}
     stage1, summary = train_stage1(prepared.slices, prepared.inputs, prepared.weights, settings, progress, cancel)
-    networks["stage1"], training["stage1"] = stage1, {"config": asdict(settings.stage1_training),
-                                                      "summary": asdict(summary)}
+    networks["stage1"], training["stage1"] = stage1, training_record(settings.stage1_training, summary)
     timings["train_stage1_s"] = summary.seconds
     stage1_output, match, timings["stage1_inference_and_matching_s"] = _stage1_and_match(
         stage1, prepared, settings.schedule, torch_device, progress, cancel)
     if method == "ddm2":
         diffusion, summary = train_stage3(prepared.slices, match, prepared.inputs, prepared.weights, settings,
                                           progress, cancel)
-        networks["diffusion"], training["diffusion"] = diffusion, {"config": asdict(settings.diffusion_training),
-                                                                   "summary": asdict(summary)}
+        networks["diffusion"], training["diffusion"] = diffusion, training_record(settings.diffusion_training, summary)
         timings["train_stage3_s"] = summary.seconds
     bundle = ModelBundle(method=method, networks=networks, inference_network="diffusion" if method == "ddm2"
                          else "stage1", metadata={

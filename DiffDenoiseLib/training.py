@@ -8,6 +8,7 @@ DistributedDataParallel under ``torchrun`` (:mod:`.distributed`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -57,6 +58,15 @@ class TrainConfig:
             raise InputError("training needs steps >= 1, batch_size >= 1 and patch_size >= 4")
 
 
+def checkpointed(config: TrainConfig, directory: str | Path | None, stage: str) -> TrainConfig:
+    """``config`` checkpointing to ``directory/<stage>.pt`` every 10% of its steps (at most every 100 steps),
+    so a killed run started again with the same directory resumes there; unchanged without a directory."""
+    if directory is None:
+        return config
+    return replace(config, checkpoint_path=str(Path(directory) / f"{stage}.pt"),
+                   checkpoint_every=max(1, min(100, config.steps // 10)))
+
+
 def fit_patch_size(config: TrainConfig, multiple: int, minimum: int | None = None) -> TrainConfig:
     """``config`` with its patch size rounded down to a multiple of ``multiple`` that a network accepts, and
     at least ``minimum`` (default ``multiple``)."""
@@ -75,6 +85,13 @@ class TrainSummary:
     resumed_from_step: int = 0
     loss_curve: list[float] = field(default_factory=list)  # mean loss per 5% of the run
     processes: int = 1  # torchrun processes that trained together (each step saw processes x batch patches)
+
+
+def training_record(config: TrainConfig, summary: TrainSummary) -> dict:
+    """What a bundle stores of one training run: its settings (without where its checkpoints were kept) and
+    summary."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("checkpoint_path", "checkpoint_every")}
+    return {"config": settings, "summary": asdict(summary)}
 
 
 class PatchSampler:
@@ -129,12 +146,13 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
                            weight_decay=config.weight_decay)
 
 
-def _config_fingerprint(config: TrainConfig, model: nn.Module) -> str:
-    """Settings that must match for a checkpoint to resume this run (not device or checkpoint cadence)."""
+def _config_fingerprint(config: TrainConfig, model: nn.Module, slices: torch.Tensor) -> str:
+    """Settings and data that must match for a checkpoint to resume this run (not device or checkpoint cadence)."""
     settings = {k: v for k, v in asdict(config).items()
                 if k not in ("device", "checkpoint_every", "checkpoint_path", "mixed_precision", "channels_last")}
     settings["parameters"] = [list(p.shape) for p in model.parameters()]
-    settings["checkpoint_format"] = 2  # RNG states per process
+    settings["data_sha256"] = hashlib.sha256(memoryview(slices.contiguous().numpy()).cast("B")).hexdigest()
+    settings["checkpoint_format"] = 3  # RNG states per process, data hash
     if distributed.world_size() > 1:  # each process resumes its own patch stream
         settings["processes"] = distributed.world_size()
     return json.dumps(settings, sort_keys=True)
@@ -176,14 +194,14 @@ def train(model: nn.Module, slices: torch.Tensor | np.ndarray, loss_fn: LossFunc
     optimizer = _make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_factor(config))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.autocast_dtype == torch.float16)
-    fingerprint = _config_fingerprint(config, model)
     checkpoint = Path(config.checkpoint_path) if config.checkpoint_path else None
+    fingerprint = _config_fingerprint(config, model, slices) if checkpoint is not None else ""
     start_step, losses = 0, []
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if state.get("fingerprint") != fingerprint:
-            raise InputError(f"checkpoint {checkpoint} was written by a run with other settings: "
-                             "delete it or use another checkpoint path")
+            raise InputError(f"checkpoint {checkpoint} was written by a run with other settings or on other "
+                             "data: delete it or use another checkpoint folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

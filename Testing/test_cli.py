@@ -1,7 +1,9 @@
 """The diffdenoise command: real subprocess runs, exit codes and one-line errors."""
 
+import signal
 import subprocess
 import sys
+import time
 
 import nibabel as nib
 import numpy as np
@@ -68,6 +70,26 @@ def test_denoise_apply_and_info(tmp_path, noisy_file):
     bundle_info = run_cli("info", model)
     assert bundle_info.returncode == 0 and '"method": "diffdenoise"' in bundle_info.stdout
     assert '"pairs": 2' in bundle_info.stdout
+
+
+def test_killed_training_resumes_from_its_checkpoints_to_the_same_result(tmp_path, noisy_file):
+    options = ["denoise", noisy_file, None, "--method", "diffusion", "--steps", "10", "--ddim-steps", "2",
+               "--device", "cpu", "--output-dtype", "float32"]
+    command = [sys.executable, "-m", "DiffDenoiseLib.cli", "--no-progress"]
+    checkpoints, resumed = tmp_path / "checkpoints", tmp_path / "resumed.nrrd"
+    options[2] = resumed
+    process = subprocess.Popen([*command, *map(str, options), "--checkpoint-dir", str(checkpoints)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "diffusion.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()  # SIGKILL in the middle of the diffusion stage: no cleanup runs
+    assert process.wait() == -signal.SIGKILL  # killed, not finished
+    assert (checkpoints / "bsn.pt").exists() and not resumed.exists()
+    assert run_cli(*options, "--checkpoint-dir", checkpoints).returncode == 0
+    options[2] = tmp_path / "uninterrupted.nrrd"
+    assert run_cli(*options).returncode == 0
+    np.testing.assert_array_equal(read_volume(resumed).array, read_volume(options[2]).array)
 
 
 def test_bsn_method_has_no_uncertainty(tmp_path, noisy_file):

@@ -259,9 +259,13 @@ def test_cli_ddm2_writes_every_volume_with_bvals_and_bvecs(small_dwi, tmp_path, 
                              small_dwi.bvecs[:5])
     write_dwi(source, subset)
     out = tmp_path / "den.nii.gz"
-    code = main(["--no-progress", "ddm2", str(source), str(out), "--preset", "quick", "--device", "cpu",
-                 "--save-model", str(tmp_path / "m")])
+    training = ["--preset", "quick", "--device", "cpu", "--checkpoint-dir", str(tmp_path / "checkpoints")]
+    code = main(["--no-progress", "ddm2", str(source), str(out), *training, "--save-model", str(tmp_path / "m")])
     assert code == 0, capsys.readouterr().err
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"stage1.pt", "stage3.pt"}
+    # run again with the same folder: both stages resume finished, the result is the same
+    assert main(["--no-progress", "ddm2", str(source), str(tmp_path / "resumed.nii.gz"), *training]) == 0
+    np.testing.assert_array_equal(read_dwi(tmp_path / "resumed.nii.gz").volume.array, read_dwi(out).volume.array)
     written = read_dwi(out)
     assert written.volume.array.shape == (5, 10, 10, 10) and written.volume.array.dtype == np.int16
     np.testing.assert_allclose(written.bvals, subset.bvals)

@@ -69,6 +69,27 @@ def test_cancel_stops_the_run(knee_crop, tiny_settings):
         denoise(knee_crop, preset=tiny_settings, cancel=lambda: True)
 
 
+def test_killed_run_resumes_from_its_checkpoints_to_the_same_result(knee_crop, tiny_settings, tmp_path):
+    noisy = add_noise(knee_crop, "gaussian", 0.1, seed=0)
+    uninterrupted = denoise(noisy, preset=tiny_settings, device="cpu", steps=6)
+    events = []
+
+    def cancel_mid_diffusion_training() -> bool:
+        return bool(events) and events[-1].stage == "train diffusion" and events[-1].step >= 3
+
+    with pytest.raises(Cancelled):
+        denoise(noisy, preset=tiny_settings, device="cpu", steps=6, checkpoint_dir=tmp_path,
+                progress=events.append, cancel=cancel_mid_diffusion_training)
+    assert {p.name for p in tmp_path.iterdir()} == {"bsn.pt", "diffusion.pt"}
+    resumed = denoise(noisy, preset=tiny_settings, device="cpu", steps=6, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(resumed.denoised, uninterrupted.denoised)
+    training = resumed.bundle.metadata["training"]
+    assert [training[s]["summary"]["resumed_from_step"] for s in ("bsn", "diffusion", "nafnet")] == [6, 3, 0]
+    assert "checkpoint_path" not in training["bsn"]["config"]  # where checkpoints were is not part of a bundle
+    with pytest.raises(InputError, match="other settings or on other data"):
+        denoise(noisy[::-1].copy(), preset=tiny_settings, device="cpu", steps=6, checkpoint_dir=tmp_path)
+
+
 def test_noise_type_picks_the_blind_spot_network(knee_crop, tiny_settings):
     correlated = denoise(knee_crop, method="bsn", noise="correlated", preset=tiny_settings, device="cpu")
     assert correlated.bundle.networks["bsn"].architecture == "lgbpn"

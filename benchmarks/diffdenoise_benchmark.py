@@ -13,8 +13,10 @@ and PUCA forced on correlated noise); diffusion + SRDS; the distilled NAFNet (Di
 one DDIM trajectory instead of an SRDS pair, the paper's plain (BSN(y), y) training pairs instead of
 recorrupted ones (same BSN), and diffusion conditioned on the noisy image instead of the BSN output. PSNR/SSIM use
 the clean image's robust range as data range; "s/slice" is inference time per slice (training time in
-the notes). Each finished case is kept in ``diffdenoise_<preset>_cases/`` (``--resume`` skips those, for
-runs longer than one sitting); all finished cases are gathered in ``diffdenoise_<preset>.md`` and ``.csv``.
+the notes). Each finished case is kept in ``diffdenoise_<preset>_cases/`` and the training stages of the
+unfinished one checkpoint to ``diffdenoise_<preset>_checkpoints/`` (``--resume`` skips the finished cases and
+resumes the unfinished one, for runs longer than one sitting); all finished cases are gathered in
+``diffdenoise_<preset>.md`` and ``.csv``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -50,6 +53,7 @@ from DiffDenoiseLib.pipelines.diffdenoise import (
 )
 from DiffDenoiseLib.preprocessing import IntensityScaling, from_slices, to_slices
 from DiffDenoiseLib.presets import PRESETS
+from DiffDenoiseLib.training import checkpointed
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NOISES = {"gaussian": ("gaussian", 0.1), "correlated": ("correlated", 0.1), "poisson": ("poisson", 30.0)}
@@ -125,12 +129,13 @@ def single_ddim(result, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, float
 
 
 def conditioning_ablation(result, noisy: np.ndarray, conditioning: str, preset: str, seed: int,
-                          progress: TqdmProgress) -> tuple[np.ndarray, float]:
+                          progress: TqdmProgress, checkpoints: Path | None) -> tuple[np.ndarray, float]:
     """Ablation: a diffusion model trained on the plain noisy slices with another condition (the same BSN
     output and noise normalisation), sampled with SRDS like the main run."""
     settings = PRESETS[preset]
     diffusion = replace(settings.diffusion, conditioning=conditioning,
-                        training=replace(settings.diffusion.training, seed=seed))
+                        training=checkpointed(replace(settings.diffusion.training, seed=seed), checkpoints,
+                                              f"ablation_{conditioning}"))
     scaling, slices, bsn, normaliser, condition = condition_of(result, noisy, conditioning)
     targets = slices if normaliser is None else normaliser.forward(slices, bsn)
     network, _ = train_diffusion(targets, condition, diffusion, progress)
@@ -141,7 +146,10 @@ def conditioning_ablation(result, noisy: np.ndarray, conditioning: str, preset: 
     return scaling.denormalise(from_slices(output, noisy.shape, 0)), seconds
 
 
-def run_case(clean: np.ndarray, noise: str, preset: str, seed: int, ablations: bool) -> tuple[list[tuple], list[str]]:
+def run_case(clean: np.ndarray, noise: str, preset: str, seed: int, ablations: bool,
+             checkpoints: Path | None) -> tuple[list[tuple], list[str]]:
+    """Every row of one dataset and noise; with ``checkpoints`` (a folder), a killed case resumes its training
+    stages from there when run again."""
     kind, level = NOISES[noise]
     noisy = add_noise(clean, kind, level, seed=seed)
     low, high = robust_range(clean)
@@ -150,7 +158,11 @@ def run_case(clean: np.ndarray, noise: str, preset: str, seed: int, ablations: b
     rows = [("noisy", noisy, 0.0), *classical_rows(noisy, clean, data_range, sigma)]
     progress = TqdmProgress()
     n = len(noisy)
-    result = denoise(noisy, preset=preset, seed=seed, outputs=("bsn", "srds"), progress=progress)
+    def folder(run: str) -> Path | None:
+        return None if checkpoints is None else checkpoints / run
+
+    result = denoise(noisy, preset=preset, seed=seed, outputs=("bsn", "srds"), checkpoint_dir=folder("pipeline"),
+                     progress=progress)
     t = result.timings
     bsn_name = result.bundle.networks["bsn"].architecture.upper().replace("LGBPN", "LG-BPN")
     notes = [f"noise analysis: {result.noise.kind} (correlation {result.noise.neighbour_correlation:+.3f}); "
@@ -160,13 +172,15 @@ def run_case(clean: np.ndarray, noise: str, preset: str, seed: int, ablations: b
              ("diffusion + SRDS", result.extras["srds"], t["srds_s"] / n),
              ("DiffDenoise (distilled NAFNet)", result.denoised, t["nafnet_inference_s"] / n)]
     if result.noise.kind == "correlated":
-        puca = denoise(noisy, method="bsn", noise="iid", preset=preset, seed=seed, progress=progress)
+        puca = denoise(noisy, method="bsn", noise="iid", preset=preset, seed=seed, checkpoint_dir=folder("puca"),
+                       progress=progress)
         rows.append(("BSN (PUCA, forced)", puca.denoised, puca.timings["bsn_inference_s"] / n))
     if ablations:
         rows.append(("ablation: single DDIM run", *single_ddim(result, noisy, seed)))
         for conditioning, label in (("bsn", "ablation: paper's pairs (BSN(y) -> y, no recorruption)"),
                                     ("identity", "ablation: diffusion conditioned on noisy (no BSN)")):
-            rows.append((label, *conditioning_ablation(result, noisy, conditioning, preset, seed, progress)))
+            rows.append((label, *conditioning_ablation(result, noisy, conditioning, preset, seed, progress,
+                                                       checkpoints)))
     progress.close()
     return [(name, psnr(clean, image, data_range), ssim(clean, image, data_range), seconds)
             for name, image, seconds in rows], notes
@@ -203,16 +217,19 @@ def main() -> None:
     parser.add_argument("--noise", nargs="+", default=list(NOISES), choices=list(NOISES))
     parser.add_argument("--no-ablations", dest="ablations", action="store_false")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="keep the cases an earlier run of this preset finished")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cases an earlier run of this preset finished, and resume the training of an "
+                             "unfinished one from its checkpoints")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     if not SHARED.exists():
         raise SystemExit(f"skipped: {SHARED} not found (the shared data folder is absent)")
     stem = f"diffdenoise_{args.preset}"
     folder = args.out / f"{stem}_cases"
-    if folder.exists() and not args.resume:
-        for old in folder.iterdir():
-            old.unlink()
+    checkpoints = args.out / f"{stem}_checkpoints"  # one folder per unfinished case; removed when it is done
+    if not args.resume:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     header = (f"Preset {args.preset}, seed {args.seed}; {platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -222,8 +239,10 @@ def main() -> None:
             if (folder / f"{data}_{noise}.md").exists():
                 print(f"{data}, {noise}: kept from an earlier run (--resume)", flush=True)
                 continue
-            rows, notes = run_case(clean, noise, args.preset, args.seed, args.ablations)
+            case_checkpoints = checkpoints / f"{data}_{noise}"
+            rows, notes = run_case(clean, noise, args.preset, args.seed, args.ablations, case_checkpoints)
             print(write_case(folder, data, clean.shape, noise, rows, notes), flush=True)
+            shutil.rmtree(case_checkpoints, ignore_errors=True)
             combine(folder, args.out, stem, header)
     combine(folder, args.out, stem, header)
 
