@@ -11,6 +11,7 @@ place only when complete, so a failed or cancelled run never leaves a partial ou
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -141,6 +142,8 @@ def _read_file(path: Path) -> tuple[sitk.Image, dict[str, str]]:
         raise InputError(
             f"unsupported file type '{path.name}': use one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder"
         )
+    if suffix in (".nii", ".nii.gz"):
+        _check_nifti_complete(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     image = reader.Execute()
@@ -148,6 +151,23 @@ def _read_file(path: Path) -> tuple[sitk.Image, dict[str, str]]:
     if dicom:
         metadata = {key: reader.GetMetaData(key) for key in _DICOM_TAGS_KEPT if reader.HasMetaDataKey(key)}
     return image, metadata
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse a NIfTI file shorter than its header says: SimpleITK would fill the missing voxels with zeros."""
+    try:
+        header = nib.load(path).header
+        needed = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        if path.suffix == ".gz":  # the uncompressed length is only known by decompressing (a stream: no copy)
+            with gzip.open(path, "rb") as stream:
+                size = sum(iter(lambda: len(stream.read(1 << 24)), 0))
+        else:
+            size = path.stat().st_size
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as error:
+        raise InputError(f"cannot read {path}: {error} (is the file complete and in a supported format?)") from None
+    if size < needed:
+        raise InputError(f"cannot read {path}: it holds {size} of the {needed} bytes its header describes "
+                         "(the file is truncated: copy or export it again)")
 
 
 def _read_dicom_series(folder: Path, series_id: str | None) -> tuple[sitk.Image, dict[str, str]]:

@@ -39,7 +39,9 @@ class NoiseNormaliser:
 
     def gain(self, signal: np.ndarray) -> np.ndarray:
         """Per-pixel gain: 1 where the noise is at its typical level, larger where it is weaker."""
-        typical = float(np.median(self.std))
+        # typical over the intensities that have noise: in images with exactly flat regions (masked, padded,
+        # sparse) most levels can be 0, and a median of 0 would make every gain 0 / 0
+        typical = float(np.median(self.std[self.std > 0]))
         level = np.maximum(np.interp(signal, self.intensities, self.std), STD_FLOOR * typical)
         return (typical / level).astype(np.float32)
 

@@ -23,7 +23,10 @@ def check_image(image: np.ndarray) -> None:
 
 def check_values(image: np.ndarray) -> None:
     """Refuse non-numeric, complex, empty, non-finite or constant arrays (any dimensionality)."""
-    if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
+    if image.dtype == np.bool_:
+        raise InputError("the image is boolean (a mask?): there is no noise to remove; convert it to a numeric type "
+                         "if it really is an image")
+    if not np.issubdtype(image.dtype, np.number):
         raise InputError(f"unsupported data type {image.dtype}: expected a numeric image")
     if np.issubdtype(image.dtype, np.complexfloating):
         raise InputError("complex-valued image: denoise the magnitude (np.abs) or each channel separately")
@@ -84,6 +87,4 @@ def match_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return np.clip(np.rint(image), info.min, info.max).astype(dtype)
-    if dtype == np.bool_:
-        raise InputError("cannot store a denoised image as boolean: write a float image")
     return image.astype(dtype)
