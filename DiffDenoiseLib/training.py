@@ -58,6 +58,9 @@ class TrainConfig:
             raise InputError("training needs steps >= 1, batch_size >= 1 and patch_size >= 4")
 
 
+CHECKPOINT_FIELDS = ("checkpoint_every", "checkpoint_path")  # where and how often a run saves: not its settings
+
+
 def checkpointed(config: TrainConfig, directory: str | Path | None, stage: str) -> TrainConfig:
     """``config`` checkpointing to ``directory/<stage>.pt`` every 10% of its steps (at most every 100 steps),
     so a killed run started again with the same directory resumes there; unchanged without a directory."""
@@ -90,7 +93,7 @@ class TrainSummary:
 def training_record(config: TrainConfig, summary: TrainSummary) -> dict:
     """What a bundle stores of one training run: its settings (without where its checkpoints were kept) and
     summary."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("checkpoint_path", "checkpoint_every")}
+    settings = {k: v for k, v in asdict(config).items() if k not in CHECKPOINT_FIELDS}
     return {"config": settings, "summary": asdict(summary)}
 
 
@@ -149,7 +152,7 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 def _config_fingerprint(config: TrainConfig, model: nn.Module, slices: torch.Tensor) -> str:
     """Settings and data that must match for a checkpoint to resume this run (not device or checkpoint cadence)."""
     settings = {k: v for k, v in asdict(config).items()
-                if k not in ("device", "checkpoint_every", "checkpoint_path", "mixed_precision", "channels_last")}
+                if k not in ("device", "mixed_precision", "channels_last", *CHECKPOINT_FIELDS)}
     settings["parameters"] = [list(p.shape) for p in model.parameters()]
     settings["data_sha256"] = hashlib.sha256(memoryview(slices.contiguous().numpy()).cast("B")).hexdigest()
     settings["checkpoint_format"] = 3  # RNG states per process, data hash
