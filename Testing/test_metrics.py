@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from DiffDenoiseLib.errors import InputError
-from DiffDenoiseLib.metrics import cnr, psnr, snr, ssim
+from DiffDenoiseLib.metrics import cnr, detail_psnr, psnr, snr, ssim
 
 
 def test_psnr_matches_its_definition():
@@ -17,6 +17,19 @@ def test_ssim_is_one_for_identical_volumes_and_lower_with_noise():
     volume = rng.random((3, 32, 32))
     assert ssim(volume, volume) == pytest.approx(1.0)
     assert ssim(volume, volume + 0.3 * rng.standard_normal(volume.shape)) < 0.9
+
+
+def test_detail_psnr_penalises_blur_not_smooth_errors(knee_crop):
+    from scipy.ndimage import gaussian_filter
+
+    clean = knee_crop.astype(np.float64)
+    blurred = gaussian_filter(clean, sigma=(0, 1.5, 1.5))
+    # a smooth intensity error with the same mean squared error as the blur
+    ramp = np.broadcast_to(np.linspace(-1, 1, clean.shape[-1]), clean.shape)
+    shifted = clean + ramp * np.sqrt(np.mean((blurred - clean) ** 2) / np.mean(ramp ** 2))
+    assert psnr(clean, blurred) == pytest.approx(psnr(clean, shifted), abs=0.01)
+    assert detail_psnr(clean, shifted) > detail_psnr(clean, blurred) + 20
+    assert detail_psnr(clean, clean) == np.inf
 
 
 def test_snr_and_cnr_from_regions():
