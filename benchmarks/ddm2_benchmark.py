@@ -1,6 +1,6 @@
 """DDM2 against raw data, Patch2Self and MP-PCA on real diffusion MRI, scored on held-out b0s, in one run.
 
-    python benchmarks/ddm2_benchmark.py [--preset quick] [--neighbours 2] [--seed 0] [--out benchmarks/results]
+    python -m benchmarks.ddm2_benchmark [--preset quick] [--neighbours 2] [--seed 0] [--out benchmarks/results]
 
 Data: ``../shared/data/dwi/mdt_b1k_b2k`` (104 x 104 x 2 slices, 13 b0 + 30 x b=1000 + 60 x b=2000, real
 scanner noise, brain mask). Leakage-free protocol: every second b0 is held out and never shown to any
@@ -22,16 +22,19 @@ import argparse
 import csv
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import binary_dilation
 
+from benchmarks.datasets import SHARED
 from DiffDenoiseLib.cli import TqdmProgress
 from DiffDenoiseLib.denoise_dwi import apply_dwi_bundle, denoise_dwi
 from DiffDenoiseLib.io import read_dwi, read_volume
+from DiffDenoiseLib.pipelines.ddm2 import DDM2Settings
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dwi" / "mdt_b1k_b2k"
+DATA = SHARED / "dwi" / "mdt_b1k_b2k"
 B0_THRESHOLD = 50.0
 
 
@@ -69,8 +72,8 @@ def snr_cnr(series: np.ndarray, reference_b0: np.ndarray, mask: np.ndarray) -> t
     return float(np.mean(snrs)), float(np.mean(cnrs))
 
 
-def run_methods(series: np.ndarray, bvals: np.ndarray, preset: str, seed: int,
-                neighbours: int) -> tuple[dict, list[str]]:
+def run_methods(series: np.ndarray, bvals: np.ndarray, preset: str | DDM2Settings, seed: int, neighbours: int,
+                mppca_radii: tuple[int, ...] = (2, 5)) -> tuple[dict, list[str]]:
     """Every method on the kept series: name -> (denoised series, seconds)."""
     from dipy.denoise.localpca import mppca
     from dipy.denoise.patch2self import patch2self
@@ -87,7 +90,7 @@ def run_methods(series: np.ndarray, bvals: np.ndarray, preset: str, seed: int,
     if tail:
         denoised[..., -tail:] = patch2self(xyzv[..., ::-1], bvals[::-1], model="ols")[..., :tail][..., ::-1]
     outputs["Patch2Self (dipy, OLS)"] = (back(denoised), time.perf_counter() - started)
-    for radius in (2, 5):
+    for radius in mppca_radii:
         started = time.perf_counter()
         denoised = mppca(xyzv, patch_radius=np.array([radius, radius, 0]), suppress_warning=True)
         outputs[f"MP-PCA (dipy, radius {radius})"] = (back(denoised), time.perf_counter() - started)
@@ -115,6 +118,54 @@ def run_methods(series: np.ndarray, bvals: np.ndarray, preset: str, seed: int,
     return outputs, notes
 
 
+@dataclass
+class DwiBenchmark:
+    """Scores of every method (rows: name, held-out-b0 PSNR mean and std, SNR and CNR change, seconds)."""
+
+    rows: list[tuple[str, float, float, float, float, float]]
+    notes: list[str]
+    volumes: int
+    kept_b0s: int
+    held_out_b0s: int
+
+
+def run_benchmark(preset: str | DDM2Settings, seed: int, neighbours: int, max_b: float | None = None,
+                  mppca_radii: tuple[int, ...] = (2, 5)) -> DwiBenchmark:
+    """The held-out-b0 protocol of the module docstring on the volumes with b <= ``max_b`` (all when None)."""
+    series, bvals, mask = load()
+    if max_b is not None:
+        series, bvals = series[bvals <= max_b], bvals[bvals <= max_b]
+    kept, held_out = split_b0s(bvals)
+    reference = series[held_out].mean(axis=0)
+    kept_series, kept_bvals = series[kept], bvals[kept]
+    kept_b0 = np.flatnonzero(kept_bvals < B0_THRESHOLD)
+    weighted = np.flatnonzero(kept_bvals >= B0_THRESHOLD)
+    outputs, notes = run_methods(kept_series, kept_bvals, preset, seed, neighbours, mppca_radii)
+    raw_snr, raw_cnr = snr_cnr(kept_series[weighted], reference, mask)
+    rows = []
+    for name, (denoised, seconds) in outputs.items():
+        scores = [psnr_in_mask(denoised[i], reference, mask) for i in kept_b0]
+        snr, cnr = snr_cnr(denoised[weighted], reference, mask)
+        rows.append((name, float(np.mean(scores)), float(np.std(scores)), snr - raw_snr, cnr - raw_cnr, seconds))
+    return DwiBenchmark(rows, notes, len(kept), len(kept_b0), len(held_out))
+
+
+def write_results(result: DwiBenchmark, stem: Path, title: str, details: str) -> str:
+    """<stem>.csv and <stem>.md; returns the markdown table."""
+    with open(stem.with_name(stem.name + ".csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "heldout_b0_psnr_mean", "heldout_b0_psnr_std", "snr_change", "cnr_change",
+                         "seconds"])
+        writer.writerows([(r[0], *(round(float(v), 4) for v in r[1:])) for r in result.rows])
+    lines = [title, "", f"{result.volumes} volumes denoised ({result.kept_b0s} b0 kept, {result.held_out_b0s} b0 "
+             f"held out as reference); {details}", "",
+             "| method | held-out-b0 PSNR (dB) | SNR change | CNR change | time (s) |", "|---|---|---|---|---|"]
+    lines += [f"| {r[0]} | {r[1]:.2f} ± {r[2]:.2f} | {r[3]:+.2f} | {r[4]:+.2f} | {r[5]:.1f} |" for r in result.rows]
+    lines += ["", *[f"- {note}" for note in result.notes]]
+    stem.with_name(stem.name + ".md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="quick", choices=("quick", "standard", "full"))
@@ -124,35 +175,12 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.exists():
         raise SystemExit(f"{DATA} is absent: nothing to benchmark")
-    series, bvals, mask = load()
-    kept, held_out = split_b0s(bvals)
-    reference = series[held_out].mean(axis=0)
-    kept_series, kept_bvals = series[kept], bvals[kept]
-    kept_b0 = np.flatnonzero(kept_bvals < B0_THRESHOLD)
-    weighted = np.flatnonzero(kept_bvals >= B0_THRESHOLD)
-    outputs, notes = run_methods(kept_series, kept_bvals, args.preset, args.seed, args.neighbours)
-    raw_snr, raw_cnr = snr_cnr(kept_series[weighted], reference, mask)
-    rows = []
-    for name, (denoised, seconds) in outputs.items():
-        scores = [psnr_in_mask(denoised[i], reference, mask) for i in kept_b0]
-        snr, cnr = snr_cnr(denoised[weighted], reference, mask)
-        rows.append((name, np.mean(scores), np.std(scores), snr - raw_snr, cnr - raw_cnr, seconds))
+    result = run_benchmark(args.preset, args.seed, args.neighbours)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / (f"ddm2_{args.preset}" + ("" if args.neighbours == 2 else f"_n{args.neighbours}"))
-    with open(stem.with_suffix(".csv"), "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", "heldout_b0_psnr_mean", "heldout_b0_psnr_std", "snr_change", "cnr_change",
-                         "seconds"])
-        writer.writerows([(r[0], *(round(float(v), 4) for v in r[1:])) for r in rows])
-    lines = [f"## DDM2 benchmark, mdt_b1k_b2k ({args.preset} preset)", "",
-             f"{len(kept)} volumes denoised ({len(kept_b0)} b0 kept, {len(held_out)} b0 held out as reference); "
-             f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}; seed {args.seed}; "
-             f"{args.neighbours} Stage I neighbours.", "",
-             "| method | held-out-b0 PSNR (dB) | SNR change | CNR change | time (s) |", "|---|---|---|---|---|"]
-    lines += [f"| {r[0]} | {r[1]:.2f} ± {r[2]:.2f} | {r[3]:+.2f} | {r[4]:+.2f} | {r[5]:.1f} |" for r in rows]
-    lines += ["", *[f"- {note}" for note in notes]]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_results(result, stem, f"## DDM2 benchmark, mdt_b1k_b2k ({args.preset} preset)",
+                        f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}; seed "
+                        f"{args.seed}; {args.neighbours} Stage I neighbours."))
 
 
 if __name__ == "__main__":

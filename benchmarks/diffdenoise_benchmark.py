@@ -1,6 +1,6 @@
 """DiffDenoise against classical filters and its own ablations on real images with added noise, in one run.
 
-    python benchmarks/diffdenoise_benchmark.py [--preset quick] [--data knee mni ct]
+    python -m benchmarks.diffdenoise_benchmark [--preset quick] [--data knee mni ct]
         [--noise gaussian correlated poisson] [--no-ablations] [--resume] [--out benchmarks/results]
 
 Data (``../shared/data``): knee MRI (24 x 256 x 256), MNI T1 1 mm (24 central axial slices), head CT (one
@@ -31,14 +31,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
-from skimage.restoration import denoise_nl_means
 
+from benchmarks.datasets import DATASETS as SHARED_DATASETS
+from benchmarks.datasets import NOISES as NOISE_LEVELS
+from benchmarks.datasets import SHARED
+from benchmarks.peers import blur_and_nlm
 from DiffDenoiseLib.cli import TqdmProgress
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.devices import resolve_device
 from DiffDenoiseLib.diffusion import NoiseSchedule, ddim_sample
-from DiffDenoiseLib.io import read_volume
 from DiffDenoiseLib.metrics import psnr, ssim
 from DiffDenoiseLib.noise import add_noise, robust_range
 from DiffDenoiseLib.noise_normalisation import NoiseNormaliser
@@ -55,48 +56,15 @@ from DiffDenoiseLib.preprocessing import IntensityScaling, from_slices, to_slice
 from DiffDenoiseLib.presets import PRESETS
 from DiffDenoiseLib.training import checkpointed
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-NOISES = {"gaussian": ("gaussian", 0.1), "correlated": ("correlated", 0.1), "poisson": ("poisson", 30.0)}
+# this benchmark's noise names (its case files) -> the shared noise definitions
+NOISES = {"gaussian": NOISE_LEVELS["gaussian 0.1"], "correlated": NOISE_LEVELS["correlated 0.1"],
+          "poisson": NOISE_LEVELS["poisson 30"]}
+DATASETS = ("knee", "mni", "ct")
 
 
-def _knee() -> np.ndarray:
-    return read_volume(SHARED / "mri" / "knee_mese_t2_echo1.nii.gz").array.astype(np.float32)
-
-
-def _mni() -> np.ndarray:
-    volume = read_volume(SHARED / "clean" / "mni_icbm152_t1_1mm.nii.gz").array.astype(np.float32)
-    middle = volume.shape[0] // 2
-    return volume[middle - 12:middle + 12]
-
-
-def _ct() -> np.ndarray:
-    return read_volume(SHARED / "ct" / "head_ct_693_UNCR.dcm").array.astype(np.float32).reshape(1, 512, 512)
-
-
-# clean-enough float32 test images, (slices, H, W)
-DATASETS = {"knee": _knee, "mni": _mni, "ct": _ct}
-
-
-def tuned(noisy: np.ndarray, clean: np.ndarray, data_range: float, candidates: dict) -> tuple[str, np.ndarray, float]:
-    """The candidate filter with the best PSNR against the clean image (an optimistic, oracle-tuned peer)."""
-    best = None
-    for label, run in candidates.items():
-        started = time.perf_counter()
-        output = run(noisy).astype(np.float32)
-        seconds = (time.perf_counter() - started) / len(noisy)
-        score = psnr(clean, output, data_range)
-        if best is None or score > best[0]:
-            best = (score, label, output, seconds)
-    return best[1], best[2], best[3]
-
-
-def classical_rows(noisy: np.ndarray, clean: np.ndarray, data_range: float, sigma: float) -> list[tuple]:
-    blur = {f"Gaussian blur (sigma {s} px)": (lambda x, s=s: gaussian_filter(x, (0, s, s)))
-            for s in (0.5, 0.75, 1.0, 1.5, 2.0)}
-    nlm = {f"NLM (h {h} sigma)": (lambda x, h=h: np.stack([
-        denoise_nl_means(s, h=h * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True) for s in x]))
-        for h in (0.6, 0.8, 1.0, 1.2)}
-    return [tuned(noisy, clean, data_range, blur), tuned(noisy, clean, data_range, nlm)]
+def clean_volume(data: str) -> np.ndarray:
+    """The dataset's central 24 slices (all of the knee, one CT slice)."""
+    return SHARED_DATASETS[data].central_slices(24)
 
 
 def condition_of(result, noisy: np.ndarray, conditioning: str):
@@ -155,7 +123,8 @@ def run_case(clean: np.ndarray, noise: str, preset: str, seed: int, ablations: b
     low, high = robust_range(clean)
     data_range = high - low
     sigma = float(np.std(noisy - clean))
-    rows = [("noisy", noisy, 0.0), *classical_rows(noisy, clean, data_range, sigma)]
+    rows = [("noisy", noisy, 0.0), *((o.label, o.image, o.seconds_per_slice)
+                                     for o in blur_and_nlm(noisy, clean, data_range, sigma))]
     progress = TqdmProgress()
     n = len(noisy)
     def folder(run: str) -> Path | None:
@@ -234,7 +203,7 @@ def main() -> None:
     header = (f"Preset {args.preset}, seed {args.seed}; {platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     for data in args.data:
-        clean = DATASETS[data]()
+        clean = clean_volume(data)
         for noise in args.noise:
             if (folder / f"{data}_{noise}.md").exists():
                 print(f"{data}, {noise}: kept from an earlier run (--resume)", flush=True)

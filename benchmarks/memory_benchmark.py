@@ -1,6 +1,6 @@
 """Peak memory of `diffdenoise apply` on large data, and of `diffdenoise cohort` as the cohort grows.
 
-    python benchmarks/memory_benchmark.py [--preset standard] [--cohort 20] [--out benchmarks/results]
+    python -m benchmarks.memory_benchmark [--preset standard] [--cohort 20] [--out benchmarks/results]
 
 Cases, each a fresh CLI process whose peak resident memory (``ru_maxrss`` of that child) is recorded:
 
@@ -17,39 +17,28 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.ndimage import zoom
 
+from benchmarks.cost import measured_run
+from benchmarks.datasets import DATASETS, SHARED
 from DiffDenoiseLib.bundle import save_bundle
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.io import Geometry, Volume, read_volume, write_volume
 from DiffDenoiseLib.noise import add_noise
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-KNEE = SHARED / "mri" / "knee_mese_t2_echo1.nii.gz"
-
-
-# A small launcher starts the CLI and prints its peak RSS: Linux carries a process's peak RSS across fork and
-# exec, so a child of this (large) process would report at least this process's size.
-LAUNCHER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+KNEE = SHARED / DATASETS["knee"].file
 
 
 def peak_rss(arguments: list[str]) -> tuple[float, float]:
     """Run the CLI with ``arguments``; its peak resident memory in GB and its wall time in seconds."""
-    started = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-m", "DiffDenoiseLib.cli",
-                          "--no-progress", *arguments], capture_output=True, text=True)
-    if run.returncode != 0:
-        raise SystemExit(f"diffdenoise {' '.join(arguments)} failed: {run.stderr}")
-    return int(run.stdout) / 1024 ** 2, time.perf_counter() - started  # ru_maxrss is in KiB on Linux
+    _, gb, seconds = measured_run([sys.executable, "-m", "DiffDenoiseLib.cli", "--no-progress", *arguments])
+    return gb, seconds
 
 
 def make_bundle(knee: np.ndarray, preset: str, path: Path) -> Path:

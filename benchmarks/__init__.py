@@ -1,0 +1,1 @@
+"""DiffDenoise benchmarks against peers on the real images of ``../shared/data``: ``python -m benchmarks run``."""
