@@ -59,7 +59,7 @@ def pipeline_timings(preset: str, image: np.ndarray, steps: int, outputs: tuple[
     return denoise(image, preset=preset, steps=steps, outputs=outputs, distill_slices=None).timings
 
 
-def peer_speed(size: int, slices: int = 2) -> dict[str, float]:
+def peer_speed(size: int, slices: int = 1) -> dict[str, float]:
     """Seconds per slice of the classical peers at ``size`` px (their benchmark settings)."""
     image = noisy_knee_slices(slices, size)
     sigma = float(np.std(image - gaussian_filter(image, (0, 1, 1))))
@@ -81,7 +81,7 @@ STAGES = (("BSN", "train_bsn_s", "bsn_inference_s"), ("diffusion + SRDS", "train
 
 
 def speed_and_training(presets: tuple[str, ...], steps: int, sizes: tuple[int, int],
-                       slices: int = 2) -> tuple[list, list]:
+                       slices: int = 1) -> tuple[list, list]:
     """Per-slice seconds at both ``sizes`` (px) of every method, and training seconds per step of every stage."""
     peers = {size: peer_speed(size, slices) for size in sizes}
     speed = [(method, "", *(peers[size][method] for size in sizes)) for method in peers[sizes[0]]]
