@@ -17,9 +17,8 @@ from benchmarks.scalar import DISTILLED, SUPERVISED
 from benchmarks.suites import SUITES, with_steps
 from DiffDenoiseLib.presets import PRESETS
 
-pytestmark = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
 
-
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
 def test_suite_scores_every_method_writes_figures_and_readme_and_resumes(tmp_path):
     suite = replace(SUITES["quick"], settings=with_steps(PRESETS["quick"], 2, 2, 2),
                     cases=(("knee", "correlated 0.1"), ("mni", "rician 0.05")), slices=2,
