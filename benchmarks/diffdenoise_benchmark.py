@@ -36,6 +36,7 @@ from benchmarks.datasets import DATASETS as SHARED_DATASETS
 from benchmarks.datasets import NOISES as NOISE_LEVELS
 from benchmarks.datasets import SHARED
 from benchmarks.peers import blur_and_nlm
+from benchmarks.scalar import bsn_label
 from DiffDenoiseLib.cli import TqdmProgress
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.devices import resolve_device
@@ -133,7 +134,7 @@ def run_case(clean: np.ndarray, noise: str, preset: str, seed: int, ablations: b
     result = denoise(noisy, preset=preset, seed=seed, outputs=("bsn", "srds"), checkpoint_dir=folder("pipeline"),
                      progress=progress)
     t = result.timings
-    bsn_name = result.bundle.networks["bsn"].architecture.upper().replace("LGBPN", "LG-BPN")
+    bsn_name = bsn_label(result)
     notes = [f"noise analysis: {result.noise.kind} (correlation {result.noise.neighbour_correlation:+.3f}); "
              f"training s: BSN {t['train_bsn_s']:.0f}, diffusion {t['train_diffusion_s']:.0f}, "
              f"NAFNet {t['train_nafnet_s']:.0f}; SRDS {t['srds_s']:.0f}; total {t['total_s']:.0f}"]

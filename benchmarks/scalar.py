@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from DiffDenoiseLib.denoise import denoise
+from DiffDenoiseLib.denoise import DenoiseResult, denoise
 from DiffDenoiseLib.devices import resolve_device
 from DiffDenoiseLib.inference import predict_slices
 from DiffDenoiseLib.metrics import detail_psnr, psnr, ssim
@@ -29,7 +29,6 @@ from .peers import MethodOutput, blur_and_nlm, bm3d_available, bm3d_output
 
 DISTILLED = "DiffDenoise (distilled NAFNet)"
 SUPERVISED = "supervised NAFNet (ceiling)"
-OURS = ("BSN", "diffusion + SRDS", DISTILLED)
 CSV_FIELDS = ("data", "noise", "method", "setting", "psnr_db", "ssim", "detail_psnr_db", "seconds_per_slice",
               "total_seconds")
 
@@ -64,13 +63,18 @@ def supervised_ceiling(noisy: np.ndarray, clean: np.ndarray, distillation: Disti
     return MethodOutput(SUPERVISED, "clean targets", output, seconds / len(noisy), summary.seconds + seconds)
 
 
+def bsn_label(result: DenoiseResult) -> str:
+    """The blind-spot architecture a ``denoise`` run picked, as the papers write it (PUCA, LG-BPN)."""
+    return result.bundle.networks["bsn"].architecture.upper().replace("LGBPN", "LG-BPN")
+
+
 def our_methods(noisy: np.ndarray, settings: PipelineSettings, seed: int, checkpoints: Path | None,
                 progress: ProgressCallback | None) -> list[MethodOutput]:
     """BSN, diffusion + SRDS and the distilled NAFNet of one ``denoise`` run (SRDS on every slice)."""
     result = denoise(noisy, preset=settings, seed=seed, outputs=("bsn", "srds"), checkpoint_dir=checkpoints,
                      progress=progress)
     t, n = result.timings, len(noisy)
-    bsn = result.bundle.networks["bsn"].architecture.upper().replace("LGBPN", "LG-BPN")
+    bsn = bsn_label(result)
     bsn_total = t["train_bsn_s"] + t["bsn_inference_s"]
     return [MethodOutput("BSN", bsn, result.extras["bsn"], t["bsn_inference_s"] / n, bsn_total),
             MethodOutput("diffusion + SRDS", f"{settings.sampling.pairs} pair(s), {settings.sampling.steps} steps",
