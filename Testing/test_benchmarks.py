@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks.__main__ import run
 from benchmarks.datasets import SHARED
+from benchmarks.diffdenoise_benchmark import target_table
 from benchmarks.report import replace_section
 from benchmarks.scalar import DISTILLED, SUPERVISED
 from benchmarks.suites import SUITES, with_steps
@@ -61,3 +62,16 @@ def test_readme_without_markers_is_refused_with_the_fix(tmp_path):
     readme.write_text("no markers here\n")
     with pytest.raises(SystemExit, match="benchmark-suite quick:start"):
         replace_section(readme, "quick", "table")
+
+
+def test_target_table_judges_each_case_against_the_issue_targets():
+    rows = [["knee", "gaussian", name, psnr_db, "0.9", "0.1"] for name, psnr_db in
+            (("noisy", "20.00"), ("Gaussian blur (sigma 1.0 px)", "28.00"), ("NLM (h 0.8 sigma)", "30.50"),
+             ("BSN (PUCA)", "30.60"), ("DiffDenoise (distilled NAFNet)", "31.20"))]
+    rows += [["knee", "correlated", name, psnr_db, "0.5", "0.1"] for name, psnr_db in
+             (("Gaussian blur (sigma 2.0 px)", "23.80"), ("NLM (h 1.2 sigma)", "26.00"), ("BSN (LG-BPN)", "24.00"),
+              ("DiffDenoise (distilled NAFNet)", "24.30"), ("BSN (PUCA, forced)", "20.00"))]
+    gaussian, correlated = target_table(rows).splitlines()[2:]
+    assert gaussian == ("| knee, gaussian | 30.60 (PUCA) | 30.50 (NLM) | 31.20 | +0.60 met | +0.70 met | - |")
+    assert correlated == ("| knee, correlated | 24.00 (LG-BPN) | 26.00 (NLM) | 24.30 | +0.30 missed by 0.20 "
+                          "| -1.70 missed by 1.70 | +4.00 met |")

@@ -16,7 +16,7 @@ the clean image's robust range as data range; "s/slice" is inference time per sl
 the notes). Each finished case is kept in ``diffdenoise_<preset>_cases/`` and the training stages of the
 unfinished one checkpoint to ``diffdenoise_<preset>_checkpoints/`` (``--resume`` skips the finished cases and
 resumes the unfinished one, for runs longer than one sitting); all finished cases are gathered in
-``diffdenoise_<preset>.md`` and ``.csv``.
+``diffdenoise_<preset>.md`` (first a table of the issue's targets per case) and ``.csv``.
 """
 
 from __future__ import annotations
@@ -170,11 +170,40 @@ def write_case(folder: Path, data: str, shape: tuple, noise: str, rows: list[tup
     return "\n".join(table)
 
 
+def _verdict(gap: float, target: float) -> str:
+    return f"{gap:+.2f} {'met' if gap >= target else f'missed by {target - gap:.2f}'}"
+
+
+def target_table(rows: list[list[str]]) -> str:
+    """The issue's targets per case from CSV rows (data, noise, method, PSNR, ...): distilled NAFNet against the
+    BSN the run picked (+0.5 dB) and the best classical filter (Gaussian blur, NLM), and on correlated noise
+    LG-BPN against forced PUCA."""
+    scores: dict[tuple[str, str], dict[str, float]] = {}
+    for data, noise, method, psnr_db, *_ in rows:
+        scores.setdefault((data, noise), {})[method] = float(psnr_db)
+    lines = ["| data, noise | BSN | best classical | distilled | distilled - BSN (>= +0.5) "
+             "| distilled - classical (>= 0) | LG-BPN - PUCA (> 0) |", "|---|---|---|---|---|---|---|"]
+    for (data, noise), case in scores.items():
+        bsn_method = next(m for m in case if m.startswith("BSN (") and "forced" not in m)
+        classical_method = max((m for m in case if m.startswith(("Gaussian blur", "NLM"))), key=case.get)
+        bsn, classical, distilled = case[bsn_method], case[classical_method], case["DiffDenoise (distilled NAFNet)"]
+        versus_puca = "-"
+        if "BSN (PUCA, forced)" in case:
+            gap = bsn - case["BSN (PUCA, forced)"]
+            versus_puca = f"{gap:+.2f} {'met' if gap > 0 else 'missed'}"
+        lines.append(f"| {data}, {noise} | {bsn:.2f} ({bsn_method[5:-1]}) | {classical:.2f} "
+                     f"({classical_method.split(' (')[0]}) | {distilled:.2f} | {_verdict(distilled - bsn, 0.5)} "
+                     f"| {_verdict(distilled - classical, 0.0)} | {versus_puca} |")
+    return "\n".join(lines)
+
+
 def combine(folder: Path, out: Path, stem: str, header: str) -> None:
-    """Gather the finished cases (in data, noise order) into <stem>.md and <stem>.csv."""
+    """Gather the finished cases (in data, noise order) into <stem>.md (the target table, then each case) and
+    <stem>.csv."""
     cases = [(data, noise) for data in DATASETS for noise in NOISES if (folder / f"{data}_{noise}.md").exists()]
-    (out / f"{stem}.md").write_text(header + "\n\n" + "\n".join((folder / f"{d}_{n}.md").read_text()
-                                                                 for d, n in cases))
+    rows = [row for d, n in cases for row in csv.reader((folder / f"{d}_{n}.csv").read_text().splitlines())]
+    (out / f"{stem}.md").write_text(header + "\n\n" + target_table(rows) + "\n\n"
+                                    + "\n".join((folder / f"{d}_{n}.md").read_text() for d, n in cases))
     with open(out / f"{stem}.csv", "w", newline="") as handle:
         handle.write("data,noise,method,psnr_db,ssim,seconds_per_slice\n")
         handle.writelines((folder / f"{d}_{n}.csv").read_text() for d, n in cases)
