@@ -29,11 +29,13 @@ from .noise_normalisation import NoiseNormaliser
 from .options import EXTRA_OUTPUTS, METHODS, NOISE_CHOICES
 from .pipelines.bsn import train_bsn
 from .pipelines.diffdenoise import (
+    GENERATES,
     SamplingSettings,
     diffusion_condition,
     distillation_indices,
     recorrupt,
     sample_srds,
+    to_diffusion_data,
     train_diffusion,
     train_distillation,
 )
@@ -201,8 +203,7 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
                                              cancel=cancel, stage="bsn inference")
             diffusion_training_condition = diffusion_condition(conditioning, recorrupted, training_signal,
                                                                normaliser)
-        if normaliser is not None:
-            diffusion_targets = normaliser.forward(diffusion_targets, training_signal)
+        diffusion_targets = to_diffusion_data(diffusion_targets, training_signal, normaliser)
         diffusion, summary = train_diffusion(diffusion_targets, diffusion_training_condition, settings.diffusion,
                                              progress, cancel)
         stage_done("diffusion", diffusion, settings.diffusion.training, summary)
@@ -235,7 +236,7 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         "training": training,
         **({} if method == "bsn" else {
             "diffusion": {"schedule": asdict(settings.diffusion.schedule), "prediction": "epsilon",
-                          "conditioning": settings.diffusion.conditioning, "model_range": [-1, 1],
+                          "conditioning": settings.diffusion.conditioning, "generates": GENERATES,
                           "noise_normalisation": normaliser.describe() if normaliser else None},
             "sampling": asdict(settings.sampling) | {"seed": seed}}),
     })
@@ -290,6 +291,10 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
     stages: dict[str, np.ndarray | None] = {}
     if bundle.inference_network == "diffusion":
         diffusion = bundle.metadata["diffusion"]
+        if diffusion.get("generates") != GENERATES:
+            raise InputError("this diffusion bundle was trained by an older DiffDenoise whose diffusion network "
+                             "generated whole slices; this version's sampler expects deviations from the BSN "
+                             "output: train the bundle again (bundles of the default method, diffdenoise, still work)")
         if diffusion["conditioning"] != "identity":
             stages["bsn"] = predict_slices(bundle.networks["bsn"], slices, torch_device, _batch(torch_device),
                                            progress=progress, cancel=cancel, stage="bsn inference")

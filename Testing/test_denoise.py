@@ -1,9 +1,11 @@
 """The library's main call: input checks, shape/dtype contract, determinism, and the input left untouched."""
 
+import copy
+
 import numpy as np
 import pytest
 
-from DiffDenoiseLib.denoise import denoise
+from DiffDenoiseLib.denoise import apply_bundle, denoise
 from DiffDenoiseLib.errors import Cancelled, InputError
 from DiffDenoiseLib.noise import add_noise
 
@@ -103,6 +105,12 @@ def test_srds_options_and_identity_conditioning(knee_crop, tiny_settings):
     assert result.bundle.metadata["sampling"]["pairs"] == 2 and result.bundle.metadata["sampling"]["steps"] == 3
     # recorrupted (default): [x_t, BSN output, noisy slice]; the ablations: [x_t, BSN output] and [x_t, noisy]
     assert result.bundle.networks["diffusion"].config.in_channels == 3
+    # a diffusion bundle from before the network generated deviations from the BSN output is refused
+    assert apply_bundle(result.bundle, knee_crop, device="cpu").denoised.shape == knee_crop.shape
+    older = copy.deepcopy(result.bundle.metadata)
+    del older["diffusion"]["generates"]
+    with pytest.raises(InputError, match="train the bundle again"):
+        apply_bundle(replace(result.bundle, metadata=older), knee_crop, device="cpu")
     for conditioning, networks in (("identity", {"diffusion"}), ("bsn", {"bsn", "diffusion"})):
         variant = replace(tiny_settings, diffusion=replace(tiny_settings.diffusion, conditioning=conditioning))
         plain = denoise(knee_crop, method="diffusion", preset=variant, device="cpu")

@@ -47,9 +47,11 @@ from DiffDenoiseLib.noise_normalisation import NoiseNormaliser
 from DiffDenoiseLib.pipelines.diffdenoise import (
     conditioned_model,
     diffusion_condition,
+    from_diffusion_data,
     from_model_range,
     sample_srds,
     slice_start_noise,
+    to_diffusion_data,
     to_model_range,
     train_diffusion,
 )
@@ -92,7 +94,7 @@ def single_ddim(result, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, float
         chunk = to_model_range(torch.from_numpy(condition[index:index + 1])).to(device)
         eps = slice_start_noise(seed, index, 1, (1, *chunk.shape[2:]))  # the +eps of SRDS's first pair
         sample = ddim_sample(conditioned_model(network, chunk, device), eps.to(device), schedule, steps)
-        outputs.append(normaliser.inverse(from_model_range(sample).cpu().numpy(), bsn[index:index + 1]))
+        outputs.append(from_diffusion_data(from_model_range(sample).cpu().numpy(), bsn[index:index + 1], normaliser))
     seconds = (time.perf_counter() - started) / len(condition)
     return scaling.denormalise(from_slices(np.concatenate(outputs), noisy.shape, 0)), seconds
 
@@ -106,7 +108,7 @@ def conditioning_ablation(result, noisy: np.ndarray, conditioning: str, preset: 
                         training=checkpointed(replace(settings.diffusion.training, seed=seed), checkpoints,
                                               f"ablation_{conditioning}"))
     scaling, slices, bsn, normaliser, condition = condition_of(result, noisy, conditioning)
-    targets = slices if normaliser is None else normaliser.forward(slices, bsn)
+    targets = to_diffusion_data(slices, bsn, normaliser)
     network, _ = train_diffusion(targets, condition, diffusion, progress)
     started = time.perf_counter()
     output, _ = sample_srds(network, condition, diffusion.schedule, settings.sampling, resolve_device("auto"), seed,

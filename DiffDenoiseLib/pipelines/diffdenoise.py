@@ -26,6 +26,9 @@ from ..noise_normalisation import NoiseNormaliser
 from ..progress import CancelCheck, ProgressCallback
 from ..training import TrainConfig, TrainSummary, fit_patch_size, train
 
+# what the diffusion network generates (bundle metadata; bundles of diffusion networks that generated whole
+# slices, before 0.1.0's deviation data, are refused by apply)
+GENERATES = "deviation from the BSN output, noise-normalised"
 # condition channels of each conditioning (the network also gets x_t)
 CONDITION_CHANNELS = {"recorrupted": 2, "bsn": 1, "identity": 1}
 
@@ -123,14 +126,28 @@ def diffusion_condition(conditioning: str, slices: np.ndarray, bsn_output: np.nd
     return np.concatenate([bsn_output, slices], axis=1)
 
 
+def to_diffusion_data(values: np.ndarray, signal: np.ndarray | None,
+                      normaliser: NoiseNormaliser | None) -> np.ndarray:
+    """What the diffusion model generates for (N, 1, H, W) ``values``: their noise-normalised deviation from the
+    BSN output ``signal``; without a BSN (the ``identity`` ablation) their deviation from mid-range."""
+    return values - 0.5 if normaliser is None else normaliser.forward(values, signal)
+
+
+def from_diffusion_data(data: np.ndarray, signal: np.ndarray | None,
+                        normaliser: NoiseNormaliser | None) -> np.ndarray:
+    """Inverse of :func:`to_diffusion_data` (exact for means, so for the SRDS average too)."""
+    return data + 0.5 if normaliser is None else normaliser.inverse(data, signal)
+
+
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
-    """Normalised slices (about 0..1) -> the diffusion model's [-1, 1]."""
-    return x * 2 - 1
+    """Diffusion data and condition (deviations of about -0.5..0.5, images about 0..1) -> model units (x 2, so
+    deviations span about [-1, 1])."""
+    return x * 2
 
 
 def from_model_range(x: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`to_model_range`."""
-    return (x + 1) / 2
+    return x / 2
 
 
 def diffusion_loss(schedule: NoiseSchedule):
@@ -189,8 +206,8 @@ def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedu
                 cancel: CancelCheck | None = None, normaliser: NoiseNormaliser | None = None,
                 signal: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """SRDS over (N, C, H, W) condition slices; returns (N, 1, H, W) denoised and uncertainty slices in
-    normalised intensity units. A model trained on noise-normalised slices gets its ``normaliser`` and the
-    (N, 1, H, W) BSN output ``signal`` it normalised around, to map its output back.
+    normalised intensity units. The model generates :func:`to_diffusion_data` of the slices: it gets the
+    ``normaliser`` and the (N, 1, H, W) BSN output ``signal`` they were normalised around, to map its output back.
 
     The start noise of slice i depends only on ``seed`` and i, so batching does not change the result. Large
     slices run in tiles, and out of memory the run goes on with fewer slices per call, smaller tiles, then
@@ -211,9 +228,9 @@ def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedu
 
     chunks = run_in_chunks(len(condition), plan, sample_chunk, "srds", progress, cancel)
     mean, uncertainty = (np.concatenate(part) for part in zip(*chunks, strict=True))
-    if normaliser is None:
-        return mean, uncertainty
-    return normaliser.inverse(mean, signal), uncertainty / normaliser.gain(signal)
+    if normaliser is not None:
+        uncertainty = uncertainty / normaliser.gain(signal)
+    return from_diffusion_data(mean, signal, normaliser), uncertainty
 
 
 def train_distillation(noisy: np.ndarray, targets: np.ndarray, settings: DistillationSettings,
