@@ -26,8 +26,8 @@ from ..noise_normalisation import NoiseNormaliser
 from ..progress import CancelCheck, ProgressCallback
 from ..training import TrainConfig, TrainSummary, fit_patch_size, train
 
-# what the diffusion network generates (bundle metadata; bundles of diffusion networks that generated whole
-# slices, before 0.1.0's deviation data, are refused by apply)
+# what the diffusion network generates (bundle metadata; older bundles lack the key: their diffusion networks
+# generated whole slices, and apply refuses them)
 GENERATES = "deviation from the BSN output, noise-normalised"
 # condition channels of each conditioning (the network also gets x_t)
 CONDITION_CHANNELS = {"recorrupted": 2, "bsn": 1, "identity": 1}
