@@ -36,7 +36,7 @@ from benchmarks.datasets import DATASETS as SHARED_DATASETS
 from benchmarks.datasets import NOISES as NOISE_LEVELS
 from benchmarks.datasets import SHARED
 from benchmarks.peers import blur_and_nlm
-from benchmarks.scalar import bsn_label
+from benchmarks.scalar import DISTILLED, bsn_label
 from DiffDenoiseLib.cli import TqdmProgress
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.devices import resolve_device
@@ -63,6 +63,7 @@ from DiffDenoiseLib.training import checkpointed
 NOISES = {"gaussian": NOISE_LEVELS["gaussian 0.1"], "correlated": NOISE_LEVELS["correlated 0.1"],
           "poisson": NOISE_LEVELS["poisson 30"]}
 DATASETS = ("knee", "mni", "ct")
+FORCED_PUCA = "BSN (PUCA, forced)"  # the row that shows what LG-BPN buys on correlated noise
 
 
 def clean_volume(data: str) -> np.ndarray:
@@ -142,11 +143,11 @@ def run_case(clean: np.ndarray, noise: str, preset: str, seed: int, ablations: b
              f"NAFNet {t['train_nafnet_s']:.0f}; SRDS {t['srds_s']:.0f}; total {t['total_s']:.0f}"]
     rows += [(f"BSN ({bsn_name})", result.extras["bsn"], t["bsn_inference_s"] / n),
              ("diffusion + SRDS", result.extras["srds"], t["srds_s"] / n),
-             ("DiffDenoise (distilled NAFNet)", result.denoised, t["nafnet_inference_s"] / n)]
+             (DISTILLED, result.denoised, t["nafnet_inference_s"] / n)]
     if result.noise.kind == "correlated":
         puca = denoise(noisy, method="bsn", noise="iid", preset=preset, seed=seed, checkpoint_dir=folder("puca"),
                        progress=progress)
-        rows.append(("BSN (PUCA, forced)", puca.denoised, puca.timings["bsn_inference_s"] / n))
+        rows.append((FORCED_PUCA, puca.denoised, puca.timings["bsn_inference_s"] / n))
     if ablations:
         rows.append(("ablation: single DDIM run", *single_ddim(result, noisy, seed)))
         for conditioning, label in (("bsn", "ablation: paper's pairs (BSN(y) -> y, no recorruption)"),
@@ -188,10 +189,10 @@ def target_table(rows: list[list[str]]) -> str:
     for (data, noise), case in scores.items():
         bsn_method = next(m for m in case if m.startswith("BSN (") and "forced" not in m)
         classical_method = max((m for m in case if m.startswith(("Gaussian blur", "NLM"))), key=case.get)
-        bsn, classical, distilled = case[bsn_method], case[classical_method], case["DiffDenoise (distilled NAFNet)"]
+        bsn, classical, distilled = case[bsn_method], case[classical_method], case[DISTILLED]
         versus_puca = "-"
-        if "BSN (PUCA, forced)" in case:
-            gap = bsn - case["BSN (PUCA, forced)"]
+        if FORCED_PUCA in case:
+            gap = bsn - case[FORCED_PUCA]
             versus_puca = f"{gap:+.2f} {'met' if gap > 0 else 'missed'}"
         lines.append(f"| {data}, {noise} | {bsn:.2f} ({bsn_method[5:-1]}) | {classical:.2f} "
                      f"({classical_method.split(' (')[0]}) | {distilled:.2f} | {_verdict(distilled - bsn, 0.5)} "
