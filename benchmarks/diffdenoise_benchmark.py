@@ -36,7 +36,7 @@ from benchmarks.datasets import DATASETS as SHARED_DATASETS
 from benchmarks.datasets import NOISES as NOISE_LEVELS
 from benchmarks.datasets import SHARED
 from benchmarks.peers import blur_and_nlm
-from benchmarks.scalar import DISTILLED, bsn_label
+from benchmarks.scalar import DISTILLED, our_methods
 from DiffDenoiseLib.cli import TqdmProgress
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.devices import resolve_device
@@ -134,16 +134,12 @@ def run_case(clean: np.ndarray, noise: str, preset: str, seed: int, ablations: b
     def folder(run: str) -> Path | None:
         return None if checkpoints is None else checkpoints / run
 
-    result = denoise(noisy, preset=preset, seed=seed, outputs=("bsn", "srds"), checkpoint_dir=folder("pipeline"),
-                     progress=progress)
+    ours, result = our_methods(noisy, PRESETS[preset], seed, folder("pipeline"), progress)
     t = result.timings
-    bsn_name = bsn_label(result)
     notes = [f"noise analysis: {result.noise.kind} (correlation {result.noise.neighbour_correlation:+.3f}); "
              f"training s: BSN {t['train_bsn_s']:.0f}, diffusion {t['train_diffusion_s']:.0f}, "
              f"NAFNet {t['train_nafnet_s']:.0f}; SRDS {t['srds_s']:.0f}; total {t['total_s']:.0f}"]
-    rows += [(f"BSN ({bsn_name})", result.extras["bsn"], t["bsn_inference_s"] / n),
-             ("diffusion + SRDS", result.extras["srds"], t["srds_s"] / n),
-             (DISTILLED, result.denoised, t["nafnet_inference_s"] / n)]
+    rows += [(o.label, o.image, o.seconds_per_slice) for o in ours]
     if result.noise.kind == "correlated":
         puca = denoise(noisy, method="bsn", noise="iid", preset=preset, seed=seed, checkpoint_dir=folder("puca"),
                        progress=progress)

@@ -69,8 +69,9 @@ def bsn_label(result: DenoiseResult) -> str:
 
 
 def our_methods(noisy: np.ndarray, settings: PipelineSettings, seed: int, checkpoints: Path | None,
-                progress: ProgressCallback | None) -> list[MethodOutput]:
-    """BSN, diffusion + SRDS and the distilled NAFNet of one ``denoise`` run (SRDS on every slice)."""
+                progress: ProgressCallback | None) -> tuple[list[MethodOutput], DenoiseResult]:
+    """BSN, diffusion + SRDS and the distilled NAFNet of one ``denoise`` run (SRDS on every slice), and the run
+    itself (its bundle, noise analysis and timings)."""
     result = denoise(noisy, preset=settings, seed=seed, outputs=("bsn", "srds"), checkpoint_dir=checkpoints,
                      progress=progress)
     t, n = result.timings, len(noisy)
@@ -79,7 +80,7 @@ def our_methods(noisy: np.ndarray, settings: PipelineSettings, seed: int, checkp
     return [MethodOutput("BSN", bsn, result.extras["bsn"], t["bsn_inference_s"] / n, bsn_total),
             MethodOutput("diffusion + SRDS", f"{settings.sampling.pairs} pair(s), {settings.sampling.steps} steps",
                          result.extras["srds"], t["srds_s"] / n, bsn_total + t["train_diffusion_s"] + t["srds_s"]),
-            MethodOutput(DISTILLED, "", result.denoised, t["nafnet_inference_s"] / n, t["total_s"])]
+            MethodOutput(DISTILLED, "", result.denoised, t["nafnet_inference_s"] / n, t["total_s"])], result
 
 
 def run_case(data: str, clean: np.ndarray, noise: str, settings: PipelineSettings, seed: int,
@@ -95,7 +96,7 @@ def run_case(data: str, clean: np.ndarray, noise: str, settings: PipelineSetting
     outputs = [MethodOutput("noisy", "", noisy, 0.0, 0.0), *blur_and_nlm(noisy, clean, data_range, sigma)]
     if bm3d_available():
         outputs.append(bm3d_output(noisy, sigma, kind == "correlated"))
-    outputs += our_methods(noisy, settings, seed, checkpoints, progress)
+    outputs += our_methods(noisy, settings, seed, checkpoints, progress)[0]
     outputs.append(supervised_ceiling(noisy, clean, settings.distillation, seed, progress))
     scores = [Score(data, noise, o.method, o.setting, psnr(clean, o.image, data_range),
                     ssim(clean, o.image, data_range), detail_psnr(clean, o.image, data_range), o.seconds_per_slice,
