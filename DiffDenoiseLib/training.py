@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .devices import choose_precision, resolve_device
+from .devices import choose_training_precision, resolve_device
 from .errors import Cancelled, InputError
 from .progress import CancelCheck, ProgressCallback, report
 
@@ -88,6 +88,7 @@ class TrainSummary:
     resumed_from_step: int = 0
     loss_curve: list[float] = field(default_factory=list)  # mean loss per 5% of the run
     processes: int = 1  # torchrun processes that trained together (each step saw processes x batch patches)
+    precision: str = "float32"  # the autocast dtype the steps ran in
 
 
 def training_record(config: TrainConfig, summary: TrainSummary) -> dict:
@@ -180,7 +181,7 @@ def train(model: nn.Module, slices: torch.Tensor | np.ndarray, loss_fn: LossFunc
     The model is left on the training device in eval mode.
     """
     device = distributed.local_device(resolve_device(config.device))
-    precision = choose_precision(device, config.mixed_precision)
+    precision = choose_training_precision(device, model, config.mixed_precision)
     channels_last = precision.channels_last and config.channels_last
     rank = distributed.rank()
     torch.manual_seed(config.seed + rank)  # each process draws its own patches, time steps and noise
@@ -259,4 +260,5 @@ def train(model: nn.Module, slices: torch.Tensor | np.ndarray, loss_fn: LossFunc
         resumed_from_step=start_step,
         loss_curve=[round(float(c.mean()), 6) for c in chunks],
         processes=distributed.world_size(),
+        precision=str(precision.autocast_dtype or torch.float32).removeprefix("torch."),
     )

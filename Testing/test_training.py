@@ -73,3 +73,22 @@ def test_progress_is_reported_every_step_and_loss_falls():
 def test_bad_settings_are_refused():
     with pytest.raises(InputError):
         TrainConfig(steps=0)
+
+
+def test_blind_spot_networks_train_in_float32_on_cpu():
+    """bf16 weight gradients of dilated depthwise convs are wrong on PyTorch's CPU kernels: the BSNs (PUCA and
+    LG-BPN) train in float32 there, whatever the CPU; networks without such convs keep the CPU's policy."""
+    from DiffDenoiseLib.devices import choose_precision, choose_training_precision, has_dilated_depthwise_conv
+    from DiffDenoiseLib.models import LGBPN, LGBPNConfig, NAFNet, NAFNetConfig
+
+    cpu = torch.device("cpu")
+    for bsn in (_model(), LGBPN(LGBPNConfig(width=8, local_blocks=1, global_blocks=1))):
+        assert has_dilated_depthwise_conv(bsn)
+        assert choose_training_precision(cpu, bsn).autocast_dtype is None
+    nafnet = NAFNet(NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,)))
+    assert not has_dilated_depthwise_conv(nafnet)
+    assert choose_training_precision(cpu, nafnet) == choose_precision(cpu)
+
+    summary = train(_model(), _slices(), blind_spot_loss,
+                    TrainConfig(steps=2, batch_size=2, patch_size=32, device="cpu", mixed_precision=True))
+    assert summary.precision == "float32"
