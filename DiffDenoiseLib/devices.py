@@ -51,9 +51,23 @@ class Precision:
                               enabled=self.autocast_dtype is not None)
 
 
-def choose_precision(device: torch.device, mixed_precision: bool = True) -> Precision:
-    """CUDA: bf16 (fp16 on older GPUs); CPU: bf16 + channels_last only with AMX (slower without); else fp32."""
-    if not mixed_precision:
+def has_dilated_depthwise_conv(model: nn.Module) -> bool:
+    """True when ``model`` holds a depthwise convolution with dilation > 1 (the blind-spot networks do)."""
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels and max(m.dilation) > 1
+               for m in model.modules())
+
+
+def choose_precision(device: torch.device, network: nn.Module | None = None,
+                     mixed_precision: bool = True) -> Precision:
+    """How to run ``network`` on ``device``: CUDA: bf16 (fp16 on older GPUs); CPU: bf16 + channels_last only
+    with AMX (slower without); else float32.
+
+    On the CPU, networks with dilated depthwise convolutions (the blind-spot networks) always run in float32:
+    PyTorch 2.13's bf16 CPU kernels return wrong weight gradients for these convolutions (relative error 1.4,
+    sometimes garbage: the standard BSN's loss turned NaN within 35 steps) and gain little or nothing there
+    (training 0.90 against 0.59 s per standard BSN step; inference 1.4x faster for PUCA, none for LG-BPN).
+    """
+    if not mixed_precision or (device.type == "cpu" and network is not None and has_dilated_depthwise_conv(network)):
         return Precision(None, False)
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -61,19 +75,3 @@ def choose_precision(device: torch.device, mixed_precision: bool = True) -> Prec
     if device.type == "cpu" and cpu_has_amx_bf16():
         return Precision(torch.bfloat16, True)
     return Precision(None, False)
-
-
-def has_dilated_depthwise_conv(model: nn.Module) -> bool:
-    """True when ``model`` holds a depthwise convolution with dilation > 1 (the blind-spot networks do)."""
-    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels and max(m.dilation) > 1
-               for m in model.modules())
-
-
-def choose_training_precision(device: torch.device, model: nn.Module, mixed_precision: bool = True) -> Precision:
-    """:func:`choose_precision` for training ``model``, except float32 on the CPU for networks with dilated
-    depthwise convolutions: there PyTorch 2.13's bf16 CPU kernels return wrong weight gradients (measured
-    relative error 1.4, some garbage or inf: a blind-spot network's loss turns NaN within ~30 steps) and are
-    slower than float32 anyway (0.90 against 0.59 s per standard-preset BSN step on AMX)."""
-    if device.type == "cpu" and has_dilated_depthwise_conv(model):
-        return Precision(None, False)
-    return choose_precision(device, mixed_precision)

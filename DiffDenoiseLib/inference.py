@@ -132,7 +132,7 @@ def predict_slices(network: nn.Module, slices: np.ndarray, device: torch.device,
 
 
 def _predict_batch(network: nn.Module, batch: np.ndarray, plan: MemoryPlan, mixed_precision: bool) -> np.ndarray:
-    precision = choose_precision(plan.device, mixed_precision)
+    precision = choose_precision(plan.device, network, mixed_precision)
     network.eval().to(plan.device)
     memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
     network.to(memory_format=memory_format)

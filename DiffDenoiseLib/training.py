@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .devices import choose_training_precision, resolve_device
+from .devices import choose_precision, resolve_device
 from .errors import Cancelled, InputError
 from .progress import CancelCheck, ProgressCallback, report
 
@@ -181,7 +181,7 @@ def train(model: nn.Module, slices: torch.Tensor | np.ndarray, loss_fn: LossFunc
     The model is left on the training device in eval mode.
     """
     device = distributed.local_device(resolve_device(config.device))
-    precision = choose_training_precision(device, model, config.mixed_precision)
+    precision = choose_precision(device, model, config.mixed_precision)
     channels_last = precision.channels_last and config.channels_last
     rank = distributed.rank()
     torch.manual_seed(config.seed + rank)  # each process draws its own patches, time steps and noise

@@ -75,19 +75,20 @@ def test_bad_settings_are_refused():
         TrainConfig(steps=0)
 
 
-def test_blind_spot_networks_train_in_float32_on_cpu():
+
+def test_blind_spot_networks_run_in_float32_on_cpu():
     """bf16 weight gradients of dilated depthwise convs are wrong on PyTorch's CPU kernels: the BSNs (PUCA and
-    LG-BPN) train in float32 there, whatever the CPU; networks without such convs keep the CPU's policy."""
-    from DiffDenoiseLib.devices import choose_precision, choose_training_precision, has_dilated_depthwise_conv
+    LG-BPN) train and predict in float32 there, whatever the CPU; other networks keep the CPU's policy."""
+    from DiffDenoiseLib.devices import choose_precision, cpu_has_amx_bf16, has_dilated_depthwise_conv
     from DiffDenoiseLib.models import LGBPN, LGBPNConfig, NAFNet, NAFNetConfig
 
     cpu = torch.device("cpu")
     for bsn in (_model(), LGBPN(LGBPNConfig(width=8, local_blocks=1, global_blocks=1))):
         assert has_dilated_depthwise_conv(bsn)
-        assert choose_training_precision(cpu, bsn).autocast_dtype is None
+        assert choose_precision(cpu, bsn).autocast_dtype is None
     nafnet = NAFNet(NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,)))
     assert not has_dilated_depthwise_conv(nafnet)
-    assert choose_training_precision(cpu, nafnet) == choose_precision(cpu)
+    assert choose_precision(cpu, nafnet).autocast_dtype == (torch.bfloat16 if cpu_has_amx_bf16() else None)
 
     summary = train(_model(), _slices(), blind_spot_loss,
                     TrainConfig(steps=2, batch_size=2, patch_size=32, device="cpu", mixed_precision=True))

@@ -181,7 +181,7 @@ def conditioned_model(network: nn.Module, condition: torch.Tensor, device: torch
                       tile: int = TILE_SIZE) -> DenoisingModel:
     """``model(x_t, t)`` for the samplers: item i of a batch is conditioned on ``condition[i % N]``; slices
     larger than ``tile`` go through the network in overlapping tiles (bounded memory)."""
-    precision = choose_precision(device, True)
+    precision = choose_precision(device, network)
 
     def model(x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         repeated = condition.repeat(x_t.shape[0] // condition.shape[0], 1, 1, 1)
