@@ -58,7 +58,12 @@ class IntensityScaling:
 
     @classmethod
     def fit(cls, image: np.ndarray) -> IntensityScaling:
-        return cls(*robust_range(image, LOW_PERCENTILE, HIGH_PERCENTILE))
+        low, high = robust_range(image, LOW_PERCENTILE, HIGH_PERCENTILE)
+        # normalisation runs in float32: a span it cannot divide by would give inf or 0 everywhere
+        if not np.finfo(np.float32).tiny <= high - low <= np.finfo(np.float32).max:
+            raise InputError(f"the intensity range {low:g} to {high:g} is outside what float32 arithmetic can "
+                             "normalise: multiply the image by a constant (e.g. 1e6 or 1e-6) and retry")
+        return cls(low, high)
 
     def normalise(self, image: np.ndarray) -> np.ndarray:
         return ((image.astype(np.float32) - self.low) / (self.high - self.low)).astype(np.float32)

@@ -85,6 +85,8 @@ def test_nan_and_inf_are_refused_with_a_count_by_every_entry_point(value, count,
     (np.zeros((0, 64, 64)), "empty"),
     (np.ones((3, 64, 64), bool), "boolean \\(a mask\\?\\)"),
     (np.ones((3, 64, 64), np.complex64) * (1 + 1j), "complex-valued image: denoise the magnitude"),
+    (np.linspace(0, 1e-44, 3 * 64 * 64, dtype=np.float32).reshape(3, 64, 64), "outside what float32 arithmetic"),
+    (np.linspace(-3e38, 3e38, 3 * 64 * 64, dtype=np.float32).reshape(3, 64, 64), "multiply the image by a constant"),
 ])
 def test_constant_empty_boolean_and_complex_images_are_refused(image, message):
     with pytest.raises(InputError, match=message):
