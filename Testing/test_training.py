@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from DiffDenoiseLib.devices import choose_precision, cpu_has_amx_bf16, has_dilated_depthwise_conv
 from DiffDenoiseLib.errors import Cancelled, InputError
-from DiffDenoiseLib.models import BlindSpotDenoiser, PUCAConfig
+from DiffDenoiseLib.models import LGBPN, BlindSpotDenoiser, LGBPNConfig, NAFNet, NAFNetConfig, PUCAConfig
 from DiffDenoiseLib.pipelines.bsn import blind_spot_loss
 from DiffDenoiseLib.training import TrainConfig, train
 
@@ -75,13 +76,9 @@ def test_bad_settings_are_refused():
         TrainConfig(steps=0)
 
 
-
 def test_blind_spot_networks_run_in_float32_on_cpu():
     """bf16 weight gradients of dilated depthwise convs are wrong on PyTorch's CPU kernels: the BSNs (PUCA and
     LG-BPN) train and predict in float32 there, whatever the CPU; other networks keep the CPU's policy."""
-    from DiffDenoiseLib.devices import choose_precision, cpu_has_amx_bf16, has_dilated_depthwise_conv
-    from DiffDenoiseLib.models import LGBPN, LGBPNConfig, NAFNet, NAFNetConfig
-
     cpu = torch.device("cpu")
     for bsn in (_model(), LGBPN(LGBPNConfig(width=8, local_blocks=1, global_blocks=1))):
         assert has_dilated_depthwise_conv(bsn)
