@@ -9,10 +9,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import make_tiny_settings
 
 from benchmarks.__main__ import run
 from benchmarks.datasets import SHARED
-from benchmarks.diffdenoise_benchmark import target_table
+from benchmarks.diffdenoise_benchmark import FORCED_PUCA, combine, run_case, target_table, write_case
 from benchmarks.report import replace_section
 from benchmarks.scalar import DISTILLED, SUPERVISED
 from benchmarks.suites import SUITES, with_steps
@@ -75,3 +76,23 @@ def test_target_table_judges_each_case_against_the_issue_targets():
     assert gaussian == ("| knee, gaussian | 30.60 (PUCA) | 30.50 (NLM) | 31.20 | +0.60 met | +0.70 met | - |")
     assert correlated == ("| knee, correlated | 24.00 (LG-BPN) | 26.00 (NLM) | 24.30 | +0.30 missed by 0.20 "
                           "| -1.70 missed by 1.70 | +4.00 met |")
+
+
+def test_diffdenoise_case_scores_pipeline_peers_forced_puca_and_ablations(tmp_path, monkeypatch, knee_crop):
+    monkeypatch.setitem(PRESETS, "tiny", make_tiny_settings())
+    rows, notes = run_case(knee_crop, "correlated", "tiny", 0, True, tmp_path / "checkpoints")
+
+    names = [row[0] for row in rows]
+    assert names[0] == "noisy" and {"BSN (LG-BPN)", FORCED_PUCA, DISTILLED, "ablation: single DDIM run",
+                                     "ablation: paper's pairs (BSN(y) -> y, no recorruption)",
+                                     "ablation: diffusion conditioned on noisy (no BSN)"} <= set(names)
+    assert any(name.startswith("NLM") for name in names) and any(name.startswith("diffusion + SRDS") for name in names)
+    assert all(np.isfinite(p) and -1 <= s <= 1 and seconds >= 0 for _, p, s, seconds in rows)
+    assert notes[0].startswith("noise analysis: correlated")
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    write_case(cases, "knee", knee_crop.shape, "correlated", rows, notes)
+    assert sorted(f.name for f in cases.iterdir()) == ["knee_correlated.csv", "knee_correlated.md"]
+    combine(cases, tmp_path, "diffdenoise_tiny", "header")
+    assert "| knee, correlated | " in (tmp_path / "diffdenoise_tiny.md").read_text()

@@ -36,13 +36,12 @@ from benchmarks.datasets import DATASETS as SHARED_DATASETS
 from benchmarks.datasets import NOISES as NOISE_LEVELS
 from benchmarks.datasets import SHARED
 from benchmarks.peers import blur_and_nlm
-from benchmarks.scalar import DISTILLED, our_methods
+from benchmarks.scalar import DISTILLED, noisy_case, our_methods
 from DiffDenoiseLib.cli import TqdmProgress
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.devices import resolve_device
 from DiffDenoiseLib.diffusion import NoiseSchedule, ddim_sample
 from DiffDenoiseLib.metrics import psnr, ssim
-from DiffDenoiseLib.noise import add_noise, robust_range
 from DiffDenoiseLib.noise_normalisation import NoiseNormaliser
 from DiffDenoiseLib.pipelines.diffdenoise import (
     conditioned_model,
@@ -122,11 +121,7 @@ def run_case(clean: np.ndarray, noise: str, preset: str, seed: int, ablations: b
              checkpoints: Path | None) -> tuple[list[tuple], list[str]]:
     """Every row of one dataset and noise; with ``checkpoints`` (a folder), a killed case resumes its training
     stages from there when run again."""
-    kind, level = NOISES[noise]
-    noisy = add_noise(clean, kind, level, seed=seed)
-    low, high = robust_range(clean)
-    data_range = high - low
-    sigma = float(np.std(noisy - clean))
+    noisy, data_range, sigma = noisy_case(clean, *NOISES[noise], seed)
     rows = [("noisy", noisy, 0.0), *((o.label, o.image, o.seconds_per_slice)
                                      for o in blur_and_nlm(noisy, clean, data_range, sigma))]
     progress = TqdmProgress()

@@ -83,16 +83,21 @@ def our_methods(noisy: np.ndarray, settings: PipelineSettings, seed: int, checkp
             MethodOutput(DISTILLED, "", result.denoised, t["nafnet_inference_s"] / n, t["total_s"])], result
 
 
+def noisy_case(clean: np.ndarray, kind: str, level: float, seed: int) -> tuple[np.ndarray, float, float]:
+    """``clean`` with noise ``kind`` at ``level`` added (seed ``seed``); the clean image's robust range (the data
+    range of PSNR and SSIM); and the added noise's std (the level the peers are given)."""
+    noisy = add_noise(clean, kind, level, seed=seed)
+    low, high = robust_range(clean)
+    return noisy, high - low, float(np.std(noisy - clean))
+
+
 def run_case(data: str, clean: np.ndarray, noise: str, settings: PipelineSettings, seed: int,
              checkpoints: Path | None = None,
              progress: ProgressCallback | None = None) -> tuple[list[Score], dict[str, np.ndarray]]:
     """Every method on ``clean`` with ``noise`` added (seed ``seed``): the scores, and the middle slice of the
     clean, noisy and every method's image (for the figures)."""
     kind, level = NOISES[noise]
-    noisy = add_noise(clean, kind, level, seed=seed)
-    low, high = robust_range(clean)
-    data_range = high - low
-    sigma = float(np.std(noisy - clean))
+    noisy, data_range, sigma = noisy_case(clean, kind, level, seed)
     outputs = [MethodOutput("noisy", "", noisy, 0.0, 0.0), *blur_and_nlm(noisy, clean, data_range, sigma)]
     if bm3d_available():
         outputs.append(bm3d_output(noisy, sigma, kind == "correlated"))
