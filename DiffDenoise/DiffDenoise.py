@@ -290,7 +290,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
                          ddim_steps=ddimSteps, distill_slices=distillSlices, outputs=tuple(extraOutputs),
                          checkpoint_dir=checkpointDir, progress=progressCallback, cancel=cancelCallback)
         if saveModelPath:
-            save_bundle(saveModelPath, result.bundle)
+            save_bundle(saveModelPath, result.bundle, overwrite=True)  # a chosen path
         logging.info(f"DiffDenoise: noise {result.noise.kind}, timings {result.timings}")
         return self._writeResult(inputVolumeNode, outputVolumeNode, result, Provenance.of(result.bundle, True))
 
@@ -428,7 +428,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
                              neighbours=neighbours, sampler=sampler, sampler_steps=samplerSteps,
                              checkpoint_dir=checkpointDir, progress=progressCallback, cancel=cancelCallback)
         if saveModelPath:
-            save_bundle(saveModelPath, result.bundle)
+            save_bundle(saveModelPath, result.bundle, overwrite=True)  # a chosen path
         self.lastSummary = result.summary()
         logging.info(f"DiffDenoise DDM2: {self.lastSummary}; timings {result.timings}")
         return self._writeSeries(dwiNode, outputNode, result.denoised, Provenance.of(result.bundle, True))

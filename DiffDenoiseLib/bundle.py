@@ -2,7 +2,9 @@
 
 Nothing is ever unpickled: safetensors holds raw tensors only. The metadata records the method, every
 network's architecture and config, the normalisation, the noise analysis, the package version and the
-training summary, plus a SHA-256 of the weights that is checked on load.
+training summary, plus ``bundle_sha256``: one SHA-256 over the weights *and* the canonical JSON of every
+setting that changes an output (everything but ``created`` and ``package_version``), checked on load, so an
+edited setting is refused like an edited weight. Settings are validated for type and range on load too.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +28,14 @@ from .errors import BundleError
 from .models import ARCHITECTURES, build_network
 
 FORMAT = "diffdenoise-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the hash covers the settings as well as the weights
 SUFFIX = ".safetensors"
 _METADATA_KEY = "diffdenoise"
+# informational fields outside the hash: when and by which version it was saved, and the hash itself
+_UNHASHED = ("created", "package_version", "bundle_sha256")
+# the network `apply` runs for a bundle of each method (ddm2 and stage1: diffusion MRI bundles)
+INFERENCE_NETWORK = {"diffdenoise": "nafnet", "diffusion": "diffusion", "bsn": "bsn", "ddm2": "diffusion",
+                     "stage1": "stage1"}
 
 
 @dataclass
@@ -65,6 +74,13 @@ def _weights_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _content_digest(tensors: dict[str, torch.Tensor], metadata: dict) -> str:
+    """SHA-256 of the weights and the canonical JSON (sorted keys, no spaces) of the hashed settings."""
+    settings = {key: value for key, value in metadata.items() if key not in _UNHASHED}
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{_weights_digest(tensors)}|{canonical}".encode()).hexdigest()
+
+
 def _tensors(bundle: ModelBundle) -> dict[str, torch.Tensor]:
     """Every network's weights under ``<network>.<parameter>``, as stored in the file."""
     return {f"{name}.{key}": value.detach().cpu().contiguous()
@@ -72,32 +88,45 @@ def _tensors(bundle: ModelBundle) -> dict[str, torch.Tensor]:
 
 
 def bundle_sha256(bundle: ModelBundle) -> str:
-    """The SHA-256 of the bundle's weights: the ``weights_sha256`` its file records (or will, once saved)."""
-    return _weights_digest(_tensors(bundle))
+    """The SHA-256 of the bundle's weights and settings: the ``bundle_sha256`` its file records (or will, once
+    saved). For a loaded bundle, the hash its file recorded (checked on load), whatever run options were
+    applied to it since."""
+    return bundle.metadata.get("bundle_sha256") or _content_digest(_tensors(bundle), bundle.describe())
 
 
-def save_bundle(path: str | os.PathLike, bundle: ModelBundle) -> Path:
-    """Write ``bundle`` to ``path`` (``.safetensors`` is appended if missing) atomically; returns the path."""
+def save_bundle(path: str | os.PathLike, bundle: ModelBundle, overwrite: bool = False) -> Path:
+    """Write ``bundle`` to ``path`` (``.safetensors`` is appended if missing) atomically; returns the path.
+    An existing file is refused unless ``overwrite``."""
     path = Path(path)
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
+    if path.is_dir() or (path.exists() and not overwrite):
+        raise BundleError(f"{path} already exists{' and is a folder' if path.is_dir() else ''}: choose another "
+                          "bundle name" + ("" if path.is_dir() else ", or pass --overwrite to replace it"))
     tensors = _tensors(bundle)
-    metadata = bundle.describe()
+    metadata = {key: value for key, value in bundle.describe().items() if key not in _UNHASHED}
+    metadata["package_version"] = __version__
     metadata["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    metadata["weights_sha256"] = _weights_digest(tensors)
+    metadata["bundle_sha256"] = _content_digest(tensors, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
+    # a unique temporary name: two runs saving one path at once must not move each other's file
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
     try:
-        save_file(tensors, str(temporary), metadata={_METADATA_KEY: json.dumps(metadata)})
+        save_file(tensors, temporary, metadata={_METADATA_KEY: json.dumps(metadata)})
+        os.chmod(temporary, 0o644)  # readable by the lab like the images (mkstemp makes it private)
         os.replace(temporary, path)
     finally:
-        temporary.unlink(missing_ok=True)
+        Path(temporary).unlink(missing_ok=True)
     return path
 
 
 def read_bundle_metadata(path: str | os.PathLike) -> dict:
     """The JSON metadata of a bundle, without loading the weights."""
     path = Path(path)
+    if path.is_dir():
+        raise BundleError(f"{path} is a folder, not a model bundle: give the .safetensors file saved with "
+                          "--save-model")
     if not path.is_file():
         raise BundleError(f"model bundle not found: {path}")
     if path.suffix in (".pt", ".pth", ".pkl", ".ckpt", ".bin"):
@@ -111,44 +140,116 @@ def read_bundle_metadata(path: str | os.PathLike) -> dict:
                           "use a file saved with --save-model") from None
     if raw is None:
         raise BundleError(f"{path.name} is a safetensors file but not a DiffDenoise bundle (no metadata)")
-    metadata = json.loads(raw)
-    if metadata.get("format") != FORMAT:
-        raise BundleError(f"{path.name} is not a DiffDenoise bundle (format {metadata.get('format')!r})")
-    if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
+    try:
+        metadata = json.loads(raw)
+    except ValueError as error:
+        raise BundleError(f"{path.name}: its metadata is not valid JSON ({error}); the file is damaged or was "
+                          "edited: re-save or re-download the bundle") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
+        raise BundleError(f"{path.name} is not a DiffDenoise bundle (format {found!r})")
+    version = metadata.get("format_version")
+    if not _is_int(version):
+        raise BundleError(f"{path.name}: format_version {version!r} is not a whole number; the file was edited or "
+                          "damaged: re-save the bundle")
+    if version > FORMAT_VERSION:
         raise BundleError(f"{path.name} was written by DiffDenoise {metadata.get('package_version')} "
-                          f"(bundle format {metadata.get('format_version')}); upgrade DiffDenoise to read it")
+                          f"(bundle format {version}); upgrade DiffDenoise to read it")
+    if version < FORMAT_VERSION:
+        raise BundleError(f"{path.name} uses bundle format {version}, whose hash does not cover its settings, so "
+                          "edits to them cannot be detected: train and save the model again with this version")
     return metadata
 
 
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
-    """Load and validate a bundle: format, version, weight hash, architectures and exact weight names."""
+    """Load and validate a bundle: format, version, hash of weights and settings, setting types and ranges,
+    architectures, exact weight names and finite weights."""
     metadata = read_bundle_metadata(path)
+    name = Path(path).name
     try:
         with safe_open(str(path), framework="pt") as handle:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError) as error:
-        raise BundleError(f"cannot read the weights of {Path(path).name}: {error}") from None
-    if _weights_digest(tensors) != metadata.get("weights_sha256"):
-        raise BundleError(f"{Path(path).name}: weights do not match their recorded SHA-256; the file is "
+        raise BundleError(f"cannot read the weights of {name}: {error}") from None
+    if _content_digest(tensors, metadata) != metadata.get("bundle_sha256"):
+        raise BundleError(f"{name}: weights or settings do not match their recorded SHA-256; the file is "
                           "damaged or was altered. Re-save or re-download the bundle.")
+    validate_metadata(metadata, name)
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise BundleError(f"{name}: weight {key} holds NaN or Inf values (training diverged or the file was "
+                              "damaged): train the model again")
     networks = {}
-    for name, spec in metadata["networks"].items():
+    for network_name, spec in metadata["networks"].items():
         if spec["architecture"] not in ARCHITECTURES:
-            raise BundleError(f"{Path(path).name} needs architecture '{spec['architecture']}', unknown to "
+            raise BundleError(f"{name} needs architecture '{spec['architecture']}', unknown to "
                               f"DiffDenoise {__version__}; upgrade DiffDenoise")
         try:
             network = build_network(spec["architecture"], spec["config"])
-            prefix = f"{name}."
+            prefix = f"{network_name}."
             network.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
                                     strict=True)
         except (TypeError, ValueError, RuntimeError) as error:
-            raise BundleError(f"{Path(path).name}: network '{name}' does not match its stored config "
+            raise BundleError(f"{name}: network '{network_name}' does not match its stored config "
                               f"({str(error).splitlines()[0]})") from None
-        networks[name] = network.eval()
+        networks[network_name] = network.eval()
     reserved = {"format", "format_version", "package_version", "method", "inference_network", "networks",
-                "created", "weights_sha256"}
+                "created", "bundle_sha256"}
     bundle = ModelBundle(metadata["method"], networks, metadata["inference_network"],
                          {k: v for k, v in metadata.items() if k not in reserved})
     bundle.metadata["created"] = metadata.get("created")
-    bundle.metadata["weights_sha256"] = metadata["weights_sha256"]
+    bundle.metadata["bundle_sha256"] = metadata["bundle_sha256"]
     return bundle
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_metadata(metadata: dict, name: str = "bundle") -> None:
+    """Refuse settings of the wrong type or out of range with :class:`BundleError` (a bundle made by hand or
+    edited and rehashed would otherwise fail deep inside a run)."""
+    def need(condition: bool, what: str) -> None:
+        if not condition:
+            raise BundleError(f"{name}: {what}; the bundle was edited or written by another tool: re-save it")
+
+    def positive_ints(section: dict, keys: tuple[str, ...], where: str) -> None:
+        for key in keys:
+            need(_is_int(section.get(key)) and section[key] >= 1, f"{where} {key} must be a whole number >= 1, "
+                 f"got {section.get(key)!r}")
+
+    method, networks = metadata.get("method"), metadata.get("networks")
+    need(isinstance(method, str) and method in INFERENCE_NETWORK,
+         f"unknown method {method!r} (known: {', '.join(INFERENCE_NETWORK)})")
+    need(isinstance(networks, dict) and bool(networks), "'networks' must be a non-empty mapping of network specs")
+    for network_name, spec in networks.items():
+        need(isinstance(spec, dict) and isinstance(spec.get("architecture"), str)
+             and isinstance(spec.get("config"), dict), f"network {network_name!r} needs an architecture name and "
+             "a config mapping")
+    inference = metadata.get("inference_network")
+    need(inference == INFERENCE_NETWORK[method] and inference in networks,
+         f"a {method} bundle runs network {INFERENCE_NETWORK[method]!r}, but inference_network is {inference!r} "
+         f"(networks: {', '.join(networks)})")
+    if metadata.get("modality") == "dwi":
+        ddm2 = metadata.get("ddm2")
+        need(isinstance(ddm2, dict) and isinstance(ddm2.get("schedule"), dict), "'ddm2' settings are missing")
+        positive_ints(ddm2, ("neighbours", "sampler_steps"), "ddm2")
+        need(ddm2.get("sampler") in ("accelerated", "full"), f"unknown ddm2 sampler {ddm2.get('sampler')!r}")
+        need(_is_int(ddm2.get("seed")), "ddm2 seed must be a whole number")
+        need("stage1" in networks, "a DDM2 bundle needs its 'stage1' network")
+        return
+    axis = metadata.get("slice_axis", 0)
+    need(_is_int(axis) and axis in (0, 1, 2), f"slice_axis must be 0, 1 or 2, got {axis!r}")
+    normalization = metadata.get("normalization")
+    need(isinstance(normalization, dict) and all(isinstance(v, int | float) and math.isfinite(v) for v in
+                                                 normalization.get("training_range", [0.0])),
+         "'normalization' must be a mapping with a finite training_range")
+    if inference == "diffusion":
+        diffusion, sampling = metadata.get("diffusion"), metadata.get("sampling")
+        need(isinstance(diffusion, dict) and isinstance(diffusion.get("schedule"), dict)
+             and isinstance(diffusion.get("conditioning"), str), "'diffusion' settings (schedule, conditioning) "
+             "are missing")
+        need(isinstance(sampling, dict), "'sampling' settings are missing")
+        positive_ints(sampling, ("pairs", "steps"), "sampling")
+        need(diffusion["conditioning"] == "identity" or "bsn" in networks,
+             f"conditioning {diffusion['conditioning']!r} needs the 'bsn' network")

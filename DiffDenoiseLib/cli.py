@@ -1,16 +1,21 @@
 """The ``diffdenoise`` command line: denoise, apply, cohort, ddm2, info and demo.
 
 Errors the user can fix are printed as one line (``diffdenoise: error: ...``) with exit code 2 for bad
-usage or input, 1 for other failures and 130 when interrupted. ``--machine-progress`` reports progress, the
-files written and errors as JSON lines on stdout instead (the protocol of :mod:`.worker`, read by the Slicer
-panel).
+usage or input, 1 for other failures, 130 when interrupted (Ctrl-C) and 143 when terminated (SIGTERM).
+Every path a run will write is checked before any work (:mod:`.write_plan`); an existing output needs
+``--overwrite``. ``--machine-progress`` reports progress, the files written and errors as JSON lines on
+stdout instead (the protocol of :mod:`.worker`, read by the Slicer panel).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import traceback
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,11 +33,30 @@ if TYPE_CHECKING:
     from .denoise import Denoised
     from .io import Volume
     from .provenance import Provenance
+    from .write_plan import WritePlan
 
-EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 Written = dict[str, Path]  # what a command wrote, by name (denoised, residual, model, ...)
 CHECKPOINT_HELP = ("keep a checkpoint of each training stage in this folder; run the same command again after a "
                    "crash or Ctrl-C to resume where it stopped (delete the folder when done)")
+
+
+def _whole_number(minimum: int | None, maximum: int | None = None):
+    """An argparse type: a whole number in [minimum, maximum], or a one-line usage error saying the range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            bounds = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use a whole number {bounds}")
+        return value
+    return parse
+
+
+POSITIVE = _whole_number(1)
+SEED = _whole_number(-(2 ** 63), 2 ** 63 - 1)  # what torch.manual_seed accepts
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,38 +96,71 @@ class TqdmProgress:
 Progress = TqdmProgress | JsonLinesProgress
 
 
-def _check_output(input_path: Path, output_path: Path) -> None:
-    if output_path.resolve() == input_path.resolve():
-        raise InputError(f"output {output_path} would overwrite the input: choose another output path")
-
-
-def _write_result(input_volume: Volume, denoised: np.ndarray, output: Path, output_dtype: str,
-                  provenance: Provenance) -> None:
-    from .io import write_volume
-    from .preprocessing import match_dtype
-
-    dtype = input_volume.array.dtype if output_dtype == "input" else "float32"
-    write_volume(output, input_volume.with_array(match_dtype(denoised, dtype)), description="DiffDenoise",
-                 provenance=provenance)
-
-
 def extra_output_path(output: Path, name: str) -> Path:
     """``out.nii.gz`` -> ``out_residual.nii.gz`` (a DICOM folder ``out`` -> ``out_residual``)."""
     suffixes = "".join(output.suffixes[-2:]) if output.name.endswith(".nii.gz") else output.suffix
     return output.with_name(f"{output.name[:len(output.name) - len(suffixes)]}_{name}{suffixes}")
 
 
-def _write_outputs(input_volume: Volume, result: Denoised, output: Path, output_dtype: str,
-                   provenance: Provenance) -> Written:
-    """Write the denoised image and each extra output (float32: a residual is signed, an uncertainty is
-    fractional) with the run's provenance; returns their paths."""
-    _write_result(input_volume, result.denoised, output, output_dtype, provenance)
-    written = {"denoised": output}
-    for name, image in result.extras.items():
-        written[name] = extra_output_path(output, name)
-        _write_result(input_volume, image, written[name], "float32", provenance)
-        print(f"wrote {name} to {written[name]}")
-    return written
+def _image_outputs(output: Path, args: argparse.Namespace,
+                   volume: Volume | None) -> list[tuple[str, Path, np.dtype | None]]:
+    """(name, path, data type) of every image a run writes for one input: the denoised image in the input's
+    type (or float32) and each extra output in float32 (a residual is signed, an uncertainty fractional).
+    The input's type is None while the input is unread (cohort planning)."""
+    import numpy as np
+
+    kept = volume.array.dtype if volume is not None else None
+    outputs = [("denoised", output, kept if args.output_dtype == "input" else np.dtype(np.float32))]
+    return outputs + [(name, extra_output_path(output, name), np.dtype(np.float32)) for name in args.extra]
+
+
+def _plan_images(plan: WritePlan, output: Path, args: argparse.Namespace, volume: Volume | None) -> None:
+    shape, geometry = (volume.array.shape, volume.geometry) if volume is not None else (None, None)
+    for name, path, dtype in _image_outputs(output, args, volume):
+        plan.image(path, "output" if name == "denoised" else f"{name} output", shape, dtype, geometry=geometry)
+
+
+def _plan_training(plan: WritePlan, args: argparse.Namespace) -> Path | None:
+    """Plan the checkpoint folder and the bundle of a training run; returns where the bundle goes (or None)."""
+    if args.checkpoint_dir:
+        plan.folder(args.checkpoint_dir, "checkpoint folder")
+    return plan.bundle(args.save_model) if args.save_model else None
+
+
+def _check_finite(images: dict[str, np.ndarray]) -> None:
+    """Refuse NaN or Inf results before anything is written (integer outputs would turn them into garbage)."""
+    import numpy as np
+
+    for name, image in images.items():
+        bad = int(image.size - np.isfinite(image).sum())
+        if bad:
+            raise DiffDenoiseError(f"the {name} result has {bad} NaN or Inf voxels (a damaged model or diverged "
+                                   "training): nothing was written; train the model again")
+
+
+def _write_outputs(input_volume: Volume, result: Denoised, output: Path, args: argparse.Namespace,
+                   provenance: Provenance, written: Written, prefix: str = "") -> None:
+    """Write the denoised image and each extra output with the run's provenance, recording each in
+    ``written`` as soon as it is in place."""
+    from .io import write_volume
+    from .preprocessing import match_dtype
+
+    images = {"denoised": result.denoised, **result.extras}
+    for name, path, dtype in _image_outputs(output, args, input_volume):
+        write_volume(path, input_volume.with_array(match_dtype(images[name], dtype)), description="DiffDenoise",
+                     provenance=provenance, overwrite=args.overwrite)
+        written[prefix + name] = path
+        if name != "denoised":
+            print(f"wrote {name} to {path}")
+
+
+def _save_model(path: Path | None, bundle: ModelBundle, args: argparse.Namespace, written: Written) -> None:
+    """Save the trained bundle first of all outputs: a later failure must not lose the training."""
+    from .bundle import save_bundle
+
+    if path is not None:
+        written["model"] = save_bundle(path, bundle, overwrite=args.overwrite)
+        print(f"saved model bundle {written['model']}")
 
 
 def _slice_axis(volume: Volume, choice: str) -> int:
@@ -112,13 +169,17 @@ def _slice_axis(volume: Volume, choice: str) -> int:
 
 def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     from . import distributed
-    from .bundle import save_bundle
     from .denoise import denoise
     from .io import read_volume
     from .provenance import Provenance
+    from .write_plan import WritePlan
 
-    _check_output(args.input, args.output)
-    volume = read_volume(args.input)
+    plan = WritePlan(args.overwrite)
+    plan.read(args.input)
+    volume = read_volume(args.input, args.series)
+    _plan_images(plan, args.output, args, volume)
+    model_path = _plan_training(plan, args)
+    plan.check()
     result = denoise(volume.array, method=args.method, noise=args.noise, preset=args.preset, device=args.device,
                      slice_axis=_slice_axis(volume, args.slice_axis), seed=args.seed, steps=args.steps,
                      srds_pairs=args.srds_pairs, ddim_steps=args.ddim_steps, distill_slices=args.distill_slices,
@@ -126,54 +187,67 @@ def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     progress.close()
     if not distributed.is_main():  # under torchrun every process trains; one writes
         return {}
-    written = _write_outputs(volume, result, args.output, args.output_dtype, Provenance.of(result.bundle, True))
+    _check_finite({"denoised": result.denoised, **result.extras})
+    _save_model(model_path, result.bundle, args, args.written)
+    _write_outputs(volume, result, args.output, args, Provenance.of(result.bundle, True), args.written)
     print(result.summary())
     noise = result.noise
     print(f"noise: {noise.kind} (sigma ~ {noise.sigma:.4g}, {100 * noise.relative_sigma:.1f}% of range); "
           f"wrote {args.output} in {result.timings['total_s']:.0f} s")
-    if args.save_model:
-        written["model"] = save_bundle(args.save_model, result.bundle)
-        print(f"saved model bundle {written['model']}")
-    return written
+    return args.written
 
 
-def _apply_to_file(bundle: ModelBundle, path: Path, output: Path, args: argparse.Namespace,
-                   progress: Progress) -> Written:
-    """Denoise one image file with a loaded bundle and write the result (and extras) next to ``output``."""
+def _apply_to_volume(bundle: ModelBundle, volume: Volume, output: Path, args: argparse.Namespace,
+                     progress: Progress, prefix: str = "") -> None:
+    """Denoise one image with a loaded bundle and write the result (and extras) to ``output``."""
     from .denoise import apply_bundle
-    from .io import read_volume
     from .provenance import Provenance
 
-    volume = read_volume(path)
     axis = None if args.slice_axis == "bundle" else _slice_axis(volume, args.slice_axis)
     result = apply_bundle(bundle, volume.array, device=args.device, slice_axis=axis, outputs=tuple(args.extra),
                           progress=progress)
     progress.close()
     print(result.summary())
-    return _write_outputs(volume, result, output, args.output_dtype, Provenance.of(bundle, False))
+    _check_finite({"denoised": result.denoised, **result.extras})
+    _write_outputs(volume, result, output, args, Provenance.of(bundle, False), args.written, prefix)
 
 
 def cmd_apply(args: argparse.Namespace, progress: Progress) -> Written:
     from .bundle import load_bundle
+    from .io import read_volume
+    from .write_plan import WritePlan
 
-    _check_output(args.input, args.output)
+    plan = WritePlan(args.overwrite)
+    plan.read(args.model, "model bundle")
+    plan.read(args.input)
+    volume = read_volume(args.input, args.series)
+    _plan_images(plan, args.output, args, volume)
+    plan.check()
     bundle = load_bundle(args.model)
-    written = _apply_to_file(bundle, args.input, args.output, args, progress)
+    _apply_to_volume(bundle, volume, args.output, args, progress)
     print(f"applied {bundle.method} bundle {args.model}; wrote {args.output}")
-    return written
+    return args.written
 
 
 def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
     from . import distributed
-    from .bundle import load_bundle, save_bundle
+    from .bundle import load_bundle
     from .denoise_dwi import apply_dwi_bundle, denoise_dwi
     from .io import DiffusionVolume, read_dwi, write_dwi
     from .preprocessing import match_dtype
     from .provenance import Provenance
+    from .write_plan import WritePlan
 
-    _check_output(args.input, args.output)
+    plan = WritePlan(args.overwrite)
+    for path in (args.input, args.bval, args.bvec, args.model):
+        if path is not None:
+            plan.read(path)
     dwi = read_dwi(args.input, args.bval, args.bvec)
     series = dwi.volume.array
+    dtype = series.dtype if args.output_dtype == "input" else "float32"
+    plan.image(args.output, "output", series.shape, dtype, dwi=True, geometry=dwi.volume.geometry)
+    model_path = None if args.model else _plan_training(plan, args)
+    plan.check()
     if args.model:
         result = apply_dwi_bundle(load_bundle(args.model), series, dwi.bvals, device=args.device,
                                   sampler=args.sampler, sampler_steps=args.sampler_steps, progress=progress)
@@ -185,34 +259,59 @@ def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
     progress.close()
     if not distributed.is_main():
         return {}
-    dtype = series.dtype if args.output_dtype == "input" else "float32"
+    _check_finite({"denoised": result.denoised})
+    _save_model(model_path, result.bundle, args, args.written)
     write_dwi(args.output, DiffusionVolume(dwi.volume.with_array(match_dtype(result.denoised, dtype)), dwi.bvals,
-                                           dwi.bvecs), Provenance.of(result.bundle, not args.model))
+                                           dwi.bvecs), Provenance.of(result.bundle, not args.model), args.overwrite)
+    args.written["denoised"] = args.output
     print(result.summary())
     print(f"wrote {args.output} ({len(series)} volumes, b-values and gradients kept) in "
           f"{result.timings['total_s']:.0f} s")
-    written = {"denoised": args.output}
-    if args.save_model and not args.model:
-        written["model"] = save_bundle(args.save_model, result.bundle)
-        print(f"saved model bundle {written['model']}")
-    return written
+    return args.written
 
 
 def cmd_cohort(args: argparse.Namespace, progress: Progress) -> Written:
-    """Apply one bundle to many images; under torchrun each process takes every world-size-th image."""
+    """Apply one bundle to many images; under torchrun each process takes every world-size-th image.
+
+    Every output path is checked before the first image is read; an image that fails is reported and
+    skipped, and the run ends with a summary (exit 1 when any failed)."""
     from . import distributed
     from .bundle import load_bundle
+    from .io import check_output_format, read_volume
+    from .write_plan import WritePlan
 
-    bundle = load_bundle(args.model)
+    missing = [str(path) for path in args.inputs if not path.exists()]
+    if missing:
+        raise InputError(f"{len(missing)} of {len(args.inputs)} inputs not found: {', '.join(missing)} (check the "
+                         "paths; nothing was processed)")
+    plan = WritePlan(args.overwrite)
+    plan.read(args.model, "model bundle")
     jobs = [(path, args.out / path.name) for path in args.inputs]
     for path, output in jobs:
-        _check_output(path, output)
-    written = {}
-    for path, output in distributed.shard(jobs):
-        files = _apply_to_file(bundle, path, output, args, progress)
-        written.update({f"{path}:{name}": file for name, file in files.items()})
-        print(f"[process {distributed.rank()}] {path} -> {output}")
-    return written
+        plan.read(path)
+        _plan_images(plan, output, args, None)
+    plan.check()
+    bundle = load_bundle(args.model)
+    mine = distributed.shard(jobs)
+    failed: list[str] = []
+    for number, (path, output) in enumerate(mine, start=1):
+        try:
+            volume = read_volume(path)
+            for _, image_path, dtype in _image_outputs(output, args, volume):
+                check_output_format(image_path, volume.array.shape, dtype, volume.geometry)
+            _apply_to_volume(bundle, volume, output, args, progress, prefix=f"{path}:")
+        except (DiffDenoiseError, OSError) as error:
+            progress.close()
+            failed.append(str(path))
+            print(f"[{number}/{len(mine)}] {path}: FAILED: {_describe_error(error)}", file=sys.stderr)
+            continue
+        print(f"[process {distributed.rank()}] [{number}/{len(mine)}] {path} -> {output}")
+    print(f"cohort: {len(mine) - len(failed)} of {len(mine)} images written to {args.out}"
+          + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        raise DiffDenoiseError(f"{len(failed)} of {len(mine)} images failed ({', '.join(failed)}); the other "
+                               f"{len(mine) - len(failed)} were written")
+    return args.written
 
 
 def cmd_info(args: argparse.Namespace, progress: Progress) -> Written:
@@ -226,7 +325,7 @@ def cmd_info(args: argparse.Namespace, progress: Progress) -> Written:
     from .io import read_provenance, read_volume
     from .noise import estimate_noise
 
-    volume = read_volume(args.input)
+    volume = read_volume(args.input, args.series)
     array, geometry = volume.array, volume.geometry
     print(f"file:      {args.input}")
     print(f"shape:     {array.shape} (numpy order, slowest axis first)")
@@ -238,11 +337,12 @@ def cmd_info(args: argparse.Namespace, progress: Progress) -> Written:
           f"{np.max(array[finite]) if finite.any() else 'n/a'}"
           + ("" if finite.all() else f" ({array.size - int(finite.sum())} NaN/Inf voxels)"))
     if array.ndim in (2, 3):
-        noise = estimate_noise(array)
+        axis = geometry.slice_axis() if array.ndim == 3 else 0
+        noise = estimate_noise(np.moveaxis(array, axis, 0) if array.ndim == 3 else array)
         print(f"noise:     sigma ~ {noise.sigma:.4g} ({100 * noise.relative_sigma:.2f}% of the robust range)")
         print(f"noise type: {noise.kind} (neighbour correlation {noise.neighbour_correlation:+.2f}; "
               "> +0.02 counts as spatially correlated)")
-        print(f"slice axis: {geometry.slice_axis()} (coarsest spacing)")
+        print(f"slice axis: {axis} (coarsest spacing; noise measured in these slices)")
     provenance = read_provenance(args.input)
     if provenance is not None:
         print("made by:   " + ", ".join(f"{key} {value}" for key, value in provenance.as_dict().items()))
@@ -250,9 +350,14 @@ def cmd_info(args: argparse.Namespace, progress: Progress) -> Written:
 
 
 def cmd_demo(args: argparse.Namespace, progress: Progress) -> Written:
-    from .demo import run_demo
+    from .demo import DEMO_FILES, run_demo
+    from .write_plan import WritePlan
 
-    report = run_demo(args.out, steps=args.steps, device=args.device, progress=progress)
+    plan = WritePlan(args.overwrite)
+    for name in DEMO_FILES:
+        plan.file(args.out / name, f"demo file {name}")
+    plan.check()
+    report = run_demo(args.out, steps=args.steps, device=args.device, progress=progress, overwrite=args.overwrite)
     progress.close()
     print(report)
     return {"folder": args.out}
@@ -270,10 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "process such as the Slicer panel) instead of progress bars")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def add_common(sub: argparse.ArgumentParser, default_axis: str) -> None:
+    def add_overwrite(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--overwrite", action="store_true",
+                         help="replace outputs that already exist (never an input, and a folder only when it holds "
+                              "nothing but a DICOM series); without it an existing output is refused")
+
+    def add_common(sub: argparse.ArgumentParser, axis_choices: tuple[str, ...]) -> None:
         sub.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
-        sub.add_argument("--slice-axis", default=default_axis, choices=("auto", "0", "1", "2", "bundle"),
-                         help="numpy axis of 3D volumes to slice along; auto = coarsest spacing")
+        sub.add_argument("--slice-axis", default="auto", choices=axis_choices,
+                         help="numpy axis of 3D volumes to slice along; auto = the input's coarsest spacing (the "
+                              "acquisition plane; default)" + ("; bundle = the axis the bundle was trained along"
+                                                               if "bundle" in axis_choices else ""))
+        sub.add_argument("--series", metavar="SERIES_UID",
+                         help="the DICOM series to read when an input folder holds several")
+        add_overwrite(sub)
         sub.add_argument("--output-dtype", default="input", choices=("input", "float32"),
                          help="data type of the output file (default: the input's, rounded for integers)")
         sub.add_argument("--extra", nargs="+", default=[], choices=EXTRA_OUTPUTS, metavar="OUTPUT",
@@ -288,29 +403,29 @@ def build_parser() -> argparse.ArgumentParser:
                               "SRDS output; bsn: blind-spot network only")
     denoise.add_argument("--noise", default="auto", choices=NOISE_CHOICES, help="noise type (auto: measured)")
     denoise.add_argument("--preset", default="quick", choices=PRESETS, help="training budget (README: Presets)")
-    denoise.add_argument("--steps", type=int, help="training steps of every stage, overriding the preset")
-    denoise.add_argument("--srds-pairs", type=int, help="antithetic SRDS pairs averaged per slice")
-    denoise.add_argument("--ddim-steps", type=int, help="DDIM steps per SRDS trajectory")
-    denoise.add_argument("--distill-slices", type=int,
+    denoise.add_argument("--steps", type=POSITIVE, help="training steps of every stage, overriding the preset")
+    denoise.add_argument("--srds-pairs", type=POSITIVE, help="antithetic SRDS pairs averaged per slice")
+    denoise.add_argument("--ddim-steps", type=POSITIVE, help="DDIM steps per SRDS trajectory")
+    denoise.add_argument("--distill-slices", type=POSITIVE,
                          help="SRDS-sample at most this many evenly spaced slices to train the NAFNet")
-    denoise.add_argument("--seed", type=int, default=0)
+    denoise.add_argument("--seed", type=SEED, default=0)
     denoise.add_argument("--save-model", type=Path, help="also save the trained model bundle (.safetensors)")
     denoise.add_argument("--checkpoint-dir", type=Path, help=CHECKPOINT_HELP)
-    add_common(denoise, "auto")
+    add_common(denoise, ("auto", "0", "1", "2"))
     denoise.set_defaults(run=cmd_denoise)
 
     apply = commands.add_parser("apply", help="denoise with a saved model bundle (fast, no training)")
     apply.add_argument("--model", type=Path, required=True, help="bundle saved with denoise --save-model")
     apply.add_argument("input", type=Path)
     apply.add_argument("output", type=Path)
-    add_common(apply, "bundle")
+    add_common(apply, ("auto", "0", "1", "2", "bundle"))
     apply.set_defaults(run=cmd_apply)
 
     cohort = commands.add_parser("cohort", help="apply a saved bundle to many images (shared out by torchrun)")
     cohort.add_argument("--model", type=Path, required=True, help="bundle saved with denoise --save-model")
     cohort.add_argument("--out", type=Path, required=True, help="output folder (same file names as the inputs)")
     cohort.add_argument("inputs", type=Path, nargs="+", help="image files or DICOM folders")
-    add_common(cohort, "bundle")
+    add_common(cohort, ("auto", "0", "1", "2", "bundle"))
     cohort.set_defaults(run=cmd_cohort)
 
     ddm2 = commands.add_parser("ddm2", help="denoise a 4D diffusion MRI series with DDM2 (trained on it)")
@@ -321,28 +436,31 @@ def build_parser() -> argparse.ArgumentParser:
     ddm2.add_argument("--method", default="ddm2", choices=("ddm2", "stage1"),
                       help="ddm2: Stages I-III (default); stage1: the slice-from-other-volumes denoiser alone")
     ddm2.add_argument("--preset", default="quick", choices=PRESETS, help="training budget (README: DDM2)")
-    ddm2.add_argument("--steps", type=int, help="training steps of both stages, overriding the preset")
-    ddm2.add_argument("--neighbours", type=int, help="volumes per Stage I input (default 2)")
+    ddm2.add_argument("--steps", type=POSITIVE, help="training steps of both stages, overriding the preset")
+    ddm2.add_argument("--neighbours", type=POSITIVE, help="volumes per Stage I input (default 2)")
     ddm2.add_argument("--sampler", choices=("accelerated", "full"),
                       help="accelerated: DDIM over a few steps (default); full: every step of the chain")
-    ddm2.add_argument("--sampler-steps", type=int, help="steps of the accelerated sampler (default 10)")
-    ddm2.add_argument("--seed", type=int, default=0)
+    ddm2.add_argument("--sampler-steps", type=POSITIVE, help="steps of the accelerated sampler (default 10)")
+    ddm2.add_argument("--seed", type=SEED, default=0)
     ddm2.add_argument("--model", type=Path, help="apply this saved DDM2 bundle instead of training")
     ddm2.add_argument("--save-model", type=Path, help="also save the trained model bundle (.safetensors)")
     ddm2.add_argument("--checkpoint-dir", type=Path, help=CHECKPOINT_HELP)
     ddm2.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
     ddm2.add_argument("--output-dtype", default="input", choices=("input", "float32"),
                       help="data type of the output file (default: the input's, rounded for integers)")
+    add_overwrite(ddm2)
     ddm2.set_defaults(run=cmd_ddm2)
 
     info = commands.add_parser("info", help="image shape, spacing, noise level and type; or a bundle's metadata")
     info.add_argument("input", type=Path)
+    info.add_argument("--series", metavar="SERIES_UID", help="the DICOM series to read when a folder holds several")
     info.set_defaults(run=cmd_info)
 
     demo = commands.add_parser("demo", help="denoise the embedded knee MRI sample with known added noise")
     demo.add_argument("--out", type=Path, default=Path("diffdenoise-demo"), help="output folder")
-    demo.add_argument("--steps", type=int, help="training steps (default: the quick preset's)")
+    demo.add_argument("--steps", type=POSITIVE, help="training steps (default: the quick preset's)")
     demo.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    add_overwrite(demo)
     demo.set_defaults(run=cmd_demo)
     return parser
 
@@ -352,10 +470,49 @@ def _resume_hint(args: argparse.Namespace) -> str:
     return f"; run the same command again to resume from the checkpoints in {folder}" if folder else ""
 
 
+def _what_was_written(args: argparse.Namespace) -> str:
+    written = getattr(args, "written", {})
+    if not written:
+        return "no output was written"
+    return f"only these were written: {', '.join(str(path) for path in written.values())}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (batch schedulers, the Slicer panel's Cancel): handled like Ctrl-C, so clean-up, checkpoints and
+    the message happen."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """Warnings as one ``diffdenoise: warning: ...`` line each, without Python's file and line."""
+    print(f"diffdenoise: warning: {message}", file=sys.stderr)
+
+
+def _describe_error(error: BaseException) -> str:
+    """One line for a user: the tool's own message, or what the operating system said about which path."""
+    if isinstance(error, OSError) and not isinstance(error, DiffDenoiseError):
+        where = f" {error.filename}" if error.filename else ""
+        fix = {28: "free some space or write elsewhere", 30: "write to a writable disk or folder",
+               13: "write to a folder you have permission to write to"}.get(error.errno or 0,
+                                                                              "check the path and the disk")
+        return f"cannot write or read{where}: {error.strerror or error} ({fix})"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.written = {}  # every file in place so far, by name: what an interrupted or failed run reports
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    warnings.showwarning = _show_warning
+    import SimpleITK as sitk
     import torch  # after parsing, so usage errors stay fast; every command but info needs it anyway
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # the readers turn what matters into our own warnings
 
     from . import distributed
 
@@ -373,15 +530,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = args.run(args, progress)
     except Cancelled as error:
-        return fail(str(error) + _resume_hint(args), EXIT_INTERRUPTED)
+        return fail(f"{error}; {_what_was_written(args)}{_resume_hint(args)}", EXIT_INTERRUPTED)
+    except Terminated:
+        return fail(f"terminated (SIGTERM); {_what_was_written(args)}{_resume_hint(args)}", EXIT_TERMINATED)
     except KeyboardInterrupt:
-        return fail("interrupted; no output was written" + _resume_hint(args), EXIT_INTERRUPTED)
+        return fail(f"interrupted; {_what_was_written(args)}{_resume_hint(args)}", EXIT_INTERRUPTED)
     except InputError as error:
         return fail(f"error: {error}", EXIT_USAGE)
     except DiffDenoiseError as error:
         return fail(f"error: {error}", EXIT_FAILURE)
     except (MemoryError, torch.OutOfMemoryError):
         return fail("error: out of memory: use a smaller preset, fewer slices or --device cuda", EXIT_FAILURE)
+    except OSError as error:
+        return fail(f"error: {_describe_error(error)}; {_what_was_written(args)}", EXIT_FAILURE)
+    except Exception as error:  # a bug: still one line (and the protocol's error line), the traceback on request
+        if os.environ.get("DIFFDENOISE_TRACEBACK"):
+            traceback.print_exc()
+        return fail(f"error: unexpected {type(error).__name__}: {error} (a bug: please report it with the "
+                    "command; set DIFFDENOISE_TRACEBACK=1 to see where it happened)", EXIT_FAILURE)
     finally:
         distributed.shutdown()
     if isinstance(progress, JsonLinesProgress):

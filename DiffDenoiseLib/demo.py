@@ -8,12 +8,14 @@ import numpy as np
 
 from .data import SAMPLE_KNEE
 from .denoise import denoise
+from .errors import InputError
 from .io import read_volume, write_volume
 from .metrics import psnr, ssim
 from .noise import add_noise, robust_range
 from .progress import ProgressCallback
 
 DEMO_NOISE_LEVEL = 0.1  # Gaussian sigma as a fraction of the robust intensity range
+DEMO_FILES = ("noisy.nii.gz", "denoised.nii.gz", "demo.png")  # what run_demo writes into its folder
 
 
 def save_figure(path: Path, panels: dict[str, np.ndarray], display_range: tuple[float, float]) -> None:
@@ -39,8 +41,12 @@ def save_figure(path: Path, panels: dict[str, np.ndarray], display_range: tuple[
 
 
 def run_demo(out: Path, steps: int | None = None, device: str = "auto",
-             progress: ProgressCallback | None = None) -> str:
-    """Run the demo into folder ``out``; returns the printed report (PSNR/SSIM before and after)."""
+             progress: ProgressCallback | None = None, overwrite: bool = False) -> str:
+    """Run the demo into folder ``out`` (:data:`DEMO_FILES`; existing ones are replaced only with
+    ``overwrite``); returns the printed report (PSNR/SSIM before and after)."""
+    existing = [name for name in DEMO_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise InputError(f"{out} already holds {', '.join(existing)}: choose another folder, or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     sample = read_volume(SAMPLE_KNEE)
     clean = sample.array.astype(np.float32)
@@ -50,8 +56,8 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto",
     low, high = robust_range(clean)
     scores = {name: (psnr(clean, image, high - low), ssim(clean, image, high - low))
               for name, image in (("noisy", noisy), ("BSN", result.extras["bsn"]), ("denoised", result.denoised))}
-    write_volume(out / "noisy.nii.gz", sample.with_array(noisy))
-    write_volume(out / "denoised.nii.gz", sample.with_array(result.denoised))
+    write_volume(out / "noisy.nii.gz", sample.with_array(noisy), overwrite=overwrite)
+    write_volume(out / "denoised.nii.gz", sample.with_array(result.denoised), overwrite=overwrite)
     middle = clean.shape[0] // 2
     save_figure(out / "demo.png", {
         "clean": clean[middle], "noisy": noisy[middle], "BSN (stage 1)": result.extras["bsn"][middle],

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .bundle import ModelBundle
+from .bundle import INFERENCE_NETWORK, ModelBundle
 from .devices import resolve_device
 from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
@@ -52,13 +52,12 @@ from .presets import PipelineSettings, pipeline_settings
 from .progress import CancelCheck, ProgressCallback
 from .training import TrainConfig, checkpointed, training_record
 
-# the network that `apply` runs for a bundle of each method
-INFERENCE_NETWORK = {"diffdenoise": "nafnet", "diffusion": "diffusion", "bsn": "bsn"}
-
 
 @dataclass
 class Denoised:
-    """A denoised image and the optional extra outputs, all float32 in the input's shape and units.
+    """A denoised image and the optional extra outputs, in the input's shape and units: float32, or float64
+    for a denoised image whose intensities exceed float32's precision (uint32 near 3e9: see
+    :attr:`.preprocessing.IntensityScaling.precise`).
 
     ``outliers`` flags, per slice along the slice axis, where the removed part was far from the noise level
     compared with the other slices (:func:`.noise.residual_outliers`): slices to inspect.
@@ -255,7 +254,7 @@ def _extras(image: np.ndarray, denoised: np.ndarray, outputs: tuple[str, ...],
     extras = {}
     for name in outputs:
         if name == "residual":
-            extras[name] = (image.astype(np.float32) - denoised).astype(np.float32)
+            extras[name] = np.subtract(image, denoised, dtype=np.float64).astype(np.float32)
             continue
         if stages.get(name) is None:
             raise InputError(f"this run has no '{name}' output (a distilled bundle runs only its NAFNet)")

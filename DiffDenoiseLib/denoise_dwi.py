@@ -93,6 +93,25 @@ def check_series(series: np.ndarray, bvals: np.ndarray) -> None:
     if bvals.ndim != 1 or len(bvals) != len(series):
         raise InputError(f"{bvals.size} b-values for {len(series)} volumes: give one b-value per volume "
                          "(FSL .bval file)")
+    check_bvalues(bvals)
+
+
+# Clinical b-values are 0-30000 s/mm^2; a largest b-value below this is almost surely in ms/um^2 (1.0 = 1000).
+MIN_PLAUSIBLE_MAX_B = 10.0
+
+
+def check_bvalues(bvals: np.ndarray) -> None:
+    """Refuse NaN, infinite or negative b-values, and b-values that look like ms/um^2 instead of s/mm^2 (the
+    b0 volumes and the weighted ones would fall into one shell)."""
+    bvals = np.asarray(bvals, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(bvals) | (bvals < 0))
+    if bad.size:
+        raise InputError(f"b-values must be finite and >= 0; volume(s) {', '.join(map(str, bad[:10]))} have "
+                         f"{', '.join(str(bvals[i]) for i in bad[:10])}: fix the .bval file")
+    largest = float(bvals.max(initial=0.0))
+    if 0 < largest < MIN_PLAUSIBLE_MAX_B:
+        raise InputError(f"the largest b-value is {largest:g}: b-values look like ms/um^2, DDM2 expects s/mm^2; "
+                         "multiply them by 1000 (e.g. 1.0 -> 1000)")
 
 
 def _with_overrides(settings: DDM2Settings, seed: int, device: str, steps: int | None, neighbours: int | None,

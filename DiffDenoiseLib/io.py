@@ -11,14 +11,17 @@ place only when complete, so a failed or cancelled run never leaves a partial ou
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import json
 import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
 import nibabel as nib
@@ -29,6 +32,13 @@ from pydicom.misc import is_dicom
 
 from .errors import InputError
 from .provenance import Provenance
+
+UNIT_TOLERANCE = 0.01  # |g| within 1% of 1 counts as a unit gradient direction (rounded text files)
+
+
+class DataWarning(UserWarning):
+    """Something about an input file a user should know: it was read, but not exactly as stored."""
+
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".dcm")
 _TWO_FILE_SUFFIXES = (".nhdr", ".mhd")
@@ -115,8 +125,10 @@ def read_volume(path: str | os.PathLike, series_id: str | None = None) -> Volume
     """Read an image file or a DICOM series folder.
 
     Supports NIfTI, NRRD/NHDR, MHA/MHD, PNG/TIFF, a single DICOM file and a folder holding a DICOM series
-    (``series_id`` picks one when the folder holds several). Colour PNG/TIFF images are converted to
-    luminance. Raises :class:`InputError` with a fix when the path cannot be read.
+    (``series_id`` picks one when the folder holds several). Colour PNG/TIFF/DICOM images are converted to
+    luminance (alpha dropped; gray + alpha: the gray); any other image with several components per voxel
+    (vectors, tensors, echoes, real/imaginary) is refused. Raises :class:`InputError` with a fix when the path
+    cannot be read; warns (:class:`DataWarning`) when a NIfTI file's qform and sform disagree.
     """
     path = Path(path)
     if not path.exists():
@@ -127,12 +139,26 @@ def read_volume(path: str | os.PathLike, series_id: str | None = None) -> Volume
         else:
             image, metadata = _read_file(path)
     except RuntimeError as error:  # SimpleITK reports unreadable or truncated files this way
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise InputError(f"cannot read {path}: {first_line} "
+        if _png_colour_type(path) == _PNG_GRAY_ALPHA:
+            raise InputError(f"cannot read {path}: a gray + alpha PNG, which ITK cannot read; save it as plain "
+                             "gray (e.g. Pillow: Image.open(path).convert('L').save(...))") from None
+        raise InputError(f"cannot read {path}: {_last_line(error)} "
                          "(is the file complete and in a supported format?)") from None
-    if image.GetNumberOfComponentsPerPixel() > 1:
+    components = image.GetNumberOfComponentsPerPixel()
+    if components > 1:
+        colour = (path.is_dir() or _suffix(path) in (*_SIDECAR_SUFFIXES, ".dcm")) and components in (2, 3, 4)
+        if not colour:
+            raise InputError(f"{path} has {components} components per voxel (a vector, tensor, multi-echo or "
+                             "real/imaginary image), not one scalar: extract the component or the magnitude to "
+                             "denoise (e.g. SimpleITK VectorIndexSelectionCast) and denoise each separately")
         image = _to_luminance(image)
     return Volume(sitk.GetArrayFromImage(image), Geometry.from_image(image), metadata)
+
+
+def _last_line(error: Exception) -> str:
+    """The informative part of an ITK error (its last line; the rest is the C++ source location)."""
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else "unknown reason"
 
 
 def _read_file(path: Path) -> tuple[sitk.Image, dict[str, str]]:
@@ -142,23 +168,94 @@ def _read_file(path: Path) -> tuple[sitk.Image, dict[str, str]]:
         raise InputError(
             f"unsupported file type '{path.name}': use one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder"
         )
+    metadata = {}
     if suffix in (".nii", ".nii.gz"):
         _check_nifti_complete(path)
+        metadata = _disagreeing_nifti_forms(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     image = reader.Execute()
-    metadata = {}
+    if suffix in (".nii", ".nii.gz") and image.GetDimension() == 2:
+        image = _placed_nifti_slice(image, _nifti_header(path))
     if dicom:
         metadata = {key: reader.GetMetaData(key) for key in _DICOM_TAGS_KEPT if reader.HasMetaDataKey(key)}
+        if not reader.HasMetaDataKey("0028|0030") and not reader.HasMetaDataKey("0018|1164"):
+            warnings.warn(f"{path.name} has no PixelSpacing (0028,0030): its pixel size is unknown, 1 mm is "
+                          "assumed and written to the output", DataWarning, stacklevel=3)
     return image, metadata
+
+
+def _placed_nifti_slice(image: sitk.Image, header: nib.Nifti1Header) -> sitk.Image:
+    """A 2D NIfTI image as a one-slice volume when its affine places it out of the z = 0 plane (ITK reads 2D
+    images in 2D and drops the affine's third row: the origin's z and any tilt)."""
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ header.get_best_affine()  # NIfTI is RAS, ITK LPS
+    if np.allclose(lps[2, [0, 1, 3]], 0) and np.allclose(lps[:2, 2], 0):
+        return image  # lies in z = 0, axis-aligned: the 2D image loses nothing
+    columns = lps[:3, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    spacing[spacing == 0] = 1.0
+    volume = sitk.JoinSeries(image)
+    volume.SetSpacing(spacing.tolist())
+    volume.SetOrigin(lps[:3, 3].tolist())
+    volume.SetDirection((columns / spacing).ravel().tolist())
+    return volume
+
+
+_NIFTI_FORMS = "nifti_qform_sform"  # Volume.metadata key: both orientations of a NIfTI input, when they disagree
+
+
+def _disagreeing_nifti_forms(path: Path) -> dict[str, str]:
+    """When a NIfTI file's qform and sform are both set and disagree, warn and keep both (JSON, in RAS as
+    stored), so a NIfTI output can carry them exactly as the input had them."""
+    header = _nifti_header(path)
+    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    qform, sform = header.get_qform(), header.get_sform()
+    if qcode <= 0 or scode <= 0 or np.allclose(qform, sform, atol=1e-4):
+        return {}
+    warnings.warn(f"{path.name}: its qform and sform disagree (origin {np.round(qform[:3, 3], 3).tolist()} vs "
+                  f"{np.round(sform[:3, 3], 3).tolist()} mm): it is processed as ITK places it; a NIfTI output keeps "
+                  "both as in the input, other formats hold one placement", DataWarning, stacklevel=4)
+    return {_NIFTI_FORMS: json.dumps({"qform": qform.tolist(), "qform_code": qcode, "sform": sform.tolist(),
+                                      "sform_code": scode})}
+
+
+_PNG_GRAY_ALPHA = 4  # PNG IHDR colour type
+
+
+def _png_colour_type(path: Path) -> int | None:
+    """The colour type byte of a PNG's IHDR chunk (None for other files)."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(26)
+    except OSError:
+        return None
+    return head[25] if len(head) == 26 and head.startswith(b"\x89PNG") else None
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as stream:
+        return stream.read(2) == b"\x1f\x8b"
+
+
+def _nifti_header(path: Path) -> nib.Nifti1Header:
+    """The NIfTI-1 or -2 header, by content, not name: ITK reads an uncompressed file named .nii.gz too."""
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rb") as stream:
+        raw = stream.read(540)
+    for header_class, size in ((nib.Nifti1Header, 348), (nib.Nifti2Header, 540)):
+        for order in ("<", ">"):
+            if len(raw) >= size and int(np.frombuffer(raw[:4], dtype=f"{order}i4")[0]) == size:
+                # the fixed header only (from_fileobj would also read the extensions, past these bytes)
+                return header_class(binaryblock=raw[:size], endianness=order, check=False)
+    raise ValueError("not a NIfTI-1 or NIfTI-2 header")
 
 
 def _check_nifti_complete(path: Path) -> None:
     """Refuse a NIfTI file shorter than its header says: SimpleITK would fill the missing voxels with zeros."""
     try:
-        header = nib.load(path).header
+        header = _nifti_header(path)
         needed = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-        if path.suffix == ".gz":  # the uncompressed length is only known by decompressing (a stream: no copy)
+        if _is_gzip(path):  # the uncompressed length is only known by decompressing (a stream: no copy)
             with gzip.open(path, "rb") as stream:
                 size = sum(iter(lambda: len(stream.read(1 << 24)), 0))
         else:
@@ -176,8 +273,8 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> tuple[sitk.Image,
         raise InputError(f"no DICOM series found in folder {folder} (point to a folder of .dcm files)")
     if series_id is None:
         if len(series_ids) > 1:
-            raise InputError(f"folder {folder} holds {len(series_ids)} DICOM series; pick one with "
-                             f"series_id (one of: {', '.join(series_ids)})")
+            raise InputError(f"folder {folder} holds {len(series_ids)} DICOM series; pick one with --series "
+                             f"(series_id= in Python): one of {', '.join(series_ids)}")
         series_id = series_ids[0]
     elif series_id not in series_ids:
         raise InputError(f"series {series_id} not in {folder} (found: {', '.join(series_ids)})")
@@ -185,24 +282,49 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> tuple[sitk.Image,
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id))
     reader.MetaDataDictionaryArrayUpdateOn()
     image = reader.Execute()
+    if not reader.HasMetaDataKey(0, "0028|0030") and not reader.HasMetaDataKey(0, "0018|1164"):
+        raise InputError(f"the DICOM series in {folder} has no PixelSpacing (0028,0030): its pixel size is unknown, "
+                         "so the slice plane and the output geometry would be guesses; export the series again "
+                         "with its spacing, or convert it to NIfTI/NRRD with the right spacing")
+    _check_even_slices(reader, image, folder)
     metadata = {key: reader.GetMetaData(0, key) for key in _DICOM_TAGS_KEPT if reader.HasMetaDataKey(0, key)}
     return image, metadata
 
 
+SLICE_SPACING_TOLERANCE = 0.01  # relative: slice steps may differ by 1% (rounded positions), not by a slice
+
+
+def _check_even_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing or duplicated slice): ITK would average
+    the spacing and every output slice position would move."""
+    count = len(reader.GetFileNames())
+    if count < 3 or not all(reader.HasMetaDataKey(i, "0020|0032") for i in range(count)):
+        return
+    normal = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    positions = [np.array(reader.GetMetaData(i, "0020|0032").split("\\"), dtype=np.float64) for i in range(count)]
+    steps = np.diff(np.sort([float(position @ normal) for position in positions]))
+    typical = float(np.median(steps))
+    if typical <= 0 or steps.max() - steps.min() > SLICE_SPACING_TOLERANCE * typical:
+        raise InputError(f"the DICOM series in {folder} has unevenly spaced slices (steps from {steps.min():.4g} to "
+                         f"{steps.max():.4g} mm: a missing or duplicated slice?); its geometry cannot be kept "
+                         "exactly: export the complete series, or resample it to even spacing first")
+
+
 def _to_luminance(image: sitk.Image) -> sitk.Image:
+    """RGB(A) -> Rec. 601 luminance (float32, alpha ignored); gray + alpha -> the gray channel."""
     channels = sitk.GetArrayFromImage(image).astype(np.float32)
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)[: channels.shape[-1]]
-    gray = (channels[..., : weights.size] @ (weights / weights.sum())).astype(np.float32)
+    if channels.shape[-1] == 2:
+        gray = np.ascontiguousarray(channels[..., 0])
+    else:
+        gray = (channels[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).astype(np.float32)
     result = sitk.GetImageFromArray(gray)
     result.CopyInformation(image)
     return result
 
 
 def volume_to_image(volume: Volume) -> sitk.Image:
-    """The volume as a SimpleITK image with its geometry."""
+    """The volume as a SimpleITK image with its geometry (float64 kept: NIfTI, NRRD and MetaImage store it)."""
     array = volume.array
-    if array.dtype == np.float64:
-        array = array.astype(np.float32)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
@@ -213,30 +335,152 @@ def volume_to_image(volume: Volume) -> sitk.Image:
     return image
 
 
+def is_replaceable_series(folder: Path) -> bool:
+    """True when ``folder`` holds nothing but DICOM slice files (``*.dcm``): a series ``--overwrite`` may replace.
+    A folder with anything else in it (notes, other images, sub-folders) is never deleted."""
+    entries = list(folder.iterdir())
+    return bool(entries) and all(entry.is_file() and not entry.is_symlink() and entry.suffix.lower() == ".dcm"
+                                 for entry in entries)
+
+
 @contextlib.contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
+def atomic_target(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a path inside a hidden temporary folder next to ``path``; move the results into place on success.
 
-    Multi-file outputs (NHDR/MHD header + data, DICOM series folders) move data first and the header last.
+    Nothing that exists is replaced unless ``overwrite`` is set, and even then a folder only when it holds
+    nothing but a DICOM series (:func:`is_replaceable_series`). Multi-file outputs (NHDR/MHD header + data,
+    PNG + JSON sidecar) move data first and the header last.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
     try:
         yield staging / path.name
-        produced = staging / path.name
-        if produced.is_dir():
-            if path.exists():
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            os.replace(produced, path)
-        else:
-            for item in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
-                os.replace(item, path.parent / item.name)
+        produced = sorted(staging.iterdir(), key=lambda p: p.name == path.name)
+        for item in produced:  # every check first: a refusal leaves nothing half-moved
+            _check_replaceable(path.parent / item.name, item.is_dir(), overwrite)
+        for item in produced:
+            destination = path.parent / item.name
+            if item.is_dir() and destination.is_dir():  # an old series: moved aside, deleted with the staging
+                os.replace(destination, staging / ".replaced")
+            os.replace(item, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _check_replaceable(destination: Path, is_series: bool, overwrite: bool) -> None:
+    if not os.path.lexists(destination) or (is_series and destination.is_dir() and not any(destination.iterdir())):
+        return  # nothing there, or an empty folder: nothing to lose
+    if not overwrite:
+        raise InputError(f"{destination} already exists (it appeared while this run worked): nothing was "
+                         "replaced; choose a new output name, or pass --overwrite")
+    if destination.is_dir() != is_series or (is_series and not is_replaceable_series(destination)):
+        raise InputError(f"{destination} exists and is not a {'DICOM series folder' if is_series else 'file'}: "
+                         "it was left as it is; choose a new output name")
+
+
+def output_files(path: str | os.PathLike, dwi: bool = False) -> list[Path]:
+    """Every file (or DICOM series folder) that writing an image to ``path`` creates: the image itself, the
+    data file of a two-file format (``.mhd`` -> ``.zraw``, ``.nhdr`` -> ``.raw.gz``), the provenance sidecar of
+    PNG/TIFF (``<stem>.json``) and, for a non-NRRD diffusion series (``dwi``), its ``.bval`` and ``.bvec``."""
+    path = Path(path)
+    suffix = _suffix(path)
+    stem = path.name[:len(path.name) - len(suffix)]
+    files = [path]
+    if suffix == ".mhd":
+        files.append(path.with_name(stem + ".zraw"))
+    elif suffix == ".nhdr":
+        files.append(path.with_name(stem + ".raw.gz"))
+    elif suffix in _SIDECAR_SUFFIXES:
+        files.append(_sidecar(path))
+    if dwi and not _is_nrrd(path):
+        files.extend(_dwi_sidecars(path))
+    return files
+
+
+def input_files(path: str | os.PathLike) -> list[Path]:
+    """The files an input consists of, all to be kept safe from the run's outputs: the image file, the data
+    files its MHD/NHDR header names, same-stem sidecars that exist (``.json``, ``.bval``, ``.bvec``); for a
+    DICOM folder, the folder and every file in it."""
+    path = Path(path)
+    if path.is_dir():
+        return [path, *path.iterdir()]
+    files = [path]
+    suffix = _suffix(path)
+    if suffix in _TWO_FILE_SUFFIXES and path.is_file():
+        files.extend(_header_data_files(path))
+    if suffix in VOLUME_SUFFIXES:
+        stem = path.name[:len(path.name) - len(suffix)]
+        files.extend(side for side in (path.with_name(stem + ext) for ext in (".json", ".bval", ".bvec"))
+                     if side.exists())
+    return files
+
+
+def _header_data_files(header: Path) -> list[Path]:
+    """Data files named by an MHD (``ElementDataFile``) or NHDR (``data file``) header: one name, a ``LIST``
+    of names on the following lines, or a ``%d`` pattern (all files it can match are kept safe)."""
+    try:
+        lines = header.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for number, line in enumerate(lines):
+        key, separator, value = line.partition("=" if header.suffix.lower() == ".mhd" else ":")
+        if not separator or key.strip().lower() not in ("elementdatafile", "data file", "datafile"):
+            continue
+        value = value.strip()
+        if value.upper().startswith("LIST"):
+            return [header.with_name(name.strip()) for name in lines[number + 1:] if name.strip()]
+        if value.upper() == "LOCAL" or not value:
+            return []
+        name = value.split()[0] if "%" in value else value
+        if "%" in name:  # printf pattern: keep every existing file with the pattern's fixed prefix and suffix
+            prefix, _, rest = name.partition("%")
+            ending = rest.lstrip("0123456789.-+ #").lstrip("diuxX")
+            folder = (header.parent / prefix).parent
+            start = Path(prefix).name
+            return [f for f in folder.glob("*") if f.name.startswith(start) and f.name.endswith(ending)]
+        return [header.with_name(name) if not Path(name).is_absolute() else Path(name)]
+    return []
+
+
+def check_output_format(path: str | os.PathLike, shape: tuple[int, ...] | None = None,
+                        dtype: np.dtype | str | None = None, geometry: Geometry | None = None) -> None:
+    """Refuse, before any work, an output the format of ``path`` cannot hold: an unknown extension, a
+    non-8/16-bit-unsigned or multi-slice PNG, a multi-slice single ``.dcm``, a 4D image in a 2D/3D-only format,
+    a non-orthogonal direction in NIfTI. ``shape`` (numpy order), ``dtype`` and ``geometry`` are checked when
+    given."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in VOLUME_SUFFIXES and (suffix or (path.exists() and not path.is_dir())):
+        raise InputError(f"unsupported output type '{path.name}': use one of {', '.join(VOLUME_SUFFIXES)} "
+                         "or a folder name for a DICOM series")
+    if dtype is not None and suffix in (".tif", ".tiff") and np.dtype(dtype).itemsize > 4 \
+            and np.issubdtype(dtype, np.integer):
+        raise InputError(f"{path.name}: TIFF stores integers of up to 32 bits and this output is {np.dtype(dtype)}: "
+                         "write .nrrd or .nii.gz instead")
+    if dtype is not None and suffix == ".png" and np.dtype(dtype) not in (np.uint8, np.uint16):
+        raise InputError(f"{path.name}: PNG stores 8- or 16-bit unsigned integers and this output is "
+                         f"{np.dtype(dtype)}: write .tif, .nrrd or .nii.gz instead")
+    if shape is None:
+        return
+    slices = 1 if len(shape) == 2 else int(np.prod(shape[:-2]))
+    if suffix == ".png" and slices != 1:
+        raise InputError(f"{path.name}: a PNG holds one 2D image and this output has {slices} slices: write "
+                         ".tif (a stack), .nrrd or .nii.gz instead")
+    if suffix == ".dcm" and slices != 1:
+        raise InputError(f"a single .dcm file holds one slice and this output has {slices}: give a folder name "
+                         "(no extension) to write a DICOM series")
+    if len(shape) > 3 and suffix not in (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        raise InputError(f"{path.name}: a {len(shape)}D image needs NIfTI, NRRD or MetaImage (.nii.gz, .nrrd, .mha)")
+    if geometry is not None and suffix in (".nii", ".nii.gz"):
+        size = len(geometry.spacing)
+        direction = np.asarray(geometry.direction, dtype=np.float64).reshape(size, size)
+        if not np.allclose(direction.T @ direction, np.eye(size), atol=1e-4):
+            raise InputError(f"{path.name}: NIfTI cannot store this image's non-orthogonal (sheared) axes and would "
+                             "move its voxels: write .nrrd or .mha, which keep the geometry exactly")
+
+
 def write_volume(path: str | os.PathLike, volume: Volume, description: str = "DiffDenoise output",
-                 provenance: Provenance | None = None) -> None:
+                 provenance: Provenance | None = None, overwrite: bool = False) -> None:
     """Write ``volume`` with its geometry; the format follows the extension (a path without one: DICOM series).
 
     PNG stores 8- or 16-bit unsigned integers only: cast first (the CLI keeps the input's data type).
@@ -245,24 +489,22 @@ def write_volume(path: str | os.PathLike, volume: Volume, description: str = "Di
     ``provenance`` is recorded as: ``DiffDenoise_<field>`` header fields (NRRD, MetaImage); the ``descrip``
     summary line plus the whole record as JSON in a comment extension (NIfTI); JSON in Derivation Description
     (0008,2111) of every slice (DICOM); a ``<stem>.json`` sidecar (PNG, TIFF). :func:`read_provenance` reads
-    it back.
+    it back. An existing file is refused unless ``overwrite``; a folder is only ever replaced when it holds
+    nothing but a DICOM series.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "." or "out/.." name a real folder
     suffix = _suffix(path)
     is_series = path.is_dir() or suffix == ""
-    if not is_series and suffix not in VOLUME_SUFFIXES:
-        raise InputError(f"unsupported output type '{path.name}': use one of {', '.join(VOLUME_SUFFIXES)} "
-                         "or a folder name for a DICOM series")
-    if suffix == ".png" and volume.array.dtype not in (np.uint8, np.uint16):
-        raise InputError(f"PNG stores 8/16-bit unsigned integers, not {volume.array.dtype}: "
-                         "write .nrrd/.nii.gz instead, or keep the input's data type")
-    with atomic_target(path) as target:
+    check_output_format(path, volume.array.shape, volume.array.dtype)
+    with atomic_target(path, overwrite) as target:
         if is_series:
             target.mkdir()
             _write_dicom_slices(target, volume, description, provenance)
         elif suffix == ".dcm":
             _write_dicom_slices(target.parent, volume, description, provenance, single_file=target)
         else:
+            if suffix in (".tif", ".tiff") and volume.array.dtype == np.float64:  # TIFF floats are 32-bit
+                volume = volume.with_array(volume.array.astype(np.float32))
             image = volume_to_image(volume)
             if suffix in _SIDECAR_SUFFIXES and image.GetDimension() == 3 and image.GetSize()[2] == 1:
                 image = image[:, :, 0]
@@ -271,9 +513,13 @@ def write_volume(path: str | os.PathLike, volume: Volume, description: str = "Di
                     image.SetMetaData(key, value)
             if provenance is not None and suffix in (".nii", ".nii.gz"):
                 image.SetMetaData("ITK_FileNotes", provenance.summary())  # ITK writes it to descrip
-            sitk.WriteImage(image, str(target), useCompression=suffix in _KEY_VALUE_SUFFIXES)
-            if provenance is not None and suffix in (".nii", ".nii.gz"):
-                _add_nifti_record(target, provenance)
+            try:
+                sitk.WriteImage(image, str(target), useCompression=suffix in _KEY_VALUE_SUFFIXES)
+            except RuntimeError as error:  # ITK reports a full disk or a failed write this way
+                raise OSError(errno.EIO, f"ITK could not write it ({_last_line(error)}): is the disk full?",
+                              str(path)) from None
+            if suffix in (".nii", ".nii.gz") and (provenance is not None or _NIFTI_FORMS in volume.metadata):
+                _finish_nifti(target, provenance, volume.metadata.get(_NIFTI_FORMS))
             if provenance is not None and suffix in _SIDECAR_SUFFIXES:
                 _sidecar(target).write_text(json.dumps(provenance.as_dict(), indent=2))
 
@@ -282,11 +528,17 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name[:len(path.name) - len(_suffix(path))] + ".json")
 
 
-def _add_nifti_record(path: Path, provenance: Provenance) -> None:
-    """Append the provenance record to a NIfTI file as a JSON comment extension (ITK cannot write extensions)."""
+def _finish_nifti(path: Path, provenance: Provenance | None, forms: str | None) -> None:
+    """What ITK cannot write into a NIfTI file: the provenance record as a JSON comment extension, and the
+    input's qform and sform both as they were (``forms``, when they disagree; ITK writes one into both)."""
     image = nib.load(path)
     header = image.header.copy()
-    header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(provenance.as_dict()).encode()))
+    if provenance is not None:
+        header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(provenance.as_dict()).encode()))
+    if forms is not None:
+        stored = json.loads(forms)
+        header.set_qform(np.array(stored["qform"]), int(stored["qform_code"]))
+        header.set_sform(np.array(stored["sform"]), int(stored["sform_code"]))
     # the stored values (keeps ITK's scaling and data type), copied: a .nii is memory-mapped and rewritten here
     data = np.array(image.dataobj.get_unscaled())
     nib.save(nib.Nifti1Image(data, None, header), path)
@@ -348,7 +600,7 @@ def _write_dicom_slices(folder: Path, volume: Volume, description: str, provenan
     pixel_image, rescale_tags = _dicom_pixels(image)
     direction = image.GetDirection()
     series_uid = f"2.25.{uuid.uuid4().int}"
-    tags = dict(volume.metadata)
+    tags = {key: value for key, value in volume.metadata.items() if key in _DICOM_TAGS_KEPT}
     tags.update({
         "0020|000e": series_uid,
         "0008|103e": f"{volume.metadata.get('0008|103e', '').strip()} {description}".strip()[:64],
@@ -371,11 +623,16 @@ def _write_dicom_slices(folder: Path, volume: Volume, description: str, provenan
         slice_image.SetMetaData("0020|0013", str(index + 1))
         slice_image.SetMetaData("0008|0018", f"2.25.{uuid.uuid4().int}")
         writer.SetFileName(str(single_file or folder / f"slice_{index:04d}.dcm"))
-        writer.Execute(slice_image)
+        try:
+            writer.Execute(slice_image)
+        except RuntimeError as error:  # GDCM reports a full disk as an unsupported component type
+            raise OSError(errno.EIO, f"GDCM could not write slice {index} ({_last_line(error)}): is the disk full?",
+                          str(folder)) from None
 
 
 def read_bvals_bvecs(bval_path: str | os.PathLike, bvec_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read FSL b-values (one row) and gradient directions (3 rows or 3 columns); NaN directions become 0."""
+    """Read FSL b-values (one row) and gradient directions (3 rows or 3 columns); NaN directions become 0 and
+    directions that are not unit length are normalised with a warning (FSL keeps the b-value in the .bval)."""
     try:
         bvals = np.loadtxt(bval_path, dtype=np.float64, ndmin=1).ravel()
         bvecs = np.loadtxt(bvec_path, dtype=np.float64, ndmin=2)
@@ -390,7 +647,15 @@ def read_bvals_bvecs(bval_path: str | os.PathLike, bvec_path: str | os.PathLike)
     if len(bvals) != len(bvecs):
         raise InputError(f"{len(bvals)} b-values but {len(bvecs)} gradient directions: the .bval and .bvec "
                          "files must describe the same volumes")
-    return bvals, np.nan_to_num(bvecs, nan=0.0)
+    bvecs = np.nan_to_num(bvecs, nan=0.0)
+    norms = np.linalg.norm(bvecs, axis=1)
+    off = (norms > 0) & (np.abs(norms - 1) > UNIT_TOLERANCE)
+    if off.any():
+        warnings.warn(f"{bvec_path}: {int(off.sum())} gradient directions are not unit length (|g| from "
+                      f"{norms[off].min():.3g} to {norms[off].max():.3g}); they were normalised, the b-values are "
+                      "taken from the .bval file as given", DataWarning, stacklevel=2)
+        bvecs = np.divide(bvecs, norms[:, None], out=np.zeros_like(bvecs), where=norms[:, None] > 0)
+    return bvals, bvecs
 
 
 def _dwi_sidecars(path: Path) -> tuple[Path, Path]:
@@ -424,18 +689,21 @@ def read_dwi(path: str | os.PathLike, bval_path: str | os.PathLike | None = None
     return DiffusionVolume(volume, bvals, bvecs)
 
 
-def write_dwi(path: str | os.PathLike, dwi: DiffusionVolume, provenance: Provenance | None = None) -> None:
+def write_dwi(path: str | os.PathLike, dwi: DiffusionVolume, provenance: Provenance | None = None,
+              overwrite: bool = False) -> None:
     """Write a 4D series: ``.nrrd`` / ``.nhdr`` as NRRD DWI (gradients in the header, as Slicer reads them),
     anything else plus ``<stem>.bval`` / ``<stem>.bvec`` next to it (FSL layout, one row per axis).
-    ``provenance`` is recorded as in :func:`write_volume`."""
+    ``provenance`` is recorded as in :func:`write_volume`; existing files are refused unless ``overwrite``."""
     path = Path(path)
     if _is_nrrd(path):
-        _write_nrrd_dwi(path, dwi, provenance)
+        _write_nrrd_dwi(path, dwi, provenance, overwrite)
         return
     bval_path, bvec_path = _dwi_sidecars(path)
-    write_volume(path, dwi.volume, provenance=provenance)
+    for sidecar in (bval_path, bvec_path):  # checked before the image is written: all three or none
+        _check_replaceable(sidecar, False, overwrite)
+    write_volume(path, dwi.volume, provenance=provenance, overwrite=overwrite)
     for sidecar, rows in ((bval_path, dwi.bvals[None, :]), (bvec_path, dwi.bvecs.T)):
-        with atomic_target(sidecar) as target:
+        with atomic_target(sidecar, overwrite) as target:
             np.savetxt(target, rows, fmt="%.10g")
 
 
@@ -491,7 +759,7 @@ def _read_nrrd_dwi(path: Path) -> DiffusionVolume:
     return DiffusionVolume(Volume(series, geometry.with_series_axis()), bvals, bvecs)
 
 
-def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume, provenance: Provenance | None) -> None:
+def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume, provenance: Provenance | None, overwrite: bool) -> None:
     array = dwi.volume.array
     if array.ndim != 4:
         raise InputError(f"a DWI has 4 dimensions (volumes, z, y, x), got shape {array.shape}")
@@ -500,7 +768,10 @@ def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume, provenance: Provenance | N
     direction = np.asarray(geometry.direction, dtype=np.float64).reshape(dimension, dimension)[:3, :3]
     spacing = np.asarray(geometry.spacing[:3], dtype=np.float64)
     reference_b = float(np.max(dwi.bvals)) if np.max(dwi.bvals) > 0 else 1.0
-    gradients = fsl_to_world_bvecs(dwi.bvecs, direction) * np.sqrt(np.maximum(dwi.bvals, 0) / reference_b)[:, None]
+    # unit directions scaled by sqrt(b / b_max): NRRD encodes each volume's b-value in its gradient's length
+    norms = np.linalg.norm(dwi.bvecs, axis=1, keepdims=True)
+    unit = np.divide(dwi.bvecs, norms, out=np.zeros_like(dwi.bvecs, dtype=np.float64), where=norms > 0)
+    gradients = fsl_to_world_bvecs(unit, direction) * np.sqrt(np.maximum(dwi.bvals, 0) / reference_b)[:, None]
     header = {
         "space": "left-posterior-superior",
         "space directions": np.vstack([np.full(3, np.nan), (direction * spacing).T]),
@@ -515,7 +786,7 @@ def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume, provenance: Provenance | N
     }
     if array.dtype == np.float64:
         array = array.astype(np.float32)
-    with atomic_target(path) as target:
+    with atomic_target(path, overwrite) as target:
         detached = {"detached_header": True} if _suffix(path) == ".nhdr" else {}
         nrrd.write(str(target), np.ascontiguousarray(np.moveaxis(array, 0, -1)), header, index_order="C",
                    **detached)

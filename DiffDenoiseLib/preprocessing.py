@@ -10,6 +10,7 @@ from .errors import InputError
 from .noise import robust_range
 
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
+FLOAT32_EXACT = 2.0 ** 24  # float32 holds every integer up to here; above, unit steps are rounded
 
 
 def check_image(image: np.ndarray) -> None:
@@ -65,11 +66,24 @@ class IntensityScaling:
                              "normalise: multiply the image by a constant (e.g. 1e6 or 1e-6) and retry")
         return cls(low, high)
 
+    @property
+    def precise(self) -> bool:
+        """True when the intensities exceed float32's 24-bit precision (uint32 near 3e9, int64, a large offset
+        on float64 data): then the offset is removed and restored in float64, or float32 would round it."""
+        return max(abs(self.low), abs(self.high)) >= FLOAT32_EXACT
+
     def normalise(self, image: np.ndarray) -> np.ndarray:
-        return ((image.astype(np.float32) - self.low) / (self.high - self.low)).astype(np.float32)
+        """The image mapped to [0, 1] over its robust range, float32 (subtracted in float64 when needed)."""
+        work = np.float64 if self.precise or image.dtype.itemsize > 4 else np.float32
+        normalised = np.empty(image.shape, dtype=np.float32)
+        for index in np.ndindex(image.shape[:1]) if image.ndim > 2 else [Ellipsis]:  # one slab at a time: memory
+            normalised[index] = (image[index].astype(work) - self.low) / (self.high - self.low)
+        return normalised
 
     def denormalise(self, image: np.ndarray) -> np.ndarray:
-        return (image * (self.high - self.low) + self.low).astype(np.float32)
+        """Inverse of :meth:`normalise`: float32, or float64 when :attr:`precise` (float32 would round)."""
+        dtype = np.float64 if self.precise else np.float32
+        return (image.astype(dtype) * (self.high - self.low) + self.low).astype(dtype)
 
 
 def to_slices(volume: np.ndarray, axis: int = 0) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Provenance of a result: which method, preset, model and software made it, and when.
 
 Every output file and Slicer node carries one record (see :func:`.io.write_volume` for where it goes in each
-format), so a denoised image can be traced back to the exact model: ``bundle_sha256`` is the weight hash a
-saved bundle records (``weights_sha256``), also for a model trained on the input and never saved.
+format), so a denoised image can be traced back to the exact model: ``bundle_sha256`` is the hash of weights
+and settings a saved bundle records (also for a model trained on the input and never saved).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -66,6 +68,8 @@ def checkpointed(config: TrainConfig, directory: str | Path | None, stage: str) 
     so a killed run started again with the same directory resumes there; unchanged without a directory."""
     if directory is None:
         return config
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise InputError(f"checkpoint folder {directory} is a file: give a folder name (it is created if missing)")
     return replace(config, checkpoint_path=str(Path(directory) / f"{stage}.pt"),
                    checkpoint_every=max(1, min(100, config.steps // 10)))
 
@@ -163,11 +167,29 @@ def _config_fingerprint(config: TrainConfig, model: nn.Module, slices: torch.Ten
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically, so a crash while saving keeps the previous checkpoint."""
+    """Write atomically under a unique temporary name, so a crash while saving keeps the previous checkpoint
+    and two runs sharing a folder never move each other's half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    """A checkpoint's state (tensors and plain values only: ``weights_only``, never arbitrary pickles)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"checkpoint {path} is damaged or incomplete ({reason}): delete it and run again "
+                         "(that stage starts over)") from None
+    if not isinstance(state, dict) or "fingerprint" not in state:
+        raise InputError(f"checkpoint {path} was not written by DiffDenoise: delete it or use another folder")
+    return state
 
 
 def train(model: nn.Module, slices: torch.Tensor | np.ndarray, loss_fn: LossFunction, config: TrainConfig,
@@ -202,7 +224,7 @@ def train(model: nn.Module, slices: torch.Tensor | np.ndarray, loss_fn: LossFunc
     fingerprint = _config_fingerprint(config, model, slices) if checkpoint is not None else ""
     start_step, losses = 0, []
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = _load_checkpoint(checkpoint)
         if state.get("fingerprint") != fingerprint:
             raise InputError(f"checkpoint {checkpoint} was written by a run with other settings or on other "
                              "data: delete it or use another checkpoint folder")

@@ -38,7 +38,7 @@ def test_full_pipeline_round_trip_keeps_every_stage(tmp_path, trained, knee_crop
     assert metadata["diffusion"]["schedule"]["steps"] == 50 and metadata["sampling"]["pairs"] == 1
     assert {stage: metadata["training"][stage]["summary"]["steps"] for stage in metadata["training"]} == {
         "bsn": 4, "diffusion": 4, "nafnet": 4}
-    assert len(metadata["weights_sha256"]) == 64 and metadata["package_version"]
+    assert len(metadata["bundle_sha256"]) == 64 and metadata["package_version"]
 
 
 def test_apply_runs_only_the_distilled_nafnet(tmp_path, trained, knee_crop):

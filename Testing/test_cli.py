@@ -49,7 +49,7 @@ def test_denoise_apply_and_info(tmp_path, noisy_file):
     np.testing.assert_allclose(written.geometry.origin, source.geometry.origin, atol=1e-6)
 
     # every output records what made it; the hash is the saved bundle's, trained here or applied from it
-    weights = read_bundle_metadata(model)["weights_sha256"]
+    weights = read_bundle_metadata(model)["bundle_sha256"]
     for path in (out, tmp_path / "out_residual.nii.gz", tmp_path / "out_uncertainty.nii.gz"):
         record = read_provenance(path)
         assert (record.method, record.preset, record.model) == ("diffdenoise", "quick", "trained on the input")

@@ -59,7 +59,7 @@ def test_process_creates_a_new_node_with_the_same_geometry(scene_with_volume, tm
     again = DiffDenoiseLogic().apply(node, str(tmp_path / "m.safetensors"))
     assert again.GetName() == "knee denoised_1"
     np.testing.assert_allclose(slicer.util.arrayFromVolume(again), slicer.util.arrayFromVolume(output), atol=1e-3)
-    weights = read_bundle_metadata(tmp_path / "m.safetensors")["weights_sha256"]
+    weights = read_bundle_metadata(tmp_path / "m.safetensors")["bundle_sha256"]
     for made, how in ((output, "trained on the input"), (logic.lastExtraNodes["residual"], "trained on the input"),
                       (again, "bundle")):
         record = DiffDenoiseLogic.provenanceOf(made)
@@ -139,7 +139,7 @@ def test_process_dwi_returns_a_new_dwi_node_with_the_same_gradients(small_dwi, t
     background, _ = _finish(logic.startBackground(node, method="apply", modelPath=str(tmp_path / "m.safetensors")))
     assert background.IsA("vtkMRMLDiffusionWeightedVolumeNode") and background.GetName() == "dwi denoised_2"
     np.testing.assert_allclose(slicer.util.arrayFromVolume(background), denoised, atol=1e-3)
-    weights = read_bundle_metadata(tmp_path / "m.safetensors")["weights_sha256"]
+    weights = read_bundle_metadata(tmp_path / "m.safetensors")["bundle_sha256"]
     records = [DiffDenoiseLogic.provenanceOf(made) for made in (output, again, background)]
     assert [(r.method, r.model, r.bundle_sha256) for r in records] == [
         ("ddm2", "trained on the input", weights), ("ddm2", "bundle", weights), ("ddm2", "bundle", weights)]

@@ -104,6 +104,13 @@ def test_batch_script_denoises_a_folder_with_slicer_core(knee_crop, tmp_path):
         np.testing.assert_allclose(output.GetDirection(), source.GetDirection(), atol=1e-6)
         assert np.abs(sitk.GetArrayFromImage(output) - sitk.GetArrayFromImage(source)).mean() > 0
     assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before
+    # run again into the same folder: refused before any image is read, unless --overwrite
+    written = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    again = subprocess.run([sys.executable, str(BATCH), "--input", str(inputs), "--output", str(tmp_path / "out"),
+                            "--method", "bsn", "--steps", "2", "--device", "cpu", "--no-progress"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == written
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -23,8 +23,10 @@ import slicer  # noqa: E402
 
 from DiffDenoise import DiffDenoiseLogic, node_geometry  # noqa: E402
 from DiffDenoiseLib.cli import TqdmProgress  # noqa: E402
+from DiffDenoiseLib.errors import InputError  # noqa: E402
 from DiffDenoiseLib.io import Volume, write_volume  # noqa: E402
 from DiffDenoiseLib.options import DEVICE_CHOICES, EXTRA_OUTPUTS, METHODS, NOISE_CHOICES, PRESETS  # noqa: E402
+from DiffDenoiseLib.write_plan import WritePlan  # noqa: E402
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")  # what the volume storage node reads
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -46,11 +48,31 @@ def read_node(scene, path: Path):
     return node
 
 
-def write_node(node, path: Path) -> None:
+def write_node(node, path: Path, overwrite: bool) -> None:
     """Write ``node`` to ``path`` atomically, with its geometry and the provenance the logic recorded on it (a
     storage node would drop the provenance attributes)."""
     volume = Volume(slicer.util.arrayFromVolume(node).copy(), node_geometry(node))
-    write_volume(path, volume, provenance=DiffDenoiseLogic.provenanceOf(node))
+    write_volume(path, volume, provenance=DiffDenoiseLogic.provenanceOf(node), overwrite=overwrite)
+
+
+def extra_path(target: Path, name: str) -> Path:
+    """``out.nii.gz`` -> ``out_residual.nii.gz``."""
+    suffix = next(s for s in IMAGE_SUFFIXES if target.name.lower().endswith(s))
+    return target.with_name(f"{target.name[:-len(suffix)]}_{name}{suffix}")
+
+
+def plan_writes(jobs: list[tuple[Path, Path]], args: argparse.Namespace) -> None:
+    """Check every output of the run before the first image is read (never an input, never an existing file
+    without --overwrite, never two outputs on one path)."""
+    plan = WritePlan(args.overwrite)
+    if args.model:
+        plan.read(args.model, "model bundle")
+    for source, target in jobs:
+        plan.read(source)
+        plan.image(target)
+        for name in args.extra:
+            plan.image(extra_path(target, name), f"{name} output")
+    plan.check()
 
 
 def denoise_file(source: Path, target: Path, args: argparse.Namespace) -> None:
@@ -66,10 +88,9 @@ def denoise_file(source: Path, target: Path, args: argparse.Namespace) -> None:
             output = logic.process(node, method=args.method, noise=args.noise, preset=args.preset, steps=args.steps,
                                    seed=args.seed, **options)
         progress.close()
-        write_node(output, target)
-        suffix = next(s for s in IMAGE_SUFFIXES if target.name.lower().endswith(s))
+        write_node(output, target, args.overwrite)
         for name, extra in logic.lastExtraNodes.items():
-            write_node(extra, target.with_name(f"{target.name[:-len(suffix)]}_{name}{suffix}"))
+            write_node(extra, extra_path(target, name), args.overwrite)
     finally:
         scene.Clear(1)
 
@@ -87,6 +108,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extra", nargs="+", default=[], choices=EXTRA_OUTPUTS, help="also write OUTPUT_<name>")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     return parser.parse_args(argv)
 
 
@@ -117,6 +139,11 @@ def main(argv: list[str]) -> int:
                   file=sys.stderr)
             return EXIT_USAGE
         jobs = [(source, target)]
+    try:
+        plan_writes(jobs, args)
+    except InputError as error:
+        print(f"DiffDenoiseBatch: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     failed = 0
     for number, (path, output) in enumerate(jobs, start=1):
         started = time.perf_counter()
