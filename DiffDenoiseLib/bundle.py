@@ -10,6 +10,7 @@ edited setting is refused like an edited weight. Settings are validated for type
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import math
@@ -24,7 +25,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import __version__
-from .errors import BundleError
+from .errors import BundleError, InputError
+from .io import move_into_place
 from .models import ARCHITECTURES, build_network
 
 FORMAT = "diffdenoise-bundle"
@@ -115,7 +117,11 @@ def save_bundle(path: str | os.PathLike, bundle: ModelBundle, overwrite: bool = 
     try:
         save_file(tensors, temporary, metadata={_METADATA_KEY: json.dumps(metadata)})
         os.chmod(temporary, 0o644)  # readable by the lab like the images (mkstemp makes it private)
-        os.replace(temporary, path)
+        move_into_place(Path(temporary), path, overwrite)
+    except SafetensorError as error:  # a full disk, as safetensors reports it
+        raise OSError(errno.EIO, f"could not write the model bundle ({error}): is the disk full?", str(path)) from None
+    except InputError as error:  # another run saved the same path meanwhile
+        raise BundleError(str(error)) from None
     finally:
         Path(temporary).unlink(missing_ok=True)
     return path

@@ -59,11 +59,15 @@ POSITIVE = _whole_number(1)
 SEED = _whole_number(-(2 ** 63), 2 ** 63 - 1)  # what torch.manual_seed accepts
 
 
+class UsageError(Exception):
+    """A command line argparse refused; :func:`main` reports it as one line (and a protocol error line)."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line instead of usage text + error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 class TqdmProgress:
@@ -114,10 +118,14 @@ def _image_outputs(output: Path, args: argparse.Namespace,
     return outputs + [(name, extra_output_path(output, name), np.dtype(np.float32)) for name in args.extra]
 
 
-def _plan_images(plan: WritePlan, output: Path, args: argparse.Namespace, volume: Volume | None) -> None:
+def _plan_images(plan: WritePlan, output: Path, args: argparse.Namespace, volume: Volume | None,
+                 source: Path | None = None) -> None:
+    """Plan the output and extras of one input (``source`` names it in messages, for a cohort)."""
     shape, geometry = (volume.array.shape, volume.geometry) if volume is not None else (None, None)
+    of = f" of {source}" if source is not None else ""
     for name, path, dtype in _image_outputs(output, args, volume):
-        plan.image(path, "output" if name == "denoised" else f"{name} output", shape, dtype, geometry=geometry)
+        plan.image(path, ("output" if name == "denoised" else f"{name} output") + of, shape, dtype,
+                   geometry=geometry)
 
 
 def _plan_training(plan: WritePlan, args: argparse.Namespace) -> Path | None:
@@ -154,13 +162,26 @@ def _write_outputs(input_volume: Volume, result: Denoised, output: Path, args: a
             print(f"wrote {name} to {path}")
 
 
-def _save_model(path: Path | None, bundle: ModelBundle, args: argparse.Namespace, written: Written) -> None:
-    """Save the trained bundle first of all outputs: a later failure must not lose the training."""
+def _save_model(path: Path | None, bundle: ModelBundle, args: argparse.Namespace, written: Written) -> str | None:
+    """Save the trained bundle first of all outputs, so a later failure cannot lose the training. A bundle that
+    cannot be written (a full disk) does not stop the images: returns the problem, to report after them."""
     from .bundle import save_bundle
 
-    if path is not None:
+    if path is None:
+        return None
+    try:
         written["model"] = save_bundle(path, bundle, overwrite=args.overwrite)
-        print(f"saved model bundle {written['model']}")
+    except OSError as error:
+        problem = f"the model bundle was not saved: {_describe_error(error)}"
+        print(f"diffdenoise: warning: {problem}; writing the images anyway", file=sys.stderr)
+        return problem
+    print(f"saved model bundle {written['model']}")
+    return None
+
+
+def _report_unsaved(problem: str | None, args: argparse.Namespace) -> None:
+    if problem is not None:
+        raise DiffDenoiseError(f"{problem}; the images were written{_resume_hint(args)}")
 
 
 def _slice_axis(volume: Volume, choice: str) -> int:
@@ -188,12 +209,13 @@ def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     if not distributed.is_main():  # under torchrun every process trains; one writes
         return {}
     _check_finite({"denoised": result.denoised, **result.extras})
-    _save_model(model_path, result.bundle, args, args.written)
+    unsaved = _save_model(model_path, result.bundle, args, args.written)
     _write_outputs(volume, result, args.output, args, Provenance.of(result.bundle, True), args.written)
     print(result.summary())
     noise = result.noise
     print(f"noise: {noise.kind} (sigma ~ {noise.sigma:.4g}, {100 * noise.relative_sigma:.1f}% of range); "
           f"wrote {args.output} in {result.timings['total_s']:.0f} s")
+    _report_unsaved(unsaved, args)
     return args.written
 
 
@@ -260,13 +282,14 @@ def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
     if not distributed.is_main():
         return {}
     _check_finite({"denoised": result.denoised})
-    _save_model(model_path, result.bundle, args, args.written)
+    unsaved = _save_model(model_path, result.bundle, args, args.written)
     write_dwi(args.output, DiffusionVolume(dwi.volume.with_array(match_dtype(result.denoised, dtype)), dwi.bvals,
                                            dwi.bvecs), Provenance.of(result.bundle, not args.model), args.overwrite)
     args.written["denoised"] = args.output
     print(result.summary())
     print(f"wrote {args.output} ({len(series)} volumes, b-values and gradients kept) in "
           f"{result.timings['total_s']:.0f} s")
+    _report_unsaved(unsaved, args)
     return args.written
 
 
@@ -289,7 +312,7 @@ def cmd_cohort(args: argparse.Namespace, progress: Progress) -> Written:
     jobs = [(path, args.out / path.name) for path in args.inputs]
     for path, output in jobs:
         plan.read(path)
-        _plan_images(plan, output, args, None)
+        _plan_images(plan, output, args, None, source=path)
     plan.check()
     bundle = load_bundle(args.model)
     mine = distributed.shard(jobs)
@@ -505,7 +528,13 @@ def _describe_error(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as error:
+        print(f"diffdenoise: error: {error}", file=sys.stderr)
+        if "--machine-progress" in (sys.argv[1:] if argv is None else argv):
+            JsonLinesProgress().error(f"error: {error}", EXIT_USAGE)
+        return EXIT_USAGE
     args.written = {}  # every file in place so far, by name: what an interrupted or failed run reports
     signal.signal(signal.SIGTERM, _raise_terminated)
     warnings.showwarning = _show_warning

@@ -16,17 +16,19 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 
 import nibabel as nib
 import nrrd
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 from pydicom.misc import is_dicom
 
@@ -48,6 +50,10 @@ _DICOM_TAGS_KEPT = (
     "0008|0060", "0020|000d", "0020|0010", "0008|103e", "0018|0050",
 )
 _DICOM_DERIVATION = "0008|2111"  # Derivation Description: where a DICOM output keeps its provenance (JSON)
+_DICOM_DERIVATION_TAG = 0x00082111
+_IMAGE_IO = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
+             ".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".png": "PNGImageIO", ".tif": "TIFFImageIO",
+             ".tiff": "TIFFImageIO", ".dcm": "GDCMImageIO"}
 _KEY_VALUE_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")  # formats with free key/value header fields
 _SIDECAR_SUFFIXES = (".png", ".tif", ".tiff")  # no header fields: provenance goes to <stem>.json beside them
 
@@ -155,6 +161,23 @@ def read_volume(path: str | os.PathLike, series_id: str | None = None) -> Volume
     return Volume(sitk.GetArrayFromImage(image), Geometry.from_image(image), metadata)
 
 
+@contextlib.contextmanager
+def _lowercase_nifti_name(path: Path) -> Iterator[Path]:
+    """``path``, or for a NIfTI file named ``.Nii`` or ``.NII.GZ`` a link to it named in lowercase (the NIfTI
+    library refuses other names) in a temporary folder, removed afterwards; the file itself is untouched."""
+    suffix = _suffix(path)
+    if suffix not in (".nii", ".nii.gz") or path.name.endswith(suffix):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="diffdenoise-read-") as folder:
+        link = Path(folder) / f"image{suffix}"
+        try:
+            link.symlink_to(path.resolve())
+        except OSError:  # no symbolic links here (Windows without the privilege): let ITK try the name
+            link = path
+        yield link
+
+
 def _last_line(error: Exception) -> str:
     """The informative part of an ITK error (its last line; the rest is the C++ source location)."""
     text = str(error).strip()
@@ -173,8 +196,11 @@ def _read_file(path: Path) -> tuple[sitk.Image, dict[str, str]]:
         _check_nifti_complete(path)
         metadata = _disagreeing_nifti_forms(path)
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    image = reader.Execute()
+    if suffix in _IMAGE_IO:  # by our reading of the extension: ITK's own fails on scan.NII.GZ or scan.MHD
+        reader.SetImageIO(_IMAGE_IO[suffix])
+    with _lowercase_nifti_name(path) as readable:
+        reader.SetFileName(str(readable))
+        image = reader.Execute()
     if suffix in (".nii", ".nii.gz") and image.GetDimension() == 2:
         image = _placed_nifti_slice(image, _nifti_header(path))
     if dicom:
@@ -336,11 +362,21 @@ def volume_to_image(volume: Volume) -> sitk.Image:
 
 
 def is_replaceable_series(folder: Path) -> bool:
-    """True when ``folder`` holds nothing but DICOM slice files (``*.dcm``): a series ``--overwrite`` may replace.
-    A folder with anything else in it (notes, other images, sub-folders) is never deleted."""
+    """True when ``folder`` holds nothing but a DICOM series DiffDenoise wrote (``*.dcm`` slices whose Derivation
+    Description holds its provenance): the only folder ``--overwrite`` may replace. Anything else (notes,
+    other images, sub-folders, a scanner's own series) is never deleted."""
     entries = list(folder.iterdir())
     return bool(entries) and all(entry.is_file() and not entry.is_symlink() and entry.suffix.lower() == ".dcm"
-                                 for entry in entries)
+                                 and _written_by_diffdenoise(entry) for entry in entries)
+
+
+def _written_by_diffdenoise(slice_file: Path) -> bool:
+    try:
+        dataset = pydicom.dcmread(slice_file, stop_before_pixels=True, specific_tags=[_DICOM_DERIVATION_TAG])
+        record = json.loads(str(dataset.get(_DICOM_DERIVATION_TAG).value))
+    except (OSError, ValueError, AttributeError, pydicom.errors.InvalidDicomError):
+        return False
+    return isinstance(record, dict) and "bundle_sha256" in record
 
 
 @contextlib.contextmanager
@@ -358,13 +394,48 @@ def atomic_target(path: Path, overwrite: bool = False) -> Iterator[Path]:
         produced = sorted(staging.iterdir(), key=lambda p: p.name == path.name)
         for item in produced:  # every check first: a refusal leaves nothing half-moved
             _check_replaceable(path.parent / item.name, item.is_dir(), overwrite)
-        for item in produced:
-            destination = path.parent / item.name
-            if item.is_dir() and destination.is_dir():  # an old series: moved aside, deleted with the staging
-                os.replace(destination, staging / ".replaced")
-            os.replace(item, destination)
+        with _signals_held():  # Ctrl-C or SIGTERM between two moves would leave an image without its sidecar
+            for item in produced:
+                destination = path.parent / item.name
+                if item.is_dir() and destination.is_dir():  # an old series: moved aside, deleted with the staging
+                    os.replace(destination, staging / ".replaced")
+                move_into_place(item, destination, overwrite or item.is_dir())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def move_into_place(source: Path, destination: Path, overwrite: bool) -> None:
+    """Rename a finished file to its final name. Without ``overwrite`` the move cannot replace a file that
+    another run put there meanwhile: a hard link is created (atomic, fails if the name exists), then the
+    temporary name is removed; where the disk has no hard links, a check before the rename."""
+    if overwrite:
+        os.replace(source, destination)
+        return
+    try:
+        os.link(source, destination)
+    except FileExistsError:
+        raise InputError(f"{destination} appeared while this run worked (another run writing the same path?): "
+                         "it was left as it is; choose a new output name") from None
+    except OSError:  # no hard links on this file system (FAT, some network shares)
+        if os.path.lexists(destination):
+            raise InputError(f"{destination} appeared while this run worked: it was left as it is") from None
+        os.replace(source, destination)
+        return
+    source.unlink()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (delivered on exit) for a few renames; a no-op off the main thread or POSIX."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _check_replaceable(destination: Path, is_series: bool, overwrite: bool) -> None:
@@ -493,35 +564,43 @@ def write_volume(path: str | os.PathLike, volume: Volume, description: str = "Di
     nothing but a DICOM series.
     """
     path = Path(os.path.abspath(path))  # "." or "out/.." name a real folder
-    suffix = _suffix(path)
-    is_series = path.is_dir() or suffix == ""
     check_output_format(path, volume.array.shape, volume.array.dtype)
     with atomic_target(path, overwrite) as target:
-        if is_series:
-            target.mkdir()
-            _write_dicom_slices(target, volume, description, provenance)
-        elif suffix == ".dcm":
-            _write_dicom_slices(target.parent, volume, description, provenance, single_file=target)
-        else:
-            if suffix in (".tif", ".tiff") and volume.array.dtype == np.float64:  # TIFF floats are 32-bit
-                volume = volume.with_array(volume.array.astype(np.float32))
-            image = volume_to_image(volume)
-            if suffix in _SIDECAR_SUFFIXES and image.GetDimension() == 3 and image.GetSize()[2] == 1:
-                image = image[:, :, 0]
-            if provenance is not None and suffix in _KEY_VALUE_SUFFIXES:
-                for key, value in provenance.header_fields().items():
-                    image.SetMetaData(key, value)
-            if provenance is not None and suffix in (".nii", ".nii.gz"):
-                image.SetMetaData("ITK_FileNotes", provenance.summary())  # ITK writes it to descrip
-            try:
-                sitk.WriteImage(image, str(target), useCompression=suffix in _KEY_VALUE_SUFFIXES)
-            except RuntimeError as error:  # ITK reports a full disk or a failed write this way
-                raise OSError(errno.EIO, f"ITK could not write it ({_last_line(error)}): is the disk full?",
-                              str(path)) from None
-            if suffix in (".nii", ".nii.gz") and (provenance is not None or _NIFTI_FORMS in volume.metadata):
-                _finish_nifti(target, provenance, volume.metadata.get(_NIFTI_FORMS))
-            if provenance is not None and suffix in _SIDECAR_SUFFIXES:
-                _sidecar(target).write_text(json.dumps(provenance.as_dict(), indent=2))
+        _write_image(target, volume, description, provenance, is_series=path.is_dir() or _suffix(path) == "")
+
+
+def _write_image(target: Path, volume: Volume, description: str, provenance: Provenance | None,
+                 is_series: bool) -> None:
+    """Write the image (and its data file or sidecar) at ``target``, a path in a staging folder."""
+    suffix = _suffix(target)
+    if is_series:
+        target.mkdir()
+        _write_dicom_slices(target, volume, description, provenance)
+    elif suffix == ".dcm":
+        _write_dicom_slices(target.parent, volume, description, provenance, single_file=target)
+    else:
+        if suffix in (".tif", ".tiff") and volume.array.dtype == np.float64:  # TIFF floats are 32-bit
+            volume = volume.with_array(volume.array.astype(np.float32))
+        image = volume_to_image(volume)
+        if suffix in _SIDECAR_SUFFIXES and image.GetDimension() == 3 and image.GetSize()[2] == 1:
+            image = image[:, :, 0]
+        if provenance is not None and suffix in _KEY_VALUE_SUFFIXES:
+            for key, value in provenance.header_fields().items():
+                image.SetMetaData(key, value)
+        if provenance is not None and suffix in (".nii", ".nii.gz"):
+            image.SetMetaData("ITK_FileNotes", provenance.summary())  # ITK writes it to descrip
+        # ITK picks its writer by a lowercase extension (scan.NII.GZ fails): write so, then take the user's name
+        lowercase = target.with_name(target.name[:len(target.name) - len(suffix)] + suffix)
+        try:
+            sitk.WriteImage(image, str(lowercase), useCompression=suffix in _KEY_VALUE_SUFFIXES)
+        except RuntimeError as error:  # ITK reports a full disk or a failed write this way
+            raise OSError(errno.EIO, f"ITK could not write it ({_last_line(error)}): is the disk full?",
+                          target.name) from None
+        if suffix in (".nii", ".nii.gz") and (provenance is not None or _NIFTI_FORMS in volume.metadata):
+            _finish_nifti(lowercase, provenance, volume.metadata.get(_NIFTI_FORMS))
+        os.replace(lowercase, target)
+        if provenance is not None and suffix in _SIDECAR_SUFFIXES:
+            _sidecar(target).write_text(json.dumps(provenance.as_dict(), indent=2))
 
 
 def _sidecar(path: Path) -> Path:
@@ -698,13 +777,13 @@ def write_dwi(path: str | os.PathLike, dwi: DiffusionVolume, provenance: Provena
     if _is_nrrd(path):
         _write_nrrd_dwi(path, dwi, provenance, overwrite)
         return
-    bval_path, bvec_path = _dwi_sidecars(path)
-    for sidecar in (bval_path, bvec_path):  # checked before the image is written: all three or none
-        _check_replaceable(sidecar, False, overwrite)
-    write_volume(path, dwi.volume, provenance=provenance, overwrite=overwrite)
-    for sidecar, rows in ((bval_path, dwi.bvals[None, :]), (bvec_path, dwi.bvecs.T)):
-        with atomic_target(sidecar, overwrite) as target:
-            np.savetxt(target, rows, fmt="%.10g")
+    path = Path(os.path.abspath(path))
+    check_output_format(path, dwi.volume.array.shape, dwi.volume.array.dtype)
+    with atomic_target(path, overwrite) as target:  # image, .bval and .bvec move into place together
+        _write_image(target, dwi.volume, "DiffDenoise output", provenance, is_series=False)
+        bval_path, bvec_path = _dwi_sidecars(target)
+        np.savetxt(bval_path, dwi.bvals[None, :], fmt="%.10g")
+        np.savetxt(bvec_path, dwi.bvecs.T, fmt="%.10g")
 
 
 # NRRD gradients are physical directions; FSL bvecs are in voxel axes, with x negated when the voxel-to-world

@@ -8,6 +8,7 @@ DistributedDataParallel under ``torchrun`` (:mod:`.distributed`).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -175,6 +176,9 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     try:
         torch.save(state, temporary)
         os.replace(temporary, path)
+    except RuntimeError as error:  # torch reports a full disk as a failed stream write
+        raise OSError(errno.EIO, f"could not write the checkpoint ({str(error).splitlines()[0]}): is the disk full?",
+                      str(path)) from None
     finally:
         Path(temporary).unlink(missing_ok=True)
 

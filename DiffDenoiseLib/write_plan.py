@@ -155,8 +155,8 @@ class WritePlan:
         if write.kind == "series" and path.is_dir() and not is_replaceable_series(path):
             entries = sum(1 for _ in path.iterdir())
             raise InputError(f"the {write.what} {path} is an existing folder holding {entries} entries that are not "
-                             f"a DICOM series: nothing in it is replaced; give a file name inside it (such as "
-                             f"{path / 'denoised.nii.gz'}) or a new folder name for a DICOM series")
+                             f"a DICOM series written by DiffDenoise: nothing in it is replaced; give a file name "
+                             f"inside it (such as {path / 'denoised.nii.gz'}) or a new folder name for a DICOM series")
         if write.kind == "series" and not path.is_dir():
             raise InputError(f"the {write.what} {path} is an existing file, not a DICOM series folder: choose a "
                              "new folder name")

@@ -222,6 +222,12 @@ def test_existing_outputs_need_overwrite_and_then_are_replaced(capsys, tmp_path,
     refused(capsys, "already exists", "apply", "--model", model, scan, series)
     assert run(capsys, "apply", "--model", model, scan, series, "--overwrite")[0] == 0
     assert len(list(series.glob("*.dcm"))) == 4 and not list(tmp_path.glob(".*partial*"))
+    scanner = tmp_path / "scanner"  # a series DiffDenoise did not write is never replaced
+    write_volume(scanner, Volume(read_volume(scan).array, GEOMETRY))
+    before = snapshot(scanner)
+    refused(capsys, "not a DICOM series written by DiffDenoise", "apply", "--model", model, scan, scanner,
+            "--overwrite")
+    assert snapshot(scanner) == before
 
 
 def test_machine_progress_always_ends_with_an_error_line(capsys, tmp_path, scan, model):  # O19
@@ -289,7 +295,7 @@ def test_cohort_checks_every_path_before_the_first_image(capsys, tmp_path, scan,
 def test_sigterm_is_handled_like_ctrl_c(tmp_path, scan):  # S2
     checkpoints, output = tmp_path / "ck", tmp_path / "out" / "t.nii.gz"
     process = subprocess.Popen([sys.executable, "-m", "DiffDenoiseLib.cli", "--no-progress", "denoise", str(scan),
-                                str(output), "--method", "bsn", "--steps", "2000", "--checkpoint-dir",
+                                str(output), "--method", "bsn", "--steps", "200", "--checkpoint-dir",
                                 str(checkpoints), "--device", "cpu"], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (checkpoints / "bsn.pt").exists() and time.time() < deadline and process.poll() is None:
@@ -438,18 +444,21 @@ def test_concurrent_saves_of_one_bundle_path_never_collide(tmp_path, model):  # 
 @pytest.mark.parametrize("option,value", [("--srds-pairs", "0"), ("--ddim-steps", "0"), ("--distill-slices", "0"),
                                           ("--seed", "99999999999999999999"), ("--steps", "-5")])
 def test_bad_option_values_are_usage_errors(capsys, tmp_path, scan, option, value):  # P2
-    with pytest.raises(SystemExit) as stop:
-        cli.main(["denoise", str(scan), str(tmp_path / "o.nii.gz"), option, value])
-    assert stop.value.code == 2
+    assert cli.main(["denoise", str(scan), str(tmp_path / "o.nii.gz"), option, value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and option in err[0] and "out of range" in err[0]
 
 
 @pytest.mark.parametrize("option", ["--neighbours", "--sampler-steps"])
 def test_bad_ddm2_option_values_are_usage_errors(capsys, tmp_path, option):  # P2
-    with pytest.raises(SystemExit) as stop:
-        cli.main(["ddm2", str(tmp_path / "d.nii.gz"), str(tmp_path / "o.nii.gz"), option, "0"])
-    assert stop.value.code == 2 and "at least 1" in capsys.readouterr().err
+    assert cli.main(["ddm2", str(tmp_path / "d.nii.gz"), str(tmp_path / "o.nii.gz"), option, "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
+
+
+def test_usage_errors_end_the_machine_protocol_too(capsys, tmp_path):  # O19
+    assert cli.main(["--machine-progress", "apply", str(tmp_path / "in.nii.gz")]) == 2
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["diffdenoise"] == "error" and last["exit_code"] == 2 and "--model" in last["message"]
 
 
 def test_a_folder_with_two_dicom_series_can_be_picked_from(capsys, tmp_path, noisy_int16, model):  # F1
@@ -605,3 +614,28 @@ def test_bad_b_values_stop_ddm2_before_training(capsys, tmp_path, small_dwi, bva
     refused(capsys, message, "ddm2", source, tmp_path / "out.nii.gz", "--bval", tmp_path / "bad.bval",
             "--steps", "500", "--device", "cpu")
     assert time.perf_counter() - started < 30 and not (tmp_path / "out.nii.gz").exists()
+
+
+def test_a_bundle_the_disk_cannot_hold_does_not_lose_the_images(capsys, small_disk, tmp_path, scan):  # O10, O17
+    disk = small_disk()
+    (disk / "filler").write_bytes(b"\0" * 250_000)
+    code, _, err = run(capsys, "denoise", scan, tmp_path / "out.nii.gz", "--method", "bsn", "--steps", "2",
+                       "--device", "cpu", "--save-model", disk / "m.safetensors")
+    lines = [line for line in err.splitlines() if line.startswith("diffdenoise:")]
+    assert code == 1 and lines[-1].startswith("diffdenoise: error: the model bundle was not saved")
+    assert "the images were written" in lines[-1] and "is the disk full?" in lines[-1]
+    assert (tmp_path / "out.nii.gz").is_file() and sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_a_file_another_run_wrote_meanwhile_is_never_replaced(tmp_path, model):  # K1
+    from DiffDenoiseLib.io import move_into_place
+
+    finished, destination = tmp_path / ".partial", tmp_path / "out.nii.gz"
+    finished.write_text("this run")
+    destination.write_text("the other run")
+    with pytest.raises(InputError, match="appeared while this run worked"):
+        move_into_place(finished, destination, overwrite=False)
+    assert destination.read_text() == "the other run"
+    save_bundle(tmp_path / "m.safetensors", load_bundle(model))
+    with pytest.raises(BundleError, match="already exists"):
+        save_bundle(tmp_path / "m.safetensors", load_bundle(model))

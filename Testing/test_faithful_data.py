@@ -204,3 +204,12 @@ def test_2d_nifti_keeps_its_place_in_space(tmp_path, noisy):  # F27
     assert volume.array.shape == (1, 64, 64)
     write_volume(tmp_path / "out.nii.gz", volume)
     np.testing.assert_allclose(nib.load(tmp_path / "out.nii.gz").affine, affine, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["OUT.NII.GZ", "out.Nii", "out.MHD", "out.MHA", "out.NRRD"])
+def test_upper_case_extensions_are_written_and_read(tmp_path, noisy, name):
+    volume = Volume(noisy.astype(np.int16), GEOMETRY)
+    write_volume(tmp_path / name, volume)
+    read = read_volume(tmp_path / name)
+    np.testing.assert_array_equal(read.array, volume.array)
+    np.testing.assert_allclose(read.geometry.origin, GEOMETRY.origin, atol=1e-5)
