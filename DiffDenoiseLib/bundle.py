@@ -25,9 +25,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import __version__
+from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
 from .io import move_into_place
 from .models import ARCHITECTURES, build_network
+from .pipelines.diffdenoise import SamplingSettings
 
 FORMAT = "diffdenoise-bundle"
 FORMAT_VERSION = 2  # 2: the hash covers the settings as well as the weights
@@ -219,6 +221,12 @@ def validate_metadata(metadata: dict, name: str = "bundle") -> None:
         if not condition:
             raise BundleError(f"{name}: {what}; the bundle was edited or written by another tool: re-save it")
 
+    def builds(settings_class: type, values: dict, where: str) -> None:
+        try:
+            settings_class(**values)
+        except (TypeError, ValueError) as error:
+            need(False, f"{where} settings are invalid ({error})")
+
     def positive_ints(section: dict, keys: tuple[str, ...], where: str) -> None:
         for key in keys:
             need(_is_int(section.get(key)) and section[key] >= 1, f"{where} {key} must be a whole number >= 1, "
@@ -243,6 +251,7 @@ def validate_metadata(metadata: dict, name: str = "bundle") -> None:
         need(ddm2.get("sampler") in ("accelerated", "full"), f"unknown ddm2 sampler {ddm2.get('sampler')!r}")
         need(_is_int(ddm2.get("seed")), "ddm2 seed must be a whole number")
         need("stage1" in networks, "a DDM2 bundle needs its 'stage1' network")
+        builds(NoiseSchedule, ddm2["schedule"], "ddm2 schedule")
         return
     axis = metadata.get("slice_axis", 0)
     need(_is_int(axis) and axis in (0, 1, 2), f"slice_axis must be 0, 1 or 2, got {axis!r}")
@@ -257,5 +266,8 @@ def validate_metadata(metadata: dict, name: str = "bundle") -> None:
              "are missing")
         need(isinstance(sampling, dict), "'sampling' settings are missing")
         positive_ints(sampling, ("pairs", "steps"), "sampling")
+        need(_is_int(sampling.get("seed", 0)), "sampling seed must be a whole number")
+        builds(NoiseSchedule, diffusion["schedule"], "diffusion schedule")
+        builds(SamplingSettings, {k: v for k, v in sampling.items() if k != "seed"}, "sampling")
         need(diffusion["conditioning"] == "identity" or "bsn" in networks,
              f"conditioning {diffusion['conditioning']!r} needs the 'bsn' network")

@@ -156,7 +156,8 @@ def read_volume(path: str | os.PathLike, series_id: str | None = None) -> Volume
         if not colour:
             raise InputError(f"{path} has {components} components per voxel (a vector, tensor, multi-echo or "
                              "real/imaginary image), not one scalar: extract the component or the magnitude to "
-                             "denoise (e.g. SimpleITK VectorIndexSelectionCast) and denoise each separately")
+                             "denoise (e.g. SimpleITK VectorIndexSelectionCast) and denoise each separately; for a "
+                             "diffusion-weighted series use `diffdenoise ddm2`")
         image = _to_luminance(image)
     return Volume(sitk.GetArrayFromImage(image), Geometry.from_image(image), metadata)
 

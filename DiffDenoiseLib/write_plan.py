@@ -83,7 +83,7 @@ class WritePlan:
         main, *companions = output_files(path, dwi)
         self.writes.append(PlannedWrite(main, what, "series" if _is_series_path(main) else "file", size))
         for companion in companions:
-            self.writes.append(PlannedWrite(companion, f"{what}'s {companion.name}", "file",
+            self.writes.append(PlannedWrite(companion, f"{what}'s companion file", "file",
                                             shared=companion.suffix == ".json"))
 
     def bundle(self, path: str | os.PathLike) -> Path:

@@ -3,7 +3,9 @@
 Each case gives a correct result or one clear error that says what to do, and never modifies the input.
 Also in the catalogue, tested where their subject lives: unreadable files of each format (test_io.py); altered,
 pickle-based, foreign and future bundles (test_bundle.py); scalar vs DWI bundles (test_ddm2.py); Slicer label
-maps and output == input (test_slicer_logic.py); the CLI's one-line errors and exit codes (test_cli.py).
+maps and output == input (test_slicer_logic.py); the CLI's one-line errors and exit codes (test_cli.py); every
+path a run writes, cohorts, signals, bundles and options (test_data_safety.py); multi-component images,
+precision, DICOM/NIfTI geometry and DWI metadata (test_faithful_data.py).
 """
 
 import subprocess

@@ -639,3 +639,29 @@ def test_a_file_another_run_wrote_meanwhile_is_never_replaced(tmp_path, model): 
     save_bundle(tmp_path / "m.safetensors", load_bundle(model))
     with pytest.raises(BundleError, match="already exists"):
         save_bundle(tmp_path / "m.safetensors", load_bundle(model))
+
+
+@pytest.fixture(scope="module")
+def diffusion_model(tmp_path_factory, noisy_int16) -> Path:
+    from conftest import make_tiny_settings
+
+    bundle = denoise(noisy_int16, method="diffusion", preset=make_tiny_settings(), device="cpu").bundle
+    return save_bundle(tmp_path_factory.mktemp("diffusion") / "diffusion.safetensors", bundle)
+
+
+def _set_in(section, key, value):
+    def edit(metadata, tensors):
+        metadata[section][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_set_in("sampling", "pairs", 0), "sampling pairs must be a whole number >= 1, got 0"),
+    (_set_in("sampling", "colour", "blue"), "sampling settings are invalid"),
+    (_set_in("sampling", "seed", "x"), "sampling seed must be a whole number"),
+    (lambda m, t: m["diffusion"]["schedule"].update(kind="evil"), "diffusion schedule settings are invalid"),
+    (lambda m, t: m["diffusion"].update(conditioning=3), "'diffusion' settings (schedule, conditioning) are missing"),
+])
+def test_malformed_diffusion_settings_are_one_clear_error(tmp_path, diffusion_model, capsys, scan, edit, message):
+    bad = _rewrite_bundle(diffusion_model, tmp_path / "bad.safetensors", edit)
+    refused(capsys, message, "apply", "--model", bad, scan, tmp_path / "o.nii.gz")
