@@ -75,6 +75,16 @@ def _import_library() -> None:
         sys.path.insert(0, os.path.dirname(_MODULE_DIR))
 
 
+def _checkModelPath(saveModelPath: str | None) -> None:
+    """Refuse a bundle path that cannot be written before training, not after it (the training would be lost)."""
+    if saveModelPath:
+        from DiffDenoiseLib.write_plan import WritePlan
+
+        plan = WritePlan(overwrite=True)  # the panel's file dialog has asked about replacing
+        plan.bundle(saveModelPath)
+        plan.check()
+
+
 _import_library()
 from DiffDenoiseLib.options import DEVICE_CHOICES, METHODS, NOISE_CHOICES, PRESETS  # noqa: E402 (torch-free)
 
@@ -283,6 +293,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         from DiffDenoiseLib.denoise import denoise
         from DiffDenoiseLib.provenance import Provenance
 
+        _checkModelPath(saveModelPath)
         array = slicer.util.arrayFromVolume(inputVolumeNode).copy()  # (k, j, i) = (z, y, x), like the library
         geometry = node_geometry(inputVolumeNode)
         result = denoise(array, method=method, noise=noise, preset=preset, device=device,
@@ -424,6 +435,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         from DiffDenoiseLib.denoise_dwi import denoise_dwi
         from DiffDenoiseLib.provenance import Provenance
 
+        _checkModelPath(saveModelPath)
         result = denoise_dwi(series, bvals, method=method, preset=preset, device=device, seed=seed, steps=steps,
                              neighbours=neighbours, sampler=sampler, sampler_steps=samplerSteps,
                              checkpoint_dir=checkpointDir, progress=progressCallback, cancel=cancelCallback)

@@ -226,3 +226,15 @@ def test_background_failure_reports_the_worker_error(scene_with_volume, tmp_path
     run = DiffDenoiseLogic().startBackground(node, method="apply", modelPath=str(tmp_path / "not_a_bundle.safetensors"))
     with pytest.raises(RuntimeError, match="DiffDenoise failed: .*bundle"):
         _finish(run)
+
+
+def test_a_bundle_path_that_cannot_be_written_is_refused_before_training(scene_with_volume, tmp_path):
+    from DiffDenoiseLib.errors import InputError
+
+    _, node = scene_with_volume
+    (tmp_path / "a_file").write_text("x")
+    started = time.perf_counter()
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        DiffDenoiseLogic().process(node, method="bsn", steps=500, device="cpu",
+                                   saveModelPath=str(tmp_path / "a_file" / "m.safetensors"))
+    assert time.perf_counter() - started < 30
