@@ -150,13 +150,16 @@ def _write_outputs(input_volume: Volume, result: Denoised, output: Path, args: a
                    provenance: Provenance, written: Written, prefix: str = "") -> None:
     """Write the denoised image and each extra output with the run's provenance, recording each in
     ``written`` as soon as it is in place."""
-    from .io import write_volume
+    from .io import output_files, write_volume
     from .preprocessing import match_dtype
 
     images = {"denoised": result.denoised, **result.extras}
     for name, path, dtype in _image_outputs(output, args, input_volume):
+        companions = set(output_files(path)[1:])
         write_volume(path, input_volume.with_array(match_dtype(images[name], dtype)), description="DiffDenoise",
-                     provenance=provenance, overwrite=args.overwrite)
+                     provenance=provenance, overwrite=args.overwrite,
+                     shared_sidecar=bool(companions & args.sidecars_written))  # planned as shared: same run
+        args.sidecars_written |= companions
         written[prefix + name] = path
         if name != "denoised":
             print(f"wrote {name} to {path}")
@@ -536,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             JsonLinesProgress().error(f"error: {error}", EXIT_USAGE)
         return EXIT_USAGE
     args.written = {}  # every file in place so far, by name: what an interrupted or failed run reports
+    args.sidecars_written = set()  # companion files this run wrote (a cohort's img.png and img.tif share img.json)
     signal.signal(signal.SIGTERM, _raise_terminated)
     warnings.showwarning = _show_warning
     import SimpleITK as sitk

@@ -381,12 +381,12 @@ def _written_by_diffdenoise(slice_file: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_target(path: Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_target(path: Path, overwrite: bool = False, replaceable: frozenset[str] = frozenset()) -> Iterator[Path]:
     """Yield a path inside a hidden temporary folder next to ``path``; move the results into place on success.
 
-    Nothing that exists is replaced unless ``overwrite`` is set, and even then a folder only when it holds
-    nothing but a DICOM series (:func:`is_replaceable_series`). Multi-file outputs (NHDR/MHD header + data,
-    PNG + JSON sidecar) move data first and the header last.
+    Nothing that exists is replaced unless ``overwrite`` is set (or its name is in ``replaceable``), and even
+    then a folder only when it holds nothing but a DICOM series DiffDenoise wrote (:func:`is_replaceable_series`).
+    Multi-file outputs (NHDR/MHD header + data, PNG + JSON sidecar) move data first and the header last.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
@@ -394,13 +394,13 @@ def atomic_target(path: Path, overwrite: bool = False) -> Iterator[Path]:
         yield staging / path.name
         produced = sorted(staging.iterdir(), key=lambda p: p.name == path.name)
         for item in produced:  # every check first: a refusal leaves nothing half-moved
-            _check_replaceable(path.parent / item.name, item.is_dir(), overwrite)
+            _check_replaceable(path.parent / item.name, item.is_dir(), overwrite or item.name in replaceable)
         with _signals_held():  # Ctrl-C or SIGTERM between two moves would leave an image without its sidecar
             for item in produced:
                 destination = path.parent / item.name
                 if item.is_dir() and destination.is_dir():  # an old series: moved aside, deleted with the staging
                     os.replace(destination, staging / ".replaced")
-                move_into_place(item, destination, overwrite or item.is_dir())
+                move_into_place(item, destination, overwrite or item.is_dir() or item.name in replaceable)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -552,7 +552,8 @@ def check_output_format(path: str | os.PathLike, shape: tuple[int, ...] | None =
 
 
 def write_volume(path: str | os.PathLike, volume: Volume, description: str = "DiffDenoise output",
-                 provenance: Provenance | None = None, overwrite: bool = False) -> None:
+                 provenance: Provenance | None = None, overwrite: bool = False,
+                 shared_sidecar: bool = False) -> None:
     """Write ``volume`` with its geometry; the format follows the extension (a path without one: DICOM series).
 
     PNG stores 8- or 16-bit unsigned integers only: cast first (the CLI keeps the input's data type).
@@ -562,11 +563,13 @@ def write_volume(path: str | os.PathLike, volume: Volume, description: str = "Di
     summary line plus the whole record as JSON in a comment extension (NIfTI); JSON in Derivation Description
     (0008,2111) of every slice (DICOM); a ``<stem>.json`` sidecar (PNG, TIFF). :func:`read_provenance` reads
     it back. An existing file is refused unless ``overwrite``; a folder is only ever replaced when it holds
-    nothing but a DICOM series.
+    nothing but a DICOM series. ``shared_sidecar``: the PNG/TIFF sidecar may replace the one an earlier write
+    of the same run made (``img.png`` and ``img.tif`` of one cohort share ``img.json``).
     """
     path = Path(os.path.abspath(path))  # "." or "out/.." name a real folder
     check_output_format(path, volume.array.shape, volume.array.dtype)
-    with atomic_target(path, overwrite) as target:
+    shared = frozenset({_sidecar(path).name}) if shared_sidecar and _suffix(path) in _SIDECAR_SUFFIXES else frozenset()
+    with atomic_target(path, overwrite, shared) as target:
         _write_image(target, volume, description, provenance, is_series=path.is_dir() or _suffix(path) == "")
 
 

@@ -71,6 +71,8 @@ class WritePlan:
         path = Path(path)
         if not path.exists():
             raise InputError(f"{what} not found: {path} (check the path)")
+        if not (path.is_file() or path.is_dir()):  # a pipe or device would block or never end
+            raise InputError(f"{what} {path} is not a regular file or folder (a pipe or device?): give an image file")
         self.inputs.extend(input_files(path))
 
     def image(self, path: str | os.PathLike, what: str = "output", shape: tuple[int, ...] | None = None,
@@ -181,6 +183,11 @@ class WritePlan:
             if not ancestor.is_dir():
                 raise InputError(f"cannot write the {write.what} {write.path}: {ancestor} is a file, not a folder")
             needed[ancestor] = needed.get(ancestor, 0) + write.size
+        for write in self.writes:  # the writers' temporary name adds ".<name>.partial-XXXXXXXX" (18 characters)
+            limit = _name_max(_existing_ancestor(write.path.parent))
+            if len(write.path.name.encode()) + _STAGING_EXTRA > limit:
+                raise InputError(f"the {write.what} name {write.path.name[:40]}... is too long for this disk "
+                                 f"(at most {limit - _STAGING_EXTRA} bytes): choose a shorter name")
         for ancestor, size in needed.items():
             try:
                 with tempfile.TemporaryFile(dir=ancestor, prefix=".diffdenoise-write-test-"):
@@ -192,6 +199,16 @@ class WritePlan:
             if size > free:
                 raise InputError(f"the outputs need about {_megabytes(size)} and {ancestor} has "
                                  f"{_megabytes(free)} free: free some space or write elsewhere")
+
+
+_STAGING_EXTRA = 24  # what a temporary name adds to an output's name (".", ".partial-", 8 random, margin)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not reported (Windows): the common limit
+        return 255
 
 
 def _is_series_path(path: Path) -> bool:

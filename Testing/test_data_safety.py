@@ -665,3 +665,20 @@ def _set_in(section, key, value):
 def test_malformed_diffusion_settings_are_one_clear_error(tmp_path, diffusion_model, capsys, scan, edit, message):
     bad = _rewrite_bundle(diffusion_model, tmp_path / "bad.safetensors", edit)
     refused(capsys, message, "apply", "--model", bad, scan, tmp_path / "o.nii.gz")
+
+
+def test_names_too_long_for_the_disk_and_pipes_are_refused_before_work(capsys, tmp_path, scan, model):
+    refused(capsys, "is too long for this disk", "apply", "--model", model, scan, tmp_path / ("x" * 240 + ".nrrd"))
+    pipe = tmp_path / "pipe.nii.gz"
+    os.mkfifo(pipe)
+    refused(capsys, "is not a regular file or folder", "apply", "--model", model, pipe, tmp_path / "o.nii.gz")
+
+
+def test_cohort_png_and_tif_of_one_name_share_their_provenance_file(capsys, tmp_path, model):  # C6
+    image = np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.uint8)
+    for name in ("img.png", "img.tif"):
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(tmp_path / name))
+    code, out, err = run(capsys, "cohort", "--model", model, "--out", tmp_path / "out", tmp_path / "img.png",
+                         tmp_path / "img.tif")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img.json", "img.png", "img.tif"]
