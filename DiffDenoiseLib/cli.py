@@ -102,8 +102,10 @@ Progress = TqdmProgress | JsonLinesProgress
 
 def extra_output_path(output: Path, name: str) -> Path:
     """``out.nii.gz`` -> ``out_residual.nii.gz`` (a DICOM folder ``out`` -> ``out_residual``)."""
-    suffixes = "".join(output.suffixes[-2:]) if output.name.endswith(".nii.gz") else output.suffix
-    return output.with_name(f"{output.name[:len(output.name) - len(suffixes)]}_{name}{suffixes}")
+    from .io import split_image_name
+
+    stem, extension = split_image_name(output)
+    return output.with_name(f"{stem}_{name}{extension}")
 
 
 def _image_outputs(output: Path, args: argparse.Namespace,

@@ -127,6 +127,19 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def split_image_name(path: str | os.PathLike) -> tuple[str, str]:
+    """A file name as (stem, extension) the way the readers and writers see it: ``scan.NII.GZ`` -> ``("scan",
+    ".NII.GZ")`` (the extension in the name's own case), ``series`` -> ``("series", "")``."""
+    name = Path(path).name
+    cut = len(name) - len(_suffix(Path(name)))
+    return name[:cut], name[cut:]
+
+
+def writes_series(path: Path) -> bool:
+    """Whether writing an image to ``path`` makes a DICOM series folder: an existing folder, or no extension."""
+    return path.is_dir() or _suffix(path) == ""
+
+
 def read_volume(path: str | os.PathLike, series_id: str | None = None) -> Volume:
     """Read an image file or a DICOM series folder.
 
@@ -192,18 +205,18 @@ def _read_file(path: Path) -> tuple[sitk.Image, dict[str, str]]:
         raise InputError(
             f"unsupported file type '{path.name}': use one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder"
         )
-    metadata = {}
+    metadata, header = {}, None
     if suffix in (".nii", ".nii.gz"):
-        _check_nifti_complete(path)
-        metadata = _disagreeing_nifti_forms(path)
+        header = _check_nifti_complete(path)
+        metadata = _disagreeing_nifti_forms(path, header)
     reader = sitk.ImageFileReader()
     if suffix in _IMAGE_IO:  # by our reading of the extension: ITK's own fails on scan.NII.GZ or scan.MHD
         reader.SetImageIO(_IMAGE_IO[suffix])
     with _lowercase_nifti_name(path) as readable:
         reader.SetFileName(str(readable))
         image = reader.Execute()
-    if suffix in (".nii", ".nii.gz") and image.GetDimension() == 2:
-        image = _placed_nifti_slice(image, _nifti_header(path))
+    if header is not None and image.GetDimension() == 2:
+        image = _placed_nifti_slice(image, header)
     if dicom:
         metadata = {key: reader.GetMetaData(key) for key in _DICOM_TAGS_KEPT if reader.HasMetaDataKey(key)}
         if not reader.HasMetaDataKey("0028|0030") and not reader.HasMetaDataKey("0018|1164"):
@@ -231,10 +244,9 @@ def _placed_nifti_slice(image: sitk.Image, header: nib.Nifti1Header) -> sitk.Ima
 _NIFTI_FORMS = "nifti_qform_sform"  # Volume.metadata key: both orientations of a NIfTI input, when they disagree
 
 
-def _disagreeing_nifti_forms(path: Path) -> dict[str, str]:
+def _disagreeing_nifti_forms(path: Path, header: nib.Nifti1Header) -> dict[str, str]:
     """When a NIfTI file's qform and sform are both set and disagree, warn and keep both (JSON, in RAS as
     stored), so a NIfTI output can carry them exactly as the input had them."""
-    header = _nifti_header(path)
     qcode, scode = int(header["qform_code"]), int(header["sform_code"])
     qform, sform = header.get_qform(), header.get_sform()
     if qcode <= 0 or scode <= 0 or np.allclose(qform, sform, atol=1e-4):
@@ -277,8 +289,9 @@ def _nifti_header(path: Path) -> nib.Nifti1Header:
     raise ValueError("not a NIfTI-1 or NIfTI-2 header")
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Refuse a NIfTI file shorter than its header says: SimpleITK would fill the missing voxels with zeros."""
+def _check_nifti_complete(path: Path) -> nib.Nifti1Header:
+    """Refuse a NIfTI file shorter than its header says (SimpleITK would fill the missing voxels with zeros);
+    returns the header."""
     try:
         header = _nifti_header(path)
         needed = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
@@ -292,6 +305,7 @@ def _check_nifti_complete(path: Path) -> None:
     if size < needed:
         raise InputError(f"cannot read {path}: it holds {size} of the {needed} bytes its header describes "
                          "(the file is truncated: copy or export it again)")
+    return header
 
 
 def _read_dicom_series(folder: Path, series_id: str | None) -> tuple[sitk.Image, dict[str, str]]:
@@ -456,7 +470,7 @@ def output_files(path: str | os.PathLike, dwi: bool = False) -> list[Path]:
     PNG/TIFF (``<stem>.json``) and, for a non-NRRD diffusion series (``dwi``), its ``.bval`` and ``.bvec``."""
     path = Path(path)
     suffix = _suffix(path)
-    stem = path.name[:len(path.name) - len(suffix)]
+    stem = split_image_name(path)[0]
     files = [path]
     if suffix == ".mhd":
         files.append(path.with_name(stem + ".zraw"))
@@ -481,7 +495,7 @@ def input_files(path: str | os.PathLike) -> list[Path]:
     if suffix in _TWO_FILE_SUFFIXES and path.is_file():
         files.extend(_header_data_files(path))
     if suffix in VOLUME_SUFFIXES:
-        stem = path.name[:len(path.name) - len(suffix)]
+        stem = split_image_name(path)[0]
         files.extend(side for side in (path.with_name(stem + ext) for ext in (".json", ".bval", ".bvec"))
                      if side.exists())
     return files
@@ -570,7 +584,7 @@ def write_volume(path: str | os.PathLike, volume: Volume, description: str = "Di
     check_output_format(path, volume.array.shape, volume.array.dtype)
     shared = frozenset({_sidecar(path).name}) if shared_sidecar and _suffix(path) in _SIDECAR_SUFFIXES else frozenset()
     with atomic_target(path, overwrite, shared) as target:
-        _write_image(target, volume, description, provenance, is_series=path.is_dir() or _suffix(path) == "")
+        _write_image(target, volume, description, provenance, is_series=writes_series(path))
 
 
 def _write_image(target: Path, volume: Volume, description: str, provenance: Provenance | None,
@@ -594,7 +608,7 @@ def _write_image(target: Path, volume: Volume, description: str, provenance: Pro
         if provenance is not None and suffix in (".nii", ".nii.gz"):
             image.SetMetaData("ITK_FileNotes", provenance.summary())  # ITK writes it to descrip
         # ITK picks its writer by a lowercase extension (scan.NII.GZ fails): write so, then take the user's name
-        lowercase = target.with_name(target.name[:len(target.name) - len(suffix)] + suffix)
+        lowercase = target.with_name(split_image_name(target)[0] + suffix)
         try:
             sitk.WriteImage(image, str(lowercase), useCompression=suffix in _KEY_VALUE_SUFFIXES)
         except RuntimeError as error:  # ITK reports a full disk or a failed write this way
@@ -608,7 +622,7 @@ def _write_image(target: Path, volume: Volume, description: str, provenance: Pro
 
 
 def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name[:len(path.name) - len(_suffix(path))] + ".json")
+    return path.with_name(split_image_name(path)[0] + ".json")
 
 
 def _finish_nifti(path: Path, provenance: Provenance | None, forms: str | None) -> None:
@@ -742,7 +756,7 @@ def read_bvals_bvecs(bval_path: str | os.PathLike, bvec_path: str | os.PathLike)
 
 
 def _dwi_sidecars(path: Path) -> tuple[Path, Path]:
-    stem = path.name[: -len(_suffix(path))] if _suffix(path) else path.name
+    stem = split_image_name(path)[0]
     return path.with_name(stem + ".bval"), path.with_name(stem + ".bvec")
 
 

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import InputError
-from .io import Geometry, check_output_format, input_files, is_replaceable_series, output_files
+from .io import Geometry, check_output_format, input_files, is_replaceable_series, output_files, writes_series
 
 OVERWRITE_FLAG = "--overwrite"
 _BUNDLE_SUFFIX = ".safetensors"
@@ -83,7 +83,7 @@ class WritePlan:
         check_output_format(path, shape, dtype, geometry)
         size = int(np.prod(shape)) * np.dtype(dtype).itemsize if shape is not None and dtype is not None else 0
         main, *companions = output_files(path, dwi)
-        self.writes.append(PlannedWrite(main, what, "series" if _is_series_path(main) else "file", size))
+        self.writes.append(PlannedWrite(main, what, "series" if writes_series(main) else "file", size))
         for companion in companions:
             self.writes.append(PlannedWrite(companion, f"{what}'s companion file", "file",
                                             shared=companion.suffix == ".json"))
@@ -209,10 +209,6 @@ def _name_max(folder: Path) -> int:
         return os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):  # not reported (Windows): the common limit
         return 255
-
-
-def _is_series_path(path: Path) -> bool:
-    return path.is_dir() or not path.suffix  # the writers' rule: a name without an extension is a DICOM series
 
 
 def _megabytes(size: int) -> str:

@@ -105,6 +105,7 @@ def test_extra_output_names():
     assert extra_output_path(Path("/d/out.nii.gz"), "residual") == Path("/d/out_residual.nii.gz")
     assert extra_output_path(Path("/d/out.nrrd"), "uncertainty") == Path("/d/out_uncertainty.nrrd")
     assert extra_output_path(Path("/d/series"), "residual") == Path("/d/series_residual")
+    assert extra_output_path(Path("/d/OUT.NII.GZ"), "bsn") == Path("/d/OUT_bsn.NII.GZ")  # the writers' extension
 
 
 def test_missing_file(tmp_path):

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the module folde
 import slicer  # noqa: E402
 
 from DiffDenoise import DiffDenoiseLogic, node_geometry  # noqa: E402
-from DiffDenoiseLib.cli import TqdmProgress  # noqa: E402
+from DiffDenoiseLib.cli import TqdmProgress, extra_output_path  # noqa: E402
 from DiffDenoiseLib.errors import InputError  # noqa: E402
 from DiffDenoiseLib.io import Volume, write_volume  # noqa: E402
 from DiffDenoiseLib.options import DEVICE_CHOICES, EXTRA_OUTPUTS, METHODS, NOISE_CHOICES, PRESETS  # noqa: E402
@@ -55,12 +55,6 @@ def write_node(node, path: Path, overwrite: bool) -> None:
     write_volume(path, volume, provenance=DiffDenoiseLogic.provenanceOf(node), overwrite=overwrite)
 
 
-def extra_path(target: Path, name: str) -> Path:
-    """``out.nii.gz`` -> ``out_residual.nii.gz``."""
-    suffix = next(s for s in IMAGE_SUFFIXES if target.name.lower().endswith(s))
-    return target.with_name(f"{target.name[:-len(suffix)]}_{name}{suffix}")
-
-
 def plan_writes(jobs: list[tuple[Path, Path]], args: argparse.Namespace) -> None:
     """Check every output of the run before the first image is read (never an input, never an existing file
     without --overwrite, never two outputs on one path)."""
@@ -71,7 +65,7 @@ def plan_writes(jobs: list[tuple[Path, Path]], args: argparse.Namespace) -> None
         plan.read(source)
         plan.image(target)
         for name in args.extra:
-            plan.image(extra_path(target, name), f"{name} output")
+            plan.image(extra_output_path(target, name), f"{name} output")
     plan.check()
 
 
@@ -90,7 +84,7 @@ def denoise_file(source: Path, target: Path, args: argparse.Namespace) -> None:
         progress.close()
         write_node(output, target, args.overwrite)
         for name, extra in logic.lastExtraNodes.items():
-            write_node(extra, extra_path(target, name), args.overwrite)
+            write_node(extra, extra_output_path(target, name), args.overwrite)
     finally:
         scene.Clear(1)
 
