@@ -299,7 +299,8 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         result = denoise(array, method=method, noise=noise, preset=preset, device=device,
                          slice_axis=geometry.slice_axis(), seed=seed, steps=steps, srds_pairs=srdsPairs,
                          ddim_steps=ddimSteps, distill_slices=distillSlices, outputs=tuple(extraOutputs),
-                         checkpoint_dir=checkpointDir, progress=progressCallback, cancel=cancelCallback)
+                         spacing=tuple(reversed(geometry.spacing)), checkpoint_dir=checkpointDir,
+                         progress=progressCallback, cancel=cancelCallback)
         if saveModelPath:
             save_bundle(saveModelPath, result.bundle, overwrite=True)  # a chosen path
         logging.info(f"DiffDenoise: noise {result.noise.kind}, timings {result.timings}")
@@ -310,7 +311,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
               cancelCallback: Callable[[], bool] | None = None):
         """Denoise ``inputVolumeNode`` with a saved bundle (no training); returns the output node.
 
-        A DiffDenoise bundle runs only its distilled NAFNet: one forward pass per slice.
+        A DiffDenoise bundle runs its BSN and distilled NAFNet: one forward pass of each per slice.
         """
         self._checkInput(inputVolumeNode, outputVolumeNode)
         _import_library()

@@ -25,11 +25,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import __version__
+from .context import MAX_HALF_WIDTH, context_channels
 from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
 from .io import move_into_place
 from .models import ARCHITECTURES, build_network
-from .pipelines.diffdenoise import SamplingSettings
+from .pipelines.diffdenoise import CONDITIONINGS, SamplingSettings, condition_channels
 
 FORMAT = "diffdenoise-bundle"
 FORMAT_VERSION = 2  # 2: the hash covers the settings as well as the weights
@@ -255,6 +256,23 @@ def validate_metadata(metadata: dict, name: str = "bundle") -> None:
         return
     axis = metadata.get("slice_axis", 0)
     need(_is_int(axis) and axis in (0, 1, 2), f"slice_axis must be 0, 1 or 2, got {axis!r}")
+    context = metadata.get("context", {"half_width": 0, "blind": False})
+    need(isinstance(context, dict) and _is_int(context.get("half_width"))
+         and 0 <= context["half_width"] <= MAX_HALF_WIDTH and isinstance(context.get("blind"), bool),
+         f"'context' needs a half_width from 0 to {MAX_HALF_WIDTH} and a blind flag, got {context!r}")
+    half_width = context["half_width"]
+    bsn_reads = networks.get("bsn", {}).get("config", {}).get("context_slices", 0)
+    need(bsn_reads == half_width, f"the BSN reads {bsn_reads!r} neighbouring slices, the bundle's context is "
+         f"{half_width}")
+    distillation = metadata.get("distillation", {"from_bsn": False})
+    need(isinstance(distillation, dict) and isinstance(distillation.get("from_bsn"), bool),
+         f"'distillation' needs a from_bsn flag, got {distillation!r}")
+    need(not distillation["from_bsn"] or "bsn" in networks, "a NAFNet distilled from the BSN output needs the "
+         "'bsn' network")
+    expected = distillation["from_bsn"] + context_channels(half_width)
+    nafnet_reads = networks.get("nafnet", {}).get("config", {}).get("in_channels", expected)
+    need(nafnet_reads == expected, f"the NAFNet reads {nafnet_reads!r} channels, its inputs (context, BSN "
+         f"output) are {expected}")
     normalization = metadata.get("normalization")
     need(isinstance(normalization, dict) and all(isinstance(v, int | float) and math.isfinite(v) for v in
                                                  normalization.get("training_range", [0.0])),
@@ -271,3 +289,7 @@ def validate_metadata(metadata: dict, name: str = "bundle") -> None:
         builds(SamplingSettings, {k: v for k, v in sampling.items() if k != "seed"}, "sampling")
         need(diffusion["conditioning"] == "identity" or "bsn" in networks,
              f"conditioning {diffusion['conditioning']!r} needs the 'bsn' network")
+        need(diffusion["conditioning"] in CONDITIONINGS, f"unknown conditioning {diffusion['conditioning']!r}")
+        expected = 1 + condition_channels(diffusion["conditioning"], half_width)
+        need(networks["diffusion"]["config"].get("in_channels") == expected,
+             f"the diffusion network must read {expected} channels for its conditioning and context")

@@ -193,6 +193,15 @@ def _slice_axis(volume: Volume, choice: str) -> int:
     return volume.geometry.slice_axis() if choice == "auto" else int(choice)
 
 
+def _context(choice: str) -> int | str:
+    return choice if choice == "auto" else int(choice)
+
+
+def _numpy_spacing(volume: Volume) -> tuple[float, ...]:
+    """The voxel spacing in numpy axis order (the geometry's is x, y, z)."""
+    return tuple(reversed(volume.geometry.spacing[:volume.array.ndim]))
+
+
 def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     from . import distributed
     from .denoise import denoise
@@ -209,7 +218,8 @@ def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     result = denoise(volume.array, method=args.method, noise=args.noise, preset=args.preset, device=args.device,
                      slice_axis=_slice_axis(volume, args.slice_axis), seed=args.seed, steps=args.steps,
                      srds_pairs=args.srds_pairs, ddim_steps=args.ddim_steps, distill_slices=args.distill_slices,
-                     outputs=tuple(args.extra), checkpoint_dir=args.checkpoint_dir, progress=progress)
+                     outputs=tuple(args.extra), context=_context(args.context), spacing=_numpy_spacing(volume),
+                     checkpoint_dir=args.checkpoint_dir, progress=progress)
     progress.close()
     if not distributed.is_main():  # under torchrun every process trains; one writes
         return {}
@@ -350,6 +360,7 @@ def cmd_info(args: argparse.Namespace, progress: Progress) -> Written:
         return {}
     import numpy as np
 
+    from .context import SLICE_CORRELATION_THRESHOLD
     from .io import read_provenance, read_volume
     from .noise import estimate_noise
 
@@ -371,6 +382,10 @@ def cmd_info(args: argparse.Namespace, progress: Progress) -> Written:
         print(f"noise type: {noise.kind} (neighbour correlation {noise.neighbour_correlation:+.2f}; "
               "> +0.02 counts as spatially correlated)")
         print(f"slice axis: {axis} (coarsest spacing; noise measured in these slices)")
+        if noise.slice_correlation is not None:
+            print(f"between slices: noise correlation {noise.slice_correlation:+.2f} (> "
+                  f"{SLICE_CORRELATION_THRESHOLD:+.2f}: shared between slices, so the networks read the neighbouring "
+                  "slices with their blind spot masked)")
     provenance = read_provenance(args.input)
     if provenance is not None:
         print("made by:   " + ", ".join(f"{key} {value}" for key, value in provenance.as_dict().items()))
@@ -392,7 +407,7 @@ def cmd_demo(args: argparse.Namespace, progress: Progress) -> Written:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .options import DEVICE_CHOICES, EXTRA_OUTPUTS, METHODS, NOISE_CHOICES, PRESETS
+    from .options import CONTEXT_CHOICES, DEVICE_CHOICES, EXTRA_OUTPUTS, METHODS, NOISE_CHOICES, PRESETS
 
     parser = _Parser(prog="diffdenoise", description="Self-supervised denoising of medical images: it learns "
                      "from the noisy scan itself, no clean data needed.")
@@ -429,7 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--method", default="diffdenoise", choices=METHODS,
                          help="diffdenoise: BSN -> diffusion -> SRDS -> distilled NAFNet (default); diffusion: "
                               "SRDS output; bsn: blind-spot network only")
-    denoise.add_argument("--noise", default="auto", choices=NOISE_CHOICES, help="noise type (auto: measured)")
+    denoise.add_argument("--noise", default="auto", choices=NOISE_CHOICES,
+                         help="noise type (auto: measured); gaussian, poisson, gamma (speckle) or rician name the "
+                              "family of pixel-independent noise, which sets how training pairs are split")
     denoise.add_argument("--preset", default="quick", choices=PRESETS, help="training budget (README: Presets)")
     denoise.add_argument("--steps", type=POSITIVE, help="training steps of every stage, overriding the preset")
     denoise.add_argument("--srds-pairs", type=POSITIVE, help="antithetic SRDS pairs averaged per slice")
@@ -439,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--seed", type=SEED, default=0)
     denoise.add_argument("--save-model", type=Path, help="also save the trained model bundle (.safetensors)")
     denoise.add_argument("--checkpoint-dir", type=Path, help=CHECKPOINT_HELP)
+    denoise.add_argument("--context", default="auto", choices=CONTEXT_CHOICES,
+                         help="neighbouring slices per side every network reads (auto: chosen from the volume; "
+                              "0: each slice alone, as for 2D images)")
     add_common(denoise, ("auto", "0", "1", "2"))
     denoise.set_defaults(run=cmd_denoise)
 

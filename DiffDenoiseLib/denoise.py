@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from .bundle import INFERENCE_NETWORK, ModelBundle
+from .context import MIN_CONTEXT_SLICES, choose_context
 from .devices import resolve_device
 from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
 from .inference import predict_slices
 from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise, residual_outliers
-from .noise_model import fit_noise_model
+from .noise_model import fit_noise_model, with_family
 from .noise_normalisation import NoiseNormaliser
 from .options import EXTRA_OUTPUTS, METHODS, NOISE_CHOICES
 from .pipelines.bsn import train_bsn
@@ -33,6 +34,7 @@ from .pipelines.diffdenoise import (
     SamplingSettings,
     diffusion_condition,
     distillation_indices,
+    distillation_inputs,
     recorrupt,
     sample_srds,
     to_diffusion_data,
@@ -90,7 +92,14 @@ def _noise_kind(image: np.ndarray, noise: str) -> tuple[NoiseAnalysis, Literal["
     if noise not in NOISE_CHOICES:
         raise InputError(f"unknown noise type '{noise}': use one of {', '.join(NOISE_CHOICES)}")
     analysis = estimate_noise(image)
-    return analysis, analysis.kind if noise == "auto" else noise  # type: ignore[return-value]
+    if noise in ("auto", "correlated"):
+        return analysis, analysis.kind if noise == "auto" else noise  # type: ignore[return-value]
+    return analysis, "iid"  # a named family is pixel-independent noise
+
+
+def _family_request(noise: str) -> str:
+    """The noise family a ``noise`` choice asks for (Rician is split as Gaussian), or ``auto`` (measured)."""
+    return {"gaussian": "gaussian", "rician": "gaussian", "poisson": "poisson", "gamma": "gamma"}.get(noise, "auto")
 
 
 def _check_choices(method: str, outputs: tuple[str, ...]) -> None:
@@ -124,16 +133,20 @@ def _with_overrides(settings: PipelineSettings, seed: int, device: str, steps: i
 def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "auto",
             preset: str | PipelineSettings = "quick", device: str = "auto", slice_axis: int = 0, seed: int = 0,
             steps: int | None = None, srds_pairs: int | None = None, ddim_steps: int | None = None,
-            distill_slices: int | None = None, outputs: tuple[str, ...] = (),
-            checkpoint_dir: str | Path | None = None, progress: ProgressCallback | None = None,
-            cancel: CancelCheck | None = None) -> DenoiseResult:
-    """Denoise ``image`` (2D, or 3D processed as 2D slices along ``slice_axis``) without clean data.
+            distill_slices: int | None = None, outputs: tuple[str, ...] = (), context: int | str = "auto",
+            spacing: tuple[float, ...] | None = None, checkpoint_dir: str | Path | None = None,
+            progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> DenoiseResult:
+    """Denoise ``image`` (2D, or 3D processed as 2D slices along ``slice_axis``, each seen with its
+    neighbouring slices) without clean data.
 
     Args:
         image: the noisy image; it is never modified.
         method: ``diffdenoise`` (BSN -> conditional diffusion -> SRDS -> distilled NAFNet; the default),
             ``diffusion`` (the SRDS output, no distillation) or ``bsn`` (the blind-spot network alone).
-        noise: ``auto`` (measured), ``iid`` (pixel-independent: PUCA) or ``correlated`` (LG-BPN).
+        noise: ``auto`` (measured), ``iid`` (pixel-independent: PUCA) or ``correlated`` (LG-BPN); or the
+            family of i.i.d. noise, which picks the recorruption split that is exact for it: ``gaussian``,
+            ``poisson`` (binomial thinning), ``gamma`` (speckle: beta split) or ``rician`` (as Gaussian). With
+            ``auto`` and ``iid`` the family is chosen from the shape of the fitted noise level function.
         preset: ``quick``, ``standard`` or ``full`` (budgets in the README), or explicit settings.
         device: ``auto`` (CUDA > MPS > CPU), ``cpu``, ``cuda`` or ``mps``.
         slice_axis: numpy axis of a 3D volume to slice along (use the coarsest one; see ``Geometry.slice_axis``).
@@ -145,6 +158,10 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         outputs: extra outputs: ``residual`` (input - output), ``uncertainty`` (mean |half-difference| of the
             SRDS pairs, in intensity units), ``bsn`` (the BSN output), ``srds`` (the SRDS output). Asking for
             ``uncertainty`` or ``srds`` runs SRDS on every slice.
+        context: neighbouring slices per side every network reads (``auto``: chosen from the volume, see
+            :func:`.context.choose_context`; 0: each slice alone). Where the noise analysis finds the noise
+            shared between slices, the neighbours' blind spot is masked too.
+        spacing: voxel spacing in numpy axis order (mm), for the slice spacing relative to the in-plane one.
         checkpoint_dir: a folder for one checkpoint per training stage (``bsn.pt``, ``diffusion.pt``,
             ``nafnet.pt``), written every 10% of a stage and on cancel. Run again with the same folder, image
             and settings, a killed or cancelled run resumes from there (finished stages are not retrained) and
@@ -165,8 +182,11 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
     slices = to_slices(scaling.normalise(image), axis)
     check_slice_size(slices, MIN_ANALYSIS_SIZE)
     analysis, noise_kind = _noise_kind(slices[:, 0], noise)
-    settings = _with_overrides(pipeline_settings(preset, noise_kind), seed, device, steps, srds_pairs, ddim_steps,
-                               distill_slices, checkpoint_dir)
+    slice_context = choose_context(context, len(slices) if image.ndim == 3 else 1, analysis.slice_correlation,
+                                   _spacing_ratio(spacing, axis) if image.ndim == 3 else None)
+    half_width = slice_context.half_width
+    settings = _with_overrides(pipeline_settings(preset, noise_kind).with_context(slice_context), seed, device,
+                               steps, srds_pairs, ddim_steps, distill_slices, checkpoint_dir)
     torch_device = resolve_device(device)  # fail early on an unavailable device, before any training
     check_slice_size(slices, max(settings.bsn.network.min_size, settings.diffusion.network.min_size))
     timings = {"analysis_s": time.perf_counter() - started}
@@ -185,23 +205,24 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         stage_done("bsn", bsn, settings.bsn.training, summary)
         clock = time.perf_counter()
         predictions = predict_slices(bsn, slices, torch_device, _batch(torch_device), progress=progress,
-                                     cancel=cancel, stage="bsn inference")
+                                     cancel=cancel, stage="bsn inference", context=half_width)
         timings["bsn_inference_s"] = time.perf_counter() - clock
     output = predictions if predictions is not None else slices
     if method != "bsn":
         normaliser = None
         if predictions is not None:
-            noise_model = fit_noise_model(slices[:, 0], predictions[:, 0], noise_kind == "correlated")
+            noise_model = with_family(fit_noise_model(slices[:, 0], predictions[:, 0], noise_kind == "correlated"),
+                                      _family_request(noise), scaling.normalise(np.zeros(1))[0])
             normaliser = NoiseNormaliser.from_noise_model(noise_model)
-        condition = diffusion_condition(conditioning, slices, predictions, normaliser)
+        condition = diffusion_condition(conditioning, slices, predictions, normaliser, half_width)
         diffusion_targets, diffusion_training_condition, training_signal = slices, condition, predictions
         if conditioning == "recorrupted":
             recorrupted, diffusion_targets = recorrupt(slices, noise_model, predictions,
                                                        settings.diffusion.recorruption_alpha, seed)
             training_signal = predict_slices(bsn, recorrupted, torch_device, _batch(torch_device), progress=progress,
-                                             cancel=cancel, stage="bsn inference")
+                                             cancel=cancel, stage="bsn inference", context=half_width)
             diffusion_training_condition = diffusion_condition(conditioning, recorrupted, training_signal,
-                                                               normaliser)
+                                                               normaliser, half_width)
         diffusion_targets = to_diffusion_data(diffusion_targets, training_signal, normaliser)
         diffusion, summary = train_diffusion(diffusion_targets, diffusion_training_condition, settings.diffusion,
                                              progress, cancel)
@@ -215,11 +236,16 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         timings["srds_s"] = time.perf_counter() - clock
         output = targets
         if method == "diffdenoise":
-            nafnet, summary = train_distillation(slices[sampled], targets, settings.distillation, progress, cancel)
-            stage_done("nafnet", nafnet, settings.distillation.training, summary)
+            # without a BSN (the identity-conditioning ablation) the NAFNet corrects the noisy slice
+            distillation = settings.distillation if predictions is not None else replace(settings.distillation,
+                                                                                         from_bsn=False)
+            nafnet, summary = train_distillation(distillation_inputs(slices, predictions, distillation, sampled),
+                                                 targets, distillation, progress, cancel)
+            stage_done("nafnet", nafnet, distillation.training, summary)
             clock = time.perf_counter()
             output = predict_slices(nafnet, slices, torch_device, _batch(torch_device), progress=progress,
-                                    cancel=cancel)
+                                    cancel=cancel, context=half_width,
+                                    leading=predictions if distillation.from_bsn else None)
             timings["nafnet_inference_s"] = time.perf_counter() - clock
 
     denoised = scaling.denormalise(from_slices(output, image.shape, axis))
@@ -232,6 +258,8 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
                   **({"recorruption_model": noise_model.describe()} if noise_model else {})},
         "preset": preset if isinstance(preset, str) else "custom",
         "slice_axis": slice_axis,
+        "context": asdict(slice_context),
+        **({"distillation": {"from_bsn": distillation.from_bsn}} if method == "diffdenoise" else {}),
         "training": training,
         **({} if method == "bsn" else {
             "diffusion": {"schedule": asdict(settings.diffusion.schedule), "prediction": "epsilon",
@@ -242,6 +270,14 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
     timings["total_s"] = time.perf_counter() - started
     return DenoiseResult(denoised, extras, {k: round(v, 3) for k, v in timings.items()},
                          residual_outliers(slices[:, 0], output[:, 0]), bundle, analysis)
+
+
+def _spacing_ratio(spacing: tuple[float, ...] | None, axis: int) -> float | None:
+    """Slice spacing over the mean in-plane spacing of a volume (None when the spacing is unknown)."""
+    if spacing is None:
+        return None
+    in_plane = [value for index, value in enumerate(spacing) if index != axis]
+    return float(spacing[axis]) / float(np.mean(in_plane))
 
 
 def _batch(device: torch.device) -> int:
@@ -257,7 +293,7 @@ def _extras(image: np.ndarray, denoised: np.ndarray, outputs: tuple[str, ...],
             extras[name] = np.subtract(image, denoised, dtype=np.float64).astype(np.float32)
             continue
         if stages.get(name) is None:
-            raise InputError(f"this run has no '{name}' output (a distilled bundle runs only its NAFNet)")
+            raise InputError(f"this run has no '{name}' output (a distilled bundle runs only its BSN and NAFNet)")
         volume = from_slices(stages[name], image.shape, axis)
         extras[name] = (volume * (scaling.high - scaling.low)).astype(np.float32) if name == "uncertainty" \
             else scaling.denormalise(volume)
@@ -269,8 +305,9 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
                  cancel: CancelCheck | None = None) -> Denoised:
     """Denoise ``image`` with a trained bundle.
 
-    A ``diffdenoise`` bundle runs only its distilled NAFNet (one forward pass per slice), a ``bsn`` bundle its
-    BSN; a ``diffusion`` bundle runs the BSN and then SRDS with the sampling settings it was trained with.
+    A ``diffdenoise`` bundle runs its BSN and distilled NAFNet (one forward pass each per slice; only the
+    NAFNet for bundles distilled without the BSN output), a ``bsn`` bundle its BSN; a ``diffusion`` bundle runs
+    the BSN and then SRDS with the sampling settings it was trained with.
     The image is normalised by its own robust intensity range (as in training), so bundles transfer between
     scans of one protocol whose intensity scale differs. ``slice_axis`` defaults to the bundle's.
     """
@@ -285,21 +322,29 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
     torch_device = resolve_device(device)
     scaling = IntensityScaling.fit(image)
     slices = to_slices(scaling.normalise(image), axis)
-    used = ("bsn", "diffusion") if bundle.inference_network == "diffusion" else (bundle.inference_network,)
+    from_bsn = bundle.metadata.get("distillation", {}).get("from_bsn", False)
+    used = ("bsn", bundle.inference_network) if bundle.inference_network == "diffusion" or from_bsn \
+        else (bundle.inference_network,)
     check_slice_size(slices, max(bundle.networks[name].min_size for name in used if name in bundle.networks))
+    half_width = bundle.metadata.get("context", {}).get("half_width", 0)
+    if half_width and len(slices) <= max(half_width, MIN_CONTEXT_SLICES - 1):
+        raise InputError(f"this bundle was trained on volumes and reads {half_width} neighbouring slice(s) on "
+                         f"each side; this image has {len(slices)} slice(s) along the slice axis: denoise it "
+                         "with `diffdenoise denoise` (trained on the image itself) instead")
     stages: dict[str, np.ndarray | None] = {}
+    diffusion = bundle.metadata.get("diffusion", {})
+    if bundle.inference_network == "diffusion" and diffusion.get("generates") != GENERATES:
+        raise InputError("this diffusion bundle was trained by an older DiffDenoise whose diffusion network "
+                         "generated whole slices; this version's sampler expects deviations from the BSN "
+                         "output: train the bundle again (bundles of the default method, diffdenoise, still work)")
+    if from_bsn or (bundle.inference_network == "diffusion" and diffusion["conditioning"] != "identity"):
+        stages["bsn"] = predict_slices(bundle.networks["bsn"], slices, torch_device, _batch(torch_device),
+                                       progress=progress, cancel=cancel, stage="bsn inference", context=half_width)
     if bundle.inference_network == "diffusion":
-        diffusion = bundle.metadata["diffusion"]
-        if diffusion.get("generates") != GENERATES:
-            raise InputError("this diffusion bundle was trained by an older DiffDenoise whose diffusion network "
-                             "generated whole slices; this version's sampler expects deviations from the BSN "
-                             "output: train the bundle again (bundles of the default method, diffdenoise, still work)")
-        if diffusion["conditioning"] != "identity":
-            stages["bsn"] = predict_slices(bundle.networks["bsn"], slices, torch_device, _batch(torch_device),
-                                           progress=progress, cancel=cancel, stage="bsn inference")
         normaliser = diffusion.get("noise_normalisation")
         normaliser = NoiseNormaliser.from_metadata(normaliser) if normaliser else None
-        condition = diffusion_condition(diffusion["conditioning"], slices, stages.get("bsn"), normaliser)
+        condition = diffusion_condition(diffusion["conditioning"], slices, stages.get("bsn"), normaliser,
+                                        half_width)
         sampling = dict(bundle.metadata["sampling"])
         seed = sampling.pop("seed", 0)
         schedule = NoiseSchedule(**diffusion["schedule"])
@@ -309,7 +354,8 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
         stages["srds"] = output
     else:
         output = predict_slices(bundle.networks[bundle.inference_network], slices, torch_device, _batch(torch_device),
-                                progress=progress, cancel=cancel)
+                                progress=progress, cancel=cancel, context=half_width,
+                                leading=stages["bsn"] if from_bsn else None)
     denoised = scaling.denormalise(from_slices(output, image.shape, axis))
     extras = _extras(image, denoised, tuple(outputs), stages, scaling, axis)
     return Denoised(denoised, extras, {"total_s": round(time.perf_counter() - started, 3)},

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .context import stack_context
 from .devices import choose_precision
 from .errors import DiffDenoiseError
 from .progress import CancelCheck, ProgressCallback, raise_if_cancelled, report
@@ -118,16 +119,24 @@ def run_in_chunks(total: int, plan: MemoryPlan, run: Callable[[int, int], Chunk]
 @torch.no_grad()
 def predict_slices(network: nn.Module, slices: np.ndarray, device: torch.device, batch_size: int = 2,
                    mixed_precision: bool = True, progress: ProgressCallback | None = None,
-                   cancel: CancelCheck | None = None, stage: str = "denoise", tile: int = TILE_SIZE) -> np.ndarray:
-    """Apply ``network`` to (N, C, H, W) slices and return float32 (N, C_out, H, W) outputs.
+                   cancel: CancelCheck | None = None, stage: str = "denoise", tile: int = TILE_SIZE,
+                   context: int = 0, leading: np.ndarray | None = None) -> np.ndarray:
+    """Apply ``network`` to (N, C, H, W) slices and return float32 (N, C_out, H, W) outputs; with ``context``
+    > 0, to the context stacks of (N, 1, H, W) slices (``context`` neighbours per side, :mod:`.context`),
+    built one batch at a time; ``leading`` (N, C', H, W) channels go in front of them (the BSN output for
+    the distilled NAFNet).
 
     Slices larger than ``tile`` run in overlapping tiles, so memory stays bounded for any slice size. Out of
     memory, the run goes on with one slice per batch, then smaller tiles, then on the CPU (with a
     :class:`MemoryFallbackWarning`). Batches of 1-2 are fastest on CPUs (cache-bound); on a GPU use larger.
     """
     plan = MemoryPlan.for_network(network, device, batch_size, tile)
+    def inputs(start: int, count: int) -> np.ndarray:
+        stacks = stack_context(slices, context, range(start, start + count))
+        return stacks if leading is None else np.concatenate([leading[start:start + count], stacks], axis=1)
+
     outputs = run_in_chunks(len(slices), plan, lambda start, count: _predict_batch(
-        network, slices[start:start + count], plan, mixed_precision), stage, progress, cancel)
+        network, inputs(start, count), plan, mixed_precision), stage, progress, cancel)
     return np.concatenate(outputs, axis=0)
 
 

@@ -90,6 +90,8 @@ class NoiseAnalysis:
     relative_sigma: float  # sigma as a fraction of the robust intensity range
     neighbour_correlation: float  # lag-1 correlation of the fine-scale residual (about 0 for white noise)
     kind: Literal["iid", "correlated"]
+    # correlation of the fine-scale residual between adjacent slices (None: 2D, or under 3 slices)
+    slice_correlation: float | None = None
 
 
 def _slices(image: np.ndarray) -> np.ndarray:
@@ -106,6 +108,12 @@ def image_blocks(image: np.ndarray, size: int) -> np.ndarray:
     return blocks.transpose(0, 1, 3, 2, 4).reshape(-1, size, size)
 
 
+def _flat_residuals(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M, 8, 8) blocks of the residual of a 3x3 median of ``plane``, and each block's signal energy."""
+    residual = plane - ndimage.median_filter(plane, size=3)
+    return image_blocks(residual[None], 8), image_blocks(plane[None], 8).std(axis=(1, 2))
+
+
 def neighbour_correlation(image: np.ndarray) -> float:
     """Lag-1 correlation of the noise, measured on the residual of a 3x3 median in flat regions.
 
@@ -116,9 +124,7 @@ def neighbour_correlation(image: np.ndarray) -> float:
     for plane in _slices(image):
         if min(plane.shape) < MIN_ANALYSIS_SIZE:
             continue
-        residual = plane - ndimage.median_filter(plane, size=3)
-        blocks = image_blocks(residual[None], 8)
-        energy = image_blocks(plane[None], 8).std(axis=(1, 2))
+        blocks, energy = _flat_residuals(plane)
         textured = energy > 0  # exactly constant blocks (clipped background) carry no noise to measure
         if textured.any():
             blocks, energy = blocks[textured], energy[textured]
@@ -134,8 +140,35 @@ def neighbour_correlation(image: np.ndarray) -> float:
     return float(np.median(values))
 
 
+SLICE_PAIRS = 16  # adjacent-slice pairs measured (evenly spaced): enough for a stable median, fast on big volumes
+
+
+def slice_correlation(volume: np.ndarray) -> float | None:
+    """Correlation of the noise between adjacent slices of an (N, H, W) volume, from the residuals of a 3x3
+    median in the blocks that are flat in both slices (median over up to :data:`SLICE_PAIRS` pairs); about 0
+    when each slice has its own noise, clearly positive when the reconstruction or an interpolation shares it
+    between slices (or, with very little noise, for the anatomy that continues through the slices). None
+    for fewer than 3 slices or slices too small to measure."""
+    if volume.ndim != 3 or len(volume) < 3 or min(volume.shape[1:]) < MIN_ANALYSIS_SIZE:
+        return None
+    values = []
+    for first in np.unique(np.linspace(0, len(volume) - 2, SLICE_PAIRS).round().astype(int)):
+        (blocks_a, energy_a), (blocks_b, energy_b) = (_flat_residuals(volume[first + i].astype(np.float64))
+                                                      for i in (0, 1))
+        energy = np.maximum(energy_a, energy_b)
+        usable = (energy_a > 0) & (energy_b > 0)  # constant blocks (clipped background) carry no noise
+        if not usable.any():
+            continue
+        flat = usable & (energy <= np.median(energy[usable]))
+        a = blocks_a[flat] - blocks_a[flat].mean(axis=(1, 2), keepdims=True)
+        b = blocks_b[flat] - blocks_b[flat].mean(axis=(1, 2), keepdims=True)
+        values.append((a * b).sum() / (np.sqrt((a ** 2).sum() * (b ** 2).sum()) + 1e-12))
+    return float(np.median(values)) if values else None
+
+
 def estimate_noise(image: np.ndarray) -> NoiseAnalysis:
-    """Estimate the noise level (wavelet MAD, per slice, median) and whether it is i.i.d. or correlated."""
+    """Estimate the noise level (wavelet MAD, per slice, median), whether it is i.i.d. or correlated within
+    slices and, for volumes, how much it is correlated between adjacent slices."""
     planes = _slices(image)
     if not np.all(np.isfinite(planes)):
         raise InputError("the image contains NaN or Inf voxels: replace or mask them before noise analysis")
@@ -143,7 +176,7 @@ def estimate_noise(image: np.ndarray) -> NoiseAnalysis:
     sigma = float(np.median([estimate_sigma(plane) for plane in planes]))
     correlation = neighbour_correlation(planes)
     kind: Literal["iid", "correlated"] = "correlated" if correlation > CORRELATION_THRESHOLD else "iid"
-    return NoiseAnalysis(sigma, sigma / (high - low), correlation, kind)
+    return NoiseAnalysis(sigma, sigma / (high - low), correlation, kind, slice_correlation(planes))
 
 
 # A slice is an outlier when its removed-noise ratio is this many times above or below the volume's median.

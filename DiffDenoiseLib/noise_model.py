@@ -6,11 +6,17 @@ smaller ones, edges enter the analysed blocks and lengthen the fitted correlatio
 Recorruption (Pang et al. 2021) splits a noisy image y into y + a z and y - z / a, whose noises are independent
 only if z has the covariance of the image's noise. A single global sigma of white noise is right for i.i.d.
 Gaussian noise only: Poisson noise is stronger in bright regions, correlated noise has power at short lags.
+And even with the right covariance, Gaussian z gives independent halves only for Gaussian noise: the halves
+of skewed noise stay dependent through the third moment. So the model also knows its *family*
+(:data:`FAMILIES`), and :meth:`NoiseModel.split` uses the split that is exact for it (Generalized R2R,
+Monroy et al. 2025): binomial thinning of the counts for Poisson noise, a beta split of the gamma variate for
+multiplicative speckle, Gaussian recorruption for Gaussian noise (also used for Rician and correlated noise).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 from scipy.signal import fftconvolve
@@ -21,16 +27,26 @@ BLOCK = 16  # px per side of the analysed blocks (i.i.d. noise)
 CORRELATED_BLOCK = 32  # larger blocks for correlated noise: its spectrum has detail at low frequencies
 LEVEL_BINS = 8  # intensity bins of the noise level function
 FLAT_FRACTION = 0.3  # flattest share analysed: of each intensity bin (i.i.d.), of all blocks (correlated)
+FAMILIES = ("gaussian", "poisson", "gamma")
+NoiseFamily = Literal["gaussian", "poisson", "gamma"]
 
 
 @dataclass(frozen=True)
 class NoiseModel:
     """Noise of variance ``variances`` at signal ``intensities`` (linear in between, constant outside),
-    coloured by ``kernel`` (unit L2 norm: a centred delta for white noise)."""
+    coloured by ``kernel`` (unit L2 norm: a centred delta for white noise), of one ``family``:
+
+    * ``gaussian``: additive;
+    * ``poisson``: ``y = offset + gain * k`` with ``k`` Poisson counts (variance ``gain * (signal - offset)``);
+    * ``gamma``: ``y = offset + (x - offset) * g`` with ``g`` gamma of mean 1 and variance ``gain`` (1 / looks).
+    """
 
     intensities: np.ndarray
     variances: np.ndarray
     kernel: np.ndarray
+    family: NoiseFamily = "gaussian"
+    gain: float = 0.0
+    offset: float = 0.0
 
     @classmethod
     def white(cls, sigma: float) -> NoiseModel:
@@ -47,13 +63,86 @@ class NoiseModel:
         coloured = fftconvolve(white, self.kernel[None].astype(np.float32), mode="same", axes=(1, 2))
         return (coloured * self.std(signal)).astype(np.float32)
 
+    def split(self, noisy: np.ndarray, signal: np.ndarray, alpha: float,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Split (N, H, W) ``noisy`` slices into two noisy copies of the same signal whose noises are
+        independent: the first with ``1 + alpha^2`` times the noise variance, the second ``1 + 1 / alpha^2``
+        times (the variances of Gaussian recorruption ``y + alpha z``, ``y - z / alpha``). ``signal`` (the BSN
+        output) sets the level of Gaussian z; the Poisson and gamma splits need no signal estimate."""
+        keep = 1.0 / (1.0 + alpha**2)  # the first copy's share: variance / keep = (1 + alpha^2) x
+        y = noisy.astype(np.float64)
+        if self.family == "poisson":
+            counts = np.maximum(y - self.offset, 0.0) / self.gain
+            whole = np.floor(counts)
+            # The fraction of a count (real images are not exact counts) stays in both copies unchanged.
+            fraction = counts - whole
+            first = rng.binomial(whole.astype(np.int64), keep)  # thinning: two independent Poisson variates
+            halves = (first / keep + fraction, (whole - first) / (1 - keep) + fraction)
+            return tuple((self.offset + self.gain * h).astype(np.float32) for h in halves)  # type: ignore[return-value]
+        if self.family == "gamma":
+            looks = 1.0 / self.gain
+            # Beta-gamma algebra: for G ~ Gamma(L) and B ~ Beta(p L, (1 - p) L) independent of it, G B and
+            # G (1 - B) are independent Gamma(p L) and Gamma((1 - p) L) variates.
+            share = rng.beta(keep * looks, (1 - keep) * looks, size=y.shape)
+            excess = y - self.offset
+            halves = (excess * share / keep, excess * (1 - share) / (1 - keep))
+            return tuple((self.offset + h).astype(np.float32) for h in halves)  # type: ignore[return-value]
+        z = self.draw(signal, rng)
+        return (noisy + alpha * z).astype(np.float32), (noisy - z / alpha).astype(np.float32)
+
     def describe(self) -> dict:
-        """JSON-friendly summary: the noise level function and the lag-1 correlation of the colouring."""
+        """JSON-friendly summary: family, the noise level function and the lag-1 correlation of the colouring."""
         k = self.kernel  # unit L2 norm: its autocorrelation at a lag is the noise correlation at that lag
         lag1 = 0.5 * ((k[:, 1:] * k[:, :-1]).sum() + (k[1:] * k[:-1]).sum())
-        return {"intensities": self.intensities.round(5).tolist(),
-                "std": np.sqrt(self.variances).round(5).tolist(),
-                "neighbour_correlation": round(float(lag1), 4)}
+        family = {"family": self.family} | ({"gain": round(self.gain, 8), "offset": round(self.offset, 6)}
+                                            if self.family != "gaussian" else {})
+        return family | {"intensities": self.intensities.round(5).tolist(),
+                         "std": np.sqrt(self.variances).round(5).tolist(),
+                         "neighbour_correlation": round(float(lag1), 4)}
+
+
+# A signal-dependent family is chosen only when it explains the level function this much better (mean squared
+# log-ratio of fitted to measured variance) than one constant level, and the variance spans this factor.
+FAMILY_ADVANTAGE = 4.0
+FAMILY_SPAN = 2.0
+
+
+def with_family(model: NoiseModel, requested: str, zero: float) -> NoiseModel:
+    """``model`` with its family: ``requested`` (one of :data:`FAMILIES`), or for ``auto`` the one whose
+    level function fits the measured one best: constant (Gaussian), linear in the signal (Poisson) or
+    quadratic about the intensity 0 (gamma speckle; ``zero`` is where intensity 0 lies in the normalised
+    units). Correlated noise (a coloured model) stays Gaussian."""
+    if model.kernel.size > 1 or requested == "gaussian":
+        return model
+    intensities, variances = model.intensities.astype(np.float64), model.variances.astype(np.float64)
+    usable = variances > 0
+    if usable.sum() < 3:  # too few levels to tell a shape
+        return model if requested == "auto" else _forced(model, requested, zero)
+    x, v = intensities[usable], variances[usable]
+    fits = {"gaussian": (np.full_like(v, np.exp(np.mean(np.log(v)))), 0.0, 0.0)}
+    slope, intercept = np.polyfit(x, v, 1)
+    if slope > 0:
+        fits["poisson"] = (np.maximum(slope * x + intercept, 1e-12), float(slope), float(-intercept / slope))
+    spread = (x - zero) ** 2
+    if np.all(spread > 0):  # the median ratio: bins of blocks that straddle an edge measure too much
+        ratio = float(np.median(v / spread))
+        fits["gamma"] = (ratio * spread, ratio, zero)
+    if requested in ("poisson", "gamma"):
+        return _forced(model, requested, zero) if requested not in fits else replace(
+            model, family=requested, gain=fits[requested][1], offset=fits[requested][2])
+    errors = {family: float(np.mean(np.log(v / fitted) ** 2)) for family, (fitted, _, _) in fits.items()}
+    best = min(errors, key=errors.get)
+    if best == "gaussian" or v.max() < FAMILY_SPAN * v.min() or errors[best] * FAMILY_ADVANTAGE > errors["gaussian"]:
+        return model
+    return replace(model, family=best, gain=fits[best][1], offset=fits[best][2])
+
+
+def _forced(model: NoiseModel, family: str, zero: float) -> NoiseModel:
+    """A requested signal-dependent family whose level function cannot be fitted: from the mean level."""
+    mean_signal = max(float(np.mean(model.intensities)) - zero, 1e-6)
+    mean_variance = float(np.mean(model.variances))
+    gain = mean_variance / mean_signal if family == "poisson" else mean_variance / mean_signal**2
+    return replace(model, family=family, gain=max(gain, 1e-12), offset=zero)
 
 
 def fit_noise_model(noisy: np.ndarray, signal: np.ndarray, correlated: bool) -> NoiseModel:

@@ -7,8 +7,9 @@ a CPU, minutes on a GPU), ``full`` is paper-scale and meant for a GPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from .context import SliceContext
 from .diffusion import NoiseSchedule
 from .errors import InputError
 from .models import NAFNetConfig, PUCAConfig
@@ -26,6 +27,14 @@ class PipelineSettings:
     diffusion: DiffusionSettings
     sampling: SamplingSettings
     distillation: DistillationSettings
+
+    def with_context(self, context: SliceContext) -> PipelineSettings:
+        """These settings with every network reading ``context``'s neighbouring slices (:mod:`.context`)."""
+        half_width = context.half_width
+        bsn = replace(self.bsn, network=replace(self.bsn.network, context_slices=half_width,
+                                                blind_context=context.blind))
+        return PipelineSettings(bsn, replace(self.diffusion, context_slices=half_width), self.sampling,
+                                replace(self.distillation, context_slices=half_width))
 
 
 def _nafnet(width: int, encoder: tuple[int, ...], middle: int, decoder: tuple[int, ...]) -> NAFNetConfig:

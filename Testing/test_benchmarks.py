@@ -96,3 +96,32 @@ def test_diffdenoise_case_scores_pipeline_peers_forced_puca_and_ablations(tmp_pa
     assert sorted(f.name for f in cases.iterdir()) == ["knee_correlated.csv", "knee_correlated.md"]
     combine(cases, tmp_path, "diffdenoise_tiny", "header")
     assert "| knee, correlated | " in (tmp_path / "diffdenoise_tiny.md").read_text()
+
+
+def test_recorruption_check_gaussian_twin_has_the_poisson_variance_and_no_skew():
+    from benchmarks.recorruption_check import poisson_pair
+
+    clean = np.full((2, 128, 128), 50.0, dtype=np.float32)
+    clean[:, :, 64:] = 100.0  # the top of the robust range: 30 counts; the left half 0
+    pair = poisson_pair(clean, 30.0, seed=0)
+    poisson, gaussian = pair["poisson 30"], pair["gaussian, Poisson 30 variance"]
+    for image in (poisson, gaussian):
+        np.testing.assert_allclose(image[:, :, 64:].mean(), 100.0, atol=0.5)
+        np.testing.assert_allclose(image[:, :, 64:].var(), (50.0 / np.sqrt(30)) ** 2, rtol=0.05)
+    deviation = poisson[:, :, 64:] - 100.0
+    skew = lambda d: np.mean(d ** 3) / np.var(d) ** 1.5  # noqa: E731
+    assert skew(deviation) == pytest.approx(1 / np.sqrt(30), abs=0.05)
+    assert abs(skew(gaussian[:, :, 64:] - 100.0)) < 0.05
+
+
+def test_volume_ablation_report_gathers_finished_runs(tmp_path):
+    from benchmarks.volume_ablation import FIELDS, STAGES, write_report, write_rows
+
+    for context, chosen in (("0", "0"), ("auto", "2")):
+        rows = [dict(zip(FIELDS, ("mni", "gaussian 0.1", 0, context, chosen, method, "30.0", "0.9", "31.0", "10"),
+                         strict=True)) for method in ("noisy", *(stage for stage, _ in STAGES))]
+        write_rows(tmp_path / f"mni_{context}.csv", rows)
+    write_report(tmp_path, with_steps(PRESETS["quick"], 1, 1, 1), 24)
+    table = (tmp_path / "volume_ablation.md").read_text()
+    assert "| mni | gaussian 0.1 | 0 | auto (2) | 30.0 / 0.9 / 31.0 |" in table and "| 0 (0) |" in table
+    assert not list(tmp_path.glob("*.part"))

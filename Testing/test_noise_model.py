@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from DiffDenoiseLib.noise import correlated_gaussian
-from DiffDenoiseLib.noise_model import NoiseModel, fit_noise_model
+from DiffDenoiseLib.noise_model import NoiseModel, fit_noise_model, with_family
 from DiffDenoiseLib.pipelines.diffdenoise import recorrupt
 
 SHAPE = (8, 160, 160)
@@ -64,3 +64,55 @@ def test_noise_free_regions_get_no_recorruption_noise():
     model = fit_noise_model(clean, clean, correlated=True)
     drawn = model.draw(clean, np.random.default_rng(0))
     assert np.all(np.isfinite(drawn)) and np.abs(drawn).max() == 0
+
+
+def _phantom_noise(clean: np.ndarray, family: str, rng: np.random.Generator) -> np.ndarray:
+    if family == "poisson":
+        return (rng.poisson(clean * 40) / 40).astype(np.float32)  # variance = signal / 40
+    if family == "gamma":
+        return (clean * rng.gamma(4.0, 0.25, clean.shape)).astype(np.float32)  # speckle, 4 looks
+    if family == "rician":
+        return np.hypot(clean + 0.05 * rng.standard_normal(clean.shape),
+                        0.05 * rng.standard_normal(clean.shape)).astype(np.float32)
+    return (clean + 0.05 * rng.standard_normal(clean.shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("family, expected", [("gaussian", "gaussian"), ("rician", "gaussian"),
+                                              ("poisson", "poisson"), ("gamma", "gamma")])
+def test_the_family_is_read_from_the_shape_of_the_level_function(family, expected):
+    clean = smooth_phantom()
+    noisy = _phantom_noise(clean, family, np.random.default_rng(0))
+    model = with_family(fit_noise_model(noisy, clean, correlated=False), "auto", zero=0.0)
+    assert model.family == expected
+    if expected == "poisson":
+        assert model.gain == pytest.approx(1 / 40, rel=0.15) and abs(model.offset) < 0.05
+    if expected == "gamma":
+        assert model.gain == pytest.approx(1 / 4, rel=0.15)
+
+
+@pytest.mark.parametrize("family", ["poisson", "gamma"])
+def test_the_family_split_gives_independent_halves_where_gaussian_recorruption_does_not(family):
+    """Both splits give halves of the right variance that are uncorrelated; only the exact split makes them
+    independent: the Gaussian split of skewed noise leaves the third-order cross moment E[a b^2] (a, b the
+    halves' noises), which is what a network trained on the pair can learn from."""
+    rng = np.random.default_rng(1)
+    clean = np.full((8, 256, 256), 0.3, dtype=np.float32)
+    noisy = _phantom_noise(clean, family, rng)
+    variance = float(np.var(noisy - clean))
+    skewness = float(np.mean((noisy - clean) ** 3.0) / variance**1.5)
+    gaussian_moment = skewness / (5 * np.sqrt(1.25))  # E[n^3] / (std(a) var(b)) for a = n + z/2, b = n - 2z
+    exact = with_family(NoiseModel(np.array([0.3]), np.array([variance]), np.ones((1, 1))), family, zero=0.0)
+    gaussian = NoiseModel(np.array([0.3]), np.array([variance]), np.ones((1, 1)))
+    for model in (exact, gaussian):
+        first, second = model.split(noisy, clean, 0.5, np.random.default_rng(2))
+        a, b = (first - clean).ravel().astype(np.float64), (second - clean).ravel().astype(np.float64)
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.02
+        assert np.var(a) == pytest.approx(1.25 * variance, rel=0.05)
+        assert np.var(b) == pytest.approx(5.0 * variance, rel=0.05)
+        assert abs(a.mean()) < 0.01 and abs(b.mean()) < 0.02  # both copies are unbiased
+        # normalised third-order cross moment: 0 for independent zero-mean halves
+        moment = np.mean(a * b * b) / (np.std(a) * np.var(b))
+        if model is exact:
+            assert abs(moment) < 0.3 * gaussian_moment
+        else:
+            assert moment == pytest.approx(gaussian_moment, rel=0.3)

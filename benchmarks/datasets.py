@@ -33,6 +33,12 @@ def _read(relative: str) -> np.ndarray:
     return array.reshape(-1, *array.shape[-2:])
 
 
+def _central_crop(volume: np.ndarray, side: int) -> np.ndarray:
+    """The central ``side`` x ``side`` pixels of every slice (all of a side shorter than ``side``)."""
+    top, left = (max(0, (n - side) // 2) for n in volume.shape[1:])
+    return np.ascontiguousarray(volume[:, top:top + side, left:left + side])
+
+
 def _mni() -> np.ndarray:
     return _read("clean/mni_icbm152_t1_1mm.nii.gz")  # axial slices of the 1 mm template
 
@@ -54,6 +60,12 @@ class Dataset:
     @property
     def available(self) -> bool:
         return (SHARED / self.file).exists()
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel spacing (mm) of the loaded (slices, H, W) array, in its axis order."""
+        x, y, z = (tuple(read_volume(SHARED / self.file).geometry.spacing) + (1.0, 1.0))[:3]
+        return z, y, x
 
     def central_slices(self, count: int | None) -> np.ndarray:
         """``count`` slices from the middle of the volume (all when None or more than it has)."""
@@ -78,4 +90,11 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             _xray, XRAY_CT_NOISES),
     Dataset("ultrasound", "B-mode ultrasound of the neck", "ultrasound/us_neck.png",
             lambda: _read("ultrasound/us_neck.png"), ("gamma L=4",)),
+    # the two thin-slice real volumes, central 256 x 256 (inside the CT's reconstruction circle)
+    Dataset("lidc", "chest CT, LIDC-IDRI-0002, 1.25 mm slices (central 256 x 256)",
+            "ct/ct_chest_lidc0002_1p25mm_crop48.nii.gz",
+            lambda: _central_crop(_read("ct/ct_chest_lidc0002_1p25mm_crop48.nii.gz"), 256), XRAY_CT_NOISES),
+    Dataset("t1", "brain MRI, 3D T1 (studyforrest), 0.67 mm slices (central 256 x 256)",
+            "mri/mr_brain_t1w_studyforrest_0p67mm_crop48.nii.gz",
+            lambda: _central_crop(_read("mri/mr_brain_t1w_studyforrest_0p67mm_crop48.nii.gz"), 256), MR_NOISES),
 )}

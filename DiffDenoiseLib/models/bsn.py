@@ -27,12 +27,17 @@ PATCH = 2  # patch-unshuffle groups 2x2 patches, matching the dilation of the bl
 
 
 class CentreMaskedConv2d(nn.Conv2d):
-    """Convolution whose centre tap is fixed at zero: an output pixel never sees its own input pixel."""
+    """Convolution whose centre tap is fixed at zero: an output pixel never sees its own input pixel.
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+    Only the first ``blind_channels`` input channels are masked (default: all); the others (neighbouring
+    slices whose noise is independent, :mod:`..context`) may be seen at the centre too.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 blind_channels: int | None = None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         mask = torch.ones_like(self.weight)
-        mask[:, :, kernel_size // 2, kernel_size // 2] = 0
+        mask[:, :blind_channels, kernel_size // 2, kernel_size // 2] = 0
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +91,8 @@ class PUCAConfig:
     pd_infer: int = 1
     r3_passes: int = 0  # R3 refinement passes at inference (0 = off; AP-BSN uses 8 with PD > 1)
     r3_probability: float = 0.16
+    context_slices: int = 0  # neighbouring slices per side also read (a :mod:`..context` stack; 0 = 2D)
+    blind_context: bool = False  # mask the neighbours' blind spot too (noise correlated between slices)
 
     def __post_init__(self) -> None:
         self.encoder_blocks = tuple(self.encoder_blocks)
@@ -100,6 +107,16 @@ class PUCAConfig:
         """Smallest image height/width the network accepts (reflect padding must be smaller than the image)."""
         return 2 ** (len(self.encoder_blocks) + 1) * max(self.pd_train, self.pd_infer)
 
+    @property
+    def input_channels(self) -> int:
+        """Channels the network reads: the image's, then those of each neighbouring slice."""
+        return self.in_channels * (1 + 2 * self.context_slices)
+
+    @property
+    def blind_channels(self) -> int:
+        """Leading input channels whose blind spot is masked: the slice's own, or all of them."""
+        return self.input_channels if self.blind_context else self.in_channels
+
 
 class PUCANet(nn.Module):
     """J-invariant U-Net: masked head, dilated gated blocks, patch-unshuffle down / patch-shuffle up."""
@@ -107,7 +124,7 @@ class PUCANet(nn.Module):
     def __init__(self, config: PUCAConfig) -> None:
         super().__init__()
         width = config.width
-        self.head = CentreMaskedConv2d(config.in_channels, width, 3)
+        self.head = CentreMaskedConv2d(config.input_channels, width, 3, config.blind_channels)
         self.encoders, self.downs, self.ups, self.decoders = (nn.ModuleList() for _ in range(4))
         channels = width
         for count in config.encoder_blocks:
@@ -138,7 +155,8 @@ class PUCANet(nn.Module):
 class BlindSpotDenoiser(nn.Module):
     """A blind-spot network with pixel-shuffle downsampling, padding for any input size and R3 refinement.
 
-    Takes and returns (N, 1, H, W) images of any size at least :attr:`min_size` on each side. Uses
+    Takes (N, C, H, W) images (C: :attr:`PUCAConfig.input_channels`, the slice and its neighbours) of any size
+    at least :attr:`min_size` on each side and returns the denoised slice, (N, 1, H, W). Uses
     ``pd_train`` in training mode and ``pd_infer`` (plus R3 when configured) in eval mode. This class runs a
     :class:`PUCANet`; subclasses set another ``net`` (whose sub-image padding is ``inner_padding``).
     """
@@ -187,7 +205,9 @@ class BlindSpotDenoiser(nn.Module):
         """
         generator = torch.Generator(device="cpu").manual_seed(noisy.shape[-1] * 7919 + noisy.shape[-2])
         total = torch.zeros_like(estimate)
+        own, neighbours = noisy[:, :estimate.shape[1]], noisy[:, estimate.shape[1]:]
         for _ in range(self.config.r3_passes):
-            keep_noisy = torch.rand(noisy.shape, generator=generator).to(noisy.device) < self.config.r3_probability
-            total += self.blind_spot_forward(torch.where(keep_noisy, noisy, estimate), 1)
+            keep_noisy = torch.rand(own.shape, generator=generator).to(noisy.device) < self.config.r3_probability
+            mixed = torch.cat([torch.where(keep_noisy, own, estimate), neighbours], dim=1)
+            total += self.blind_spot_forward(mixed, 1)
         return total / self.config.r3_passes

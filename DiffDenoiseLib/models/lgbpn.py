@@ -28,17 +28,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import GatedBlock, LayerNorm2d, SimpleGate
-from .bsn import BlindSpotDenoiser
+from .bsn import BlindSpotDenoiser, PUCAConfig
 
 
 class DiamondMaskedConv2d(nn.Conv2d):
-    """Convolution with ``taps`` x ``taps`` taps ``dilation`` pixels apart; taps inside the diamond are zero."""
+    """Convolution with ``taps`` x ``taps`` taps ``dilation`` pixels apart; taps inside the diamond are zero in
+    the first ``blind_channels`` input channels (default: all; the others are neighbouring slices whose noise
+    is independent)."""
 
-    def __init__(self, in_channels: int, out_channels: int, taps: int, dilation: int, radius: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, taps: int, dilation: int, radius: int,
+                 blind_channels: int | None = None) -> None:
         super().__init__(in_channels, out_channels, taps, padding=dilation * (taps // 2), dilation=dilation)
         offsets = (torch.arange(taps) - taps // 2) * dilation
         outside = offsets[:, None].abs() + offsets[None, :].abs() > radius
-        self.register_buffer("mask", outside.to(self.weight.dtype).expand_as(self.weight).clone(), persistent=False)
+        mask = torch.ones_like(self.weight)
+        mask[:, :blind_channels] = outside.to(self.weight.dtype)
+        self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight * self.mask, self.bias)
@@ -106,6 +111,8 @@ class LGBPNConfig:
         in_channels: image channels.
         pd_train, pd_infer: pixel-shuffle downsampling factors in training and at inference (1 = none).
         r3_passes, r3_probability: R3 refinement at inference, as in :class:`PUCAConfig`.
+        context_slices, blind_context: neighbouring slices read, and whether their blind patch is masked too,
+            as in :class:`PUCAConfig`.
     """
 
     width: int = 32
@@ -118,10 +125,15 @@ class LGBPNConfig:
     pd_infer: int = 1
     r3_passes: int = 0
     r3_probability: float = 0.16
+    context_slices: int = 0
+    blind_context: bool = False
 
     def __post_init__(self) -> None:
         if self.radius < 1:
             raise ValueError("the blind patch radius must be at least 1")
+
+    input_channels = PUCAConfig.input_channels
+    blind_channels = PUCAConfig.blind_channels
 
     @property
     def global_step(self) -> int:
@@ -142,8 +154,9 @@ class LGBPNNet(nn.Module):
         width, radius = config.width, config.radius
         local_step = 2 * radius + 1
         # Local: dense taps up to `radius` away; global: every 2nd pixel up to 2 * radius + 2 away.
-        self.local_head = DiamondMaskedConv2d(config.in_channels, width, 2 * radius + 1, 1, radius)
-        self.global_head = DiamondMaskedConv2d(config.in_channels, width, 2 * radius + 3, 2, radius)
+        channels, blind = config.input_channels, config.blind_channels
+        self.local_head = DiamondMaskedConv2d(channels, width, 2 * radius + 1, 1, radius, blind)
+        self.global_head = DiamondMaskedConv2d(channels, width, 2 * radius + 3, 2, radius, blind)
         self.local_branch = nn.Sequential(
             *[GatedBlock(width, local_step, channel_attention=False) for _ in range(config.local_blocks)])
         self.global_branch = nn.Sequential(*[

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..context import stack_context
 from ..models import LGBPN, BlindSpotDenoiser, LGBPNConfig, PUCAConfig
 from ..progress import CancelCheck, ProgressCallback
 from ..training import TrainConfig, TrainSummary, fit_patch_size, train
@@ -42,7 +43,8 @@ def for_noise(settings: BsnSettings, noise_kind: str) -> BsnSettings:
         return BsnSettings(replace(network, **PUCA_IID), settings.training)
     depth = sum(network.encoder_blocks) + network.middle_blocks
     lgbpn = LGBPNConfig(width=network.width, local_blocks=max(1, depth // 2), global_blocks=max(1, depth // 3),
-                        in_channels=network.in_channels, **LGBPN_CORRELATED)
+                        in_channels=network.in_channels, context_slices=network.context_slices,
+                        blind_context=network.blind_context, **LGBPN_CORRELATED)
     return BsnSettings(lgbpn, settings.training)
 
 
@@ -52,17 +54,21 @@ def build_bsn(config: PUCAConfig | LGBPNConfig) -> BlindSpotDenoiser:
 
 
 def blind_spot_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Self-supervised loss: reproduce the noisy input; the blind spot makes the identity unreachable."""
-    return F.mse_loss(model(batch).float(), batch.float())
+    """Self-supervised loss: reproduce the noisy slice (the first channels of a context stack, the rest being
+    its neighbours); the blind spot makes the identity unreachable."""
+    output = model(batch).float()
+    return F.mse_loss(output, batch[:, :output.shape[1]].float())
 
 
 def train_bsn(slices: np.ndarray, settings: BsnSettings, progress: ProgressCallback | None = None,
               cancel: CancelCheck | None = None) -> tuple[BlindSpotDenoiser, TrainSummary]:
-    """Train a blind-spot network on normalised (N, 1, H, W) noisy slices."""
+    """Train a blind-spot network on normalised (N, 1, H, W) noisy slices (with the neighbouring slices its
+    config reads, :mod:`..context`)."""
     torch.manual_seed(settings.training.seed)
     model = build_bsn(settings.network)
     multiple = model.net.multiple * max(settings.network.pd_train, 1)
     training = fit_patch_size(settings.training, multiple, model.min_size)
-    summary = train(model, slices, blind_spot_loss, training, progress, cancel, stage="train bsn")
+    stacks = stack_context(slices, settings.network.context_slices)
+    summary = train(model, stacks, blind_spot_loss, training, progress, cancel, stage="train bsn")
     return model, summary
 

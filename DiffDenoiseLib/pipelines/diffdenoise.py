@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..context import context_channels, stack_context
 from ..devices import choose_precision
 from ..diffusion import NoiseSchedule, srds_sample
 from ..diffusion.ddim import DenoisingModel
@@ -29,8 +30,15 @@ from ..training import TrainConfig, TrainSummary, fit_patch_size, train
 # what the diffusion network generates (bundle metadata; older bundles lack the key: their diffusion networks
 # generated whole slices, and apply refuses them)
 GENERATES = "deviation from the BSN output, noise-normalised"
-# condition channels of each conditioning (the network also gets x_t)
-CONDITION_CHANNELS = {"recorrupted": 2, "bsn": 1, "identity": 1}
+# conditionings, and whether their condition holds the noisy slice (then also its neighbours, with context)
+CONDITIONINGS = {"recorrupted": True, "bsn": False, "identity": True}
+
+
+def condition_channels(conditioning: str, context_slices: int) -> int:
+    """Condition channels of ``conditioning`` (the network also gets x_t): the BSN output (unless
+    ``identity``) and the noisy slice with its ``context_slices`` neighbours per side (unless ``bsn``)."""
+    noisy = context_channels(context_slices) if CONDITIONINGS[conditioning] else 0
+    return (conditioning != "identity") + noisy
 
 
 @dataclass
@@ -52,6 +60,9 @@ class DiffusionSettings:
       detail the blind spot discards (measurements in the README).
     * ``bsn``: the paper's plain pairs (target ``y``, condition ``BSN(y)``), kept for the ablation.
     * ``identity``: conditioned on the noisy slice itself (the paper's other ablation).
+
+    With ``context_slices`` > 0 the noisy channel comes with that many neighbouring slices per side
+    (:mod:`..context`), each noise-normalised around its own BSN output.
     """
 
     network: NAFNetConfig
@@ -59,12 +70,14 @@ class DiffusionSettings:
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
     conditioning: Literal["recorrupted", "bsn", "identity"] = "recorrupted"
     recorruption_alpha: float = 0.5
+    context_slices: int = 0
 
     def __post_init__(self) -> None:
-        if self.conditioning not in CONDITION_CHANNELS:
+        if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning '{self.conditioning}': use recorrupted, bsn or identity")
-        self.network = replace(self.network, in_channels=1 + CONDITION_CHANNELS[self.conditioning], out_channels=1,
-                               residual="none", time_conditioned=True)
+        channels = condition_channels(self.conditioning, self.context_slices)
+        self.network = replace(self.network, in_channels=1 + channels, out_channels=1, residual="none",
+                               time_conditioned=True)
 
 
 @dataclass
@@ -90,13 +103,24 @@ class SamplingSettings:
 
 @dataclass
 class DistillationSettings:
-    """The distilled NAFNet: a deterministic one-pass denoiser trained on (noisy, SRDS output) pairs."""
+    """The distilled NAFNet: a deterministic denoiser trained on (noisy, SRDS output) pairs; with
+    ``context_slices`` > 0 it reads the noisy slice's context stack (:mod:`..context`).
+
+    With ``from_bsn`` (default) it also reads the BSN output, as its first channel, and learns a correction
+    of it: training starts from the BSN's estimate instead of from the noisy slice (a residual on the noisy
+    slice starts as the identity, and at CPU budgets ended with much of the noise still in: MNI, Gaussian
+    0.1, 300 steps, SSIM 0.58 against the BSN's 0.88, README "Through-plane context"). Inference then runs
+    the BSN and the NAFNet.
+    """
 
     network: NAFNetConfig
     training: TrainConfig
+    context_slices: int = 0
+    from_bsn: bool = True
 
     def __post_init__(self) -> None:
-        self.network = replace(self.network, in_channels=1, out_channels=1, residual="first", time_conditioned=False)
+        self.network = replace(self.network, in_channels=self.from_bsn + context_channels(self.context_slices),
+                               out_channels=1, residual="first", time_conditioned=False)
 
 
 _RECORRUPTION_STREAM = 0x52325220  # "R2R "
@@ -104,26 +128,27 @@ _RECORRUPTION_STREAM = 0x52325220  # "R2R "
 
 def recorrupt(slices: np.ndarray, noise: NoiseModel, signal: np.ndarray, alpha: float,
               seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split (N, 1, H, W) noisy slices into (y + alpha z, y - z / alpha) with z drawn from ``noise`` around
-    ``signal`` (the BSN output): if z has the covariance of the slices' noise, the two have uncorrelated noise
-    (covariance Cov(n) - Cov(z) = 0), and y - z / alpha is a noisy target that y + alpha z cannot predict."""
+    """Split (N, 1, H, W) noisy slices into an input and a target with independent noise
+    (:meth:`..noise_model.NoiseModel.split`: for Gaussian noise ``(y + alpha z, y - z / alpha)`` with z drawn
+    from ``noise`` around ``signal``, the BSN output; the split that is exact for the family otherwise): the
+    target is a noisy copy that the input cannot predict."""
     # A stream of its own: with default_rng(seed), z would equal noise a caller drew with the same seed (e.g. a
     # benchmark's synthetic noise), making y - z / alpha = clean - noise.
-    z = noise.draw(signal[:, 0], np.random.default_rng((seed, _RECORRUPTION_STREAM)))[:, None]
-    return slices + alpha * z, slices - z / alpha
+    first, second = noise.split(slices[:, 0], signal[:, 0], alpha, np.random.default_rng((seed, _RECORRUPTION_STREAM)))
+    return first[:, None], second[:, None]
 
 
 def diffusion_condition(conditioning: str, slices: np.ndarray, bsn_output: np.ndarray | None,
-                        normaliser: NoiseNormaliser | None = None) -> np.ndarray:
-    """The (N, C, H, W) condition channels of ``conditioning`` for noisy slices and their BSN output; with a
-    ``normaliser`` the noisy channel is noise-normalised around the BSN output (as the targets are)."""
-    if normaliser is not None and bsn_output is not None:
-        slices = normaliser.forward(slices, bsn_output)
-    if conditioning == "identity":
-        return slices
+                        normaliser: NoiseNormaliser | None = None, context_slices: int = 0) -> np.ndarray:
+    """The (N, C, H, W) condition channels of ``conditioning`` for (N, 1, H, W) noisy slices and their BSN
+    output; with a ``normaliser`` the noisy channels are noise-normalised around the BSN output (as the
+    targets are); with ``context_slices`` the noisy slice comes with its neighbours (:mod:`..context`)."""
     if conditioning == "bsn":
         return bsn_output
-    return np.concatenate([bsn_output, slices], axis=1)
+    if normaliser is not None and bsn_output is not None:
+        slices = normaliser.forward(slices, bsn_output)
+    slices = stack_context(slices, context_slices)
+    return slices if conditioning == "identity" else np.concatenate([bsn_output, slices], axis=1)
 
 
 def to_diffusion_data(values: np.ndarray, signal: np.ndarray | None,
@@ -165,8 +190,9 @@ def diffusion_loss(schedule: NoiseSchedule):
 
 
 def distillation_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Reproduce the SRDS output (channel 1) from the noisy slice (channel 0)."""
-    return F.mse_loss(model(batch[:, :1]).float(), batch[:, 1:].float())
+    """Reproduce the SRDS output (the last channel) from the others (the BSN output and the noisy slice's
+    context stack)."""
+    return F.mse_loss(model(batch[:, :-1]).float(), batch[:, -1:].float())
 
 
 def train_diffusion(noisy: np.ndarray, condition: np.ndarray, settings: DiffusionSettings,
@@ -236,9 +262,18 @@ def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedu
 def train_distillation(noisy: np.ndarray, targets: np.ndarray, settings: DistillationSettings,
                        progress: ProgressCallback | None = None,
                        cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
-    """Train the NAFNet on (noisy, SRDS output) slice pairs, with the training loop's flips and rotations."""
+    """Train the NAFNet on (inputs, SRDS output) pairs, with the training loop's flips and rotations; ``noisy``
+    is the (N, C, H, W) inputs (:func:`distillation_inputs`), ``targets`` (N, 1, H, W)."""
     return train_new_nafnet(settings.network, settings.training, [noisy, targets], distillation_loss,
                             "train nafnet", progress, cancel)
+
+
+def distillation_inputs(slices: np.ndarray, bsn_output: np.ndarray | None, settings: DistillationSettings,
+                        indices: np.ndarray) -> np.ndarray:
+    """The distilled NAFNet's (M, C, H, W) inputs for slices ``indices``: the BSN output (with ``from_bsn``),
+    then the noisy slice's context stack."""
+    stacks = stack_context(slices, settings.context_slices, indices)
+    return np.concatenate([bsn_output[indices], stacks], axis=1) if settings.from_bsn else stacks
 
 
 def train_new_nafnet(config: NAFNetConfig, training: TrainConfig, channels: list[np.ndarray],

@@ -1,0 +1,154 @@
+"""Through-plane context: stacks of neighbouring slices, the 3D blind spot, the choice of context, and its
+way through training, bundles and ``apply``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from DiffDenoiseLib.bundle import load_bundle, save_bundle
+from DiffDenoiseLib.context import (
+    MAX_HALF_WIDTH,
+    SLICE_CORRELATION_THRESHOLD,
+    choose_context,
+    context_indices,
+    stack_context,
+)
+from DiffDenoiseLib.denoise import apply_bundle, denoise
+from DiffDenoiseLib.errors import BundleError, InputError
+from DiffDenoiseLib.models import LGBPN, BlindSpotDenoiser, LGBPNConfig, PUCAConfig
+from DiffDenoiseLib.noise import add_noise, robust_range, slice_correlation
+
+
+@given(count=st.integers(3, 40), half_width=st.integers(1, MAX_HALF_WIDTH), data=st.data())
+def test_a_stack_never_holds_its_own_slice_twice_and_never_wraps(count, half_width, data):
+    index = data.draw(st.integers(0, count - 1))
+    row = context_indices(index, half_width, count)
+    assert row[0] == index and index not in row[1:]  # a neighbour channel equal to the slice would leak its noise
+    assert all(0 <= i < count for i in row)
+    for distance in range(1, half_width + 1):  # where both neighbours exist they are the true ones
+        if distance <= index < count - distance:
+            assert row[2 * distance - 1:2 * distance + 1] == [index - distance, index + distance]
+
+
+def test_stack_channels_are_the_slice_then_its_neighbours():
+    slices = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 2, 2), np.float32)
+    stacks = stack_context(slices, 2)
+    assert stacks.shape == (5, 5, 2, 2)
+    assert stacks[2, :, 0, 0].tolist() == [2, 1, 3, 0, 4]
+    assert stacks[0, :, 0, 0].tolist() == [0, 1, 1, 2, 2]  # mirrored at the first slice, no wrap to slice 4
+    assert stack_context(slices, 0, [1, 3]).shape == (2, 1, 2, 2)
+    with pytest.raises(ValueError):
+        stack_context(slices[:2], 1)
+
+
+def _randomised(network: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(0)
+    for name, parameter in network.named_parameters():
+        if name.endswith(("beta", "gamma", "scale")):  # zero at init: randomise so every block contributes
+            parameter.data.normal_()
+    return network.eval()
+
+
+@pytest.mark.parametrize("architecture", ["puca", "lgbpn"])
+@pytest.mark.parametrize("blind", [False, True])
+def test_3d_receptive_field(architecture, blind):
+    """The output never sees its own voxel; it sees the neighbours' voxel at the same position unless their
+    blind spot is masked (noise shared between slices)."""
+    if architecture == "puca":
+        network = BlindSpotDenoiser(PUCAConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,),
+                                               context_slices=2, blind_context=blind))
+    else:
+        network = LGBPN(LGBPNConfig(width=8, local_blocks=1, global_blocks=1, context_slices=2, blind_context=blind))
+    network = _randomised(network)
+    image = torch.randn(1, 5, 40, 40, requires_grad=True)
+    network(image)[0, 0, 20, 21].backward()
+    at_pixel = image.grad[0, :, 20, 21].abs()
+    assert at_pixel[0] == 0
+    if blind:
+        assert torch.all(at_pixel == 0)
+    else:
+        assert torch.all(at_pixel[1:] > 0)
+    assert image.grad[0, 0].abs().sum() > 0 and image.grad[0, 1:].abs().sum() > 0  # both are read
+
+
+def test_slice_correlation_separates_independent_from_shared_noise(knee_crop):
+    volume = np.concatenate([knee_crop] * 2)  # 8 slices of real anatomy
+    low, high = robust_range(volume)
+    white = np.random.default_rng(0).standard_normal(volume.shape)
+    shared = ndimage.gaussian_filter(white, (0.7, 0, 0))
+    shared /= shared.std()
+    independent = slice_correlation(add_noise(volume, "gaussian", 0.1, seed=1))
+    correlated = slice_correlation(volume + 0.1 * (high - low) * shared)
+    assert abs(independent) < SLICE_CORRELATION_THRESHOLD < correlated
+    assert slice_correlation(volume[:2]) is None and slice_correlation(volume[0]) is None
+
+
+def test_choose_context():
+    assert choose_context("auto", 1, None).half_width == 0
+    assert choose_context("auto", 2, None).half_width == 0
+    chosen = choose_context(2, 10, 0.01)
+    assert (chosen.half_width, chosen.blind) == (2, False)
+    assert choose_context(2, 10, 0.5).blind and choose_context(2, 10, None).blind
+    assert "masked" in choose_context(1, 10, 0.5).reason
+    for bad in (-1, MAX_HALF_WIDTH + 1, 1.5, True):
+        with pytest.raises(InputError):
+            choose_context(bad, 10, 0.0)
+    with pytest.raises(InputError, match="at least 3 slices"):
+        choose_context(1, 2, None)
+    with pytest.raises(InputError, match="smaller context"):
+        choose_context(3, 3, 0.0)
+
+
+def test_denoise_reads_the_context_and_apply_uses_it(knee_crop, tiny_settings, tmp_path):
+    noisy = add_noise(knee_crop, "gaussian", 0.1, seed=0)
+    result = denoise(noisy, preset=tiny_settings, context=1)
+    context = result.bundle.metadata["context"]
+    assert context["half_width"] == 1 and not context["blind"]
+    assert result.bundle.networks["bsn"].config.context_slices == 1
+    assert result.bundle.networks["nafnet"].config.in_channels == 1 + 3  # BSN output, noisy stack
+    assert result.bundle.networks["diffusion"].config.in_channels == 1 + 1 + 3  # x_t, BSN output, noisy stack
+    save_bundle(tmp_path / "model.safetensors", result.bundle)
+    bundle = load_bundle(tmp_path / "model.safetensors")
+    applied = apply_bundle(bundle, noisy)
+    np.testing.assert_allclose(applied.denoised, result.denoised, atol=1e-5)
+    with pytest.raises(InputError, match="neighbouring slice"):
+        apply_bundle(bundle, noisy[0])
+    flat = denoise(noisy, preset=tiny_settings, context=0)
+    assert flat.bundle.metadata["context"]["half_width"] == 0
+    assert flat.bundle.networks["nafnet"].config.in_channels == 2
+
+
+def test_2d_images_keep_the_2d_path(knee_crop, tiny_settings):
+    result = denoise(knee_crop[0], preset=tiny_settings)
+    assert result.bundle.metadata["context"]["half_width"] == 0
+    with pytest.raises(InputError, match="at least 3 slices"):
+        denoise(knee_crop[:2], preset=tiny_settings, context=1)
+
+
+def test_a_bundle_whose_networks_disagree_with_its_context_is_refused(knee_crop, tiny_settings, tmp_path):
+    result = denoise(add_noise(knee_crop, "gaussian", 0.1, seed=0), preset=tiny_settings, method="bsn", context=1)
+    result.bundle.metadata["context"]["half_width"] = 2
+    save_bundle(tmp_path / "model.safetensors", result.bundle)  # consistently hashed, but not consistent
+    with pytest.raises(BundleError, match="neighbouring slices"):
+        load_bundle(tmp_path / "model.safetensors")
+
+
+def test_the_distilled_nafnet_corrects_the_bsn_output_and_a_bundle_must_say_so(knee_crop, tiny_settings, tmp_path):
+    result = denoise(add_noise(knee_crop, "gaussian", 0.1, seed=0), preset=tiny_settings, context=1)
+    assert result.bundle.metadata["distillation"] == {"from_bsn": True}
+    result.bundle.metadata["distillation"]["from_bsn"] = False  # the NAFNet would get one channel too few
+    save_bundle(tmp_path / "model.safetensors", result.bundle)
+    with pytest.raises(BundleError, match="NAFNet reads"):
+        load_bundle(tmp_path / "model.safetensors")
+
+
+def test_choose_context_reads_the_slice_spacing():
+    thin, thick, unknown = (choose_context("auto", 24, 0.0, ratio) for ratio in (1.0, 6.4, None))
+    assert (thin.half_width, thick.half_width, unknown.half_width) == (2, 0, 0)
+    assert "thicker" in thick.reason and "unknown" in unknown.reason
+    assert choose_context("auto", 3, 0.0, 1.0).half_width == 2  # a 3-slice volume: both neighbours, mirrored
