@@ -6,9 +6,11 @@
 The same clean image gets Poisson noise (``peak`` counts at the top of its robust range) and, separately,
 Gaussian noise with exactly the same signal-dependent variance at every pixel (heteroscedastic Gaussian:
 same mean, same variance, no skewness). The same ``denoise`` run (quick networks at the given budget, same
-seed) goes over both. If SRDS trails its BSN on the Poisson image but not on the Gaussian one, the skewness of
-the noise, which Gaussian recorruption cannot split into independent halves, is the cause; if it trails on
-both, the cause is elsewhere (the signal-dependent level, or the sampler). One CSV per finished run
+seed) goes over the Gaussian twin and over the Poisson image with the Gaussian recorruption split
+(``--noise gaussian``), and over the Poisson image with binomial thinning (``--noise poisson``). If SRDS trails
+its BSN on the Poisson image with the Gaussian split but not on the twin, the skewness of the noise, which
+Gaussian recorruption cannot split into independent halves, is the cause, and thinning should remove it; if
+it trails on both, the cause is elsewhere (the signal-dependent level, or the sampler). One CSV per finished run
 (resumable); ``recorruption_check.md`` gathers them.
 """
 
@@ -23,7 +25,7 @@ import numpy as np
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.metrics import detail_psnr, psnr, ssim
 from DiffDenoiseLib.noise import robust_range
-from DiffDenoiseLib.presets import PRESETS
+from DiffDenoiseLib.presets import PRESETS, PipelineSettings
 
 from .datasets import DATASETS
 from .suites import QUICK_STEPS, describe, with_steps
@@ -45,18 +47,20 @@ def poisson_pair(clean: np.ndarray, peak: float, seed: int) -> dict[str, np.ndar
             f"gaussian, Poisson {peak:g} variance": gaussian.astype(np.float32)}
 
 
-def run(data: str, noise: str, noisy: np.ndarray, clean: np.ndarray, seed: int, settings) -> list[dict]:
-    """BSN, SRDS and distilled scores of one ``denoise`` run on ``noisy``."""
+def run(data: str, noise: str, split: str, noisy: np.ndarray, clean: np.ndarray, seed: int,
+        settings: PipelineSettings) -> list[dict]:
+    """BSN, SRDS and distilled scores of one ``denoise`` run on ``noisy`` with the ``split`` noise family."""
     low, high = robust_range(clean)
-    result = denoise(noisy, preset=settings, seed=seed, spacing=DATASETS[data].spacing, outputs=("bsn", "srds"))
+    result = denoise(noisy, noise=split, preset=settings, seed=seed, spacing=DATASETS[data].spacing,
+                     outputs=("bsn", "srds"))
     images = {"noisy": noisy, "BSN": result.extras["bsn"], "diffusion + SRDS": result.extras["srds"],
               "DiffDenoise (distilled NAFNet)": result.denoised}
-    return [{"data": data, "noise": noise, "seed": seed, "method": method,
+    return [{"data": data, "noise": f"{noise}, {split} split", "seed": seed, "method": method,
              "psnr_db": f"{psnr(clean, image, high - low):.3f}", "ssim": f"{ssim(clean, image, high - low):.4f}",
              "detail_psnr_db": f"{detail_psnr(clean, image, high - low):.3f}"} for method, image in images.items()]
 
 
-def write_report(folder: Path, settings) -> None:
+def write_report(folder: Path, settings: PipelineSettings) -> None:
     """``recorruption_check.md``: per run, the BSN, SRDS (and its margin over the BSN) and distilled scores."""
     lines = ["# Poisson against Gaussian noise of the same variance (written by benchmarks.recorruption_check)", "",
              f"Budget: {describe(settings)}. CPU: {cpu_model()}. PSNR dB / SSIM / detail PSNR dB.", "",
@@ -89,11 +93,15 @@ def main(argv: list[str] | None = None) -> None:
             continue
         clean = DATASETS[data].central_slices(args.slices)
         for seed in args.seeds:
-            for noise, noisy in poisson_pair(clean, args.peak, seed).items():
-                path = args.out / f"{data}_{noise.replace(' ', '_').replace(',', '')}_seed{seed}.csv"
+            images = poisson_pair(clean, args.peak, seed)
+            runs = [(noise, split, image) for (noise, image), splits in zip(images.items(), (("gaussian", "poisson"),
+                                                                                         ("gaussian",)), strict=True)
+                    for split in splits]
+            for noise, split, noisy in runs:
+                path = args.out / f"{data}_{noise.replace(' ', '_').replace(',', '')}_{split}_split_seed{seed}.csv"
                 if path.exists():
                     continue
-                rows = run(data, noise, noisy, clean, seed, settings)
+                rows = run(data, noise, split, noisy, clean, seed, settings)
                 partial = path.with_suffix(".csv.part")
                 with open(partial, "w", newline="") as handle:
                     writer = csv.DictWriter(handle, FIELDS)
