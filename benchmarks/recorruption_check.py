@@ -17,7 +17,6 @@ it trails on both, the cause is elsewhere (the signal-dependent level, or the sa
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from DiffDenoiseLib.presets import PRESETS, PipelineSettings
 
 from .datasets import DATASETS
 from .suites import QUICK_STEPS, describe, with_steps
-from .volume_ablation import cpu_model, read_rows
+from .volume_ablation import cpu_model, read_rows, write_rows
 
 FIELDS = ("data", "noise", "seed", "method", "psnr_db", "ssim", "detail_psnr_db")
 
@@ -101,13 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                 path = args.out / f"{data}_{noise.replace(' ', '_').replace(',', '')}_{split}_split_seed{seed}.csv"
                 if path.exists():
                     continue
-                rows = run(data, noise, split, noisy, clean, seed, settings)
-                partial = path.with_suffix(".csv.part")
-                with open(partial, "w", newline="") as handle:
-                    writer = csv.DictWriter(handle, FIELDS)
-                    writer.writeheader()
-                    writer.writerows(rows)
-                partial.replace(path)
+                write_rows(path, run(data, noise, split, noisy, clean, seed, settings), FIELDS)
                 write_report(args.out, settings)
                 print(f"done: {path.name}", flush=True)
 

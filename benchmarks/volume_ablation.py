@@ -68,11 +68,11 @@ def run_case(data: str, noise: str, seed: int, context: str, settings: PipelineS
     return rows
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
+def write_rows(path: Path, rows: list[dict], fields: tuple[str, ...] = FIELDS) -> None:
     """Rows as CSV, written under a temporary name and then moved (a half-written case never counts as done)."""
     partial = path.with_suffix(".csv.part")
     with open(partial, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, FIELDS)
+        writer = csv.DictWriter(handle, fields)
         writer.writeheader()
         writer.writerows(rows)
     partial.replace(path)
