@@ -26,7 +26,7 @@ from torch import nn
 
 from . import __version__
 from .context import MAX_HALF_WIDTH, context_channels
-from .diffusion import NoiseSchedule
+from .diffusion import PREDICTIONS, NoiseSchedule
 from .errors import BundleError, InputError
 from .io import move_into_place
 from .models import ARCHITECTURES, build_network
@@ -290,6 +290,8 @@ def validate_metadata(metadata: dict, name: str = "bundle") -> None:
         need(diffusion["conditioning"] == "identity" or "bsn" in networks,
              f"conditioning {diffusion['conditioning']!r} needs the 'bsn' network")
         need(diffusion["conditioning"] in CONDITIONINGS, f"unknown conditioning {diffusion['conditioning']!r}")
+        need(diffusion.get("prediction", "epsilon") in PREDICTIONS,
+             f"unknown diffusion prediction {diffusion.get('prediction')!r}")
         expected = 1 + condition_channels(diffusion["conditioning"], half_width)
         need(networks["diffusion"]["config"].get("in_channels") == expected,
              f"the diffusion network must read {expected} channels for its conditioning and context")

@@ -232,7 +232,8 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         clock = time.perf_counter()
         targets, uncertainty = sample_srds(diffusion, condition[sampled], settings.diffusion.schedule,
                                            settings.sampling, torch_device, seed, progress, cancel, normaliser,
-                                           None if predictions is None else predictions[sampled])
+                                           None if predictions is None else predictions[sampled],
+                                           settings.diffusion.prediction)
         timings["srds_s"] = time.perf_counter() - clock
         output = targets
         if method == "diffdenoise":
@@ -262,7 +263,7 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         **({"distillation": {"from_bsn": distillation.from_bsn}} if method == "diffdenoise" else {}),
         "training": training,
         **({} if method == "bsn" else {
-            "diffusion": {"schedule": asdict(settings.diffusion.schedule), "prediction": "epsilon",
+            "diffusion": {"schedule": asdict(settings.diffusion.schedule), "prediction": settings.diffusion.prediction,
                           "conditioning": settings.diffusion.conditioning, "generates": GENERATES,
                           "noise_normalisation": normaliser.describe() if normaliser else None},
             "sampling": asdict(settings.sampling) | {"seed": seed}}),
@@ -350,7 +351,8 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
         schedule = NoiseSchedule(**diffusion["schedule"])
         output, stages["uncertainty"] = sample_srds(bundle.networks["diffusion"], condition, schedule,
                                                     SamplingSettings(**sampling), torch_device, seed, progress, cancel,
-                                                    normaliser, stages.get("bsn"))
+                                                    normaliser, stages.get("bsn"),
+                                                    diffusion.get("prediction", "epsilon"))
         stages["srds"] = output
     else:
         output = predict_slices(bundle.networks[bundle.inference_network], slices, torch_device, _batch(torch_device),

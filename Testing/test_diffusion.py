@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from DiffDenoiseLib.diffusion import NoiseSchedule, ddim_sample, ddim_timesteps, srds_sample
+from DiffDenoiseLib.diffusion import (
+    PREDICTIONS,
+    NoiseSchedule,
+    ddim_sample,
+    ddim_timesteps,
+    prediction_target,
+    split_prediction,
+    srds_sample,
+)
 from DiffDenoiseLib.models import NAFNet, NAFNetConfig
 from DiffDenoiseLib.noise_model import NoiseModel
 from DiffDenoiseLib.pipelines.diffdenoise import SamplingSettings, conditioned_model, sample_srds
@@ -23,13 +31,14 @@ def _network(seed: int = 0) -> NAFNet:
     return network
 
 
-def _oracle(clean: torch.Tensor, schedule: NoiseSchedule):
-    """A perfect noise predictor for one known clean image: DDIM must then land exactly on it."""
+def _oracle(clean: torch.Tensor, schedule: NoiseSchedule, prediction: str = "epsilon"):
+    """A perfect predictor (of noise, clean image or velocity) for one known clean image: DDIM must then land
+    exactly on it."""
     abar = schedule.alphas_cumprod().float()
 
     def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a = abar[t].view(-1, 1, 1, 1)
-        return (x_t - a.sqrt() * clean) / (1 - a).sqrt()
+        return prediction_target(clean, (x_t - a.sqrt() * clean) / (1 - a).sqrt(), a, prediction)
 
     return model
 
@@ -53,12 +62,25 @@ def test_ddim_timesteps_descend_from_the_start_to_zero():
         ddim_timesteps(SCHEDULE, 4, start=100)
 
 
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("steps", [1, 3, 7, 100])
-def test_ddim_with_a_perfect_model_recovers_the_clean_image_for_any_step_count(steps):
+def test_ddim_with_a_perfect_model_recovers_the_clean_image_for_any_step_count(steps, prediction):
     clean = torch.rand(1, 1, 8, 8) * 2 - 1
     start = torch.randn(1, 1, 8, 8)
-    result = ddim_sample(_oracle(clean, SCHEDULE), start, SCHEDULE, steps)
+    result = ddim_sample(_oracle(clean, SCHEDULE, prediction), start, SCHEDULE, steps, prediction=prediction)
     torch.testing.assert_close(result, clean, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_each_prediction_kind_gives_back_the_clean_image_and_noise_it_was_made_from(prediction):
+    x0, noise = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    abar = torch.tensor([0.999, 0.5, 0.001]).view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    clean, eps = split_prediction(prediction_target(x0, noise, abar, prediction), x_t, abar, prediction)
+    torch.testing.assert_close(clean, x0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(eps, noise, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="unknown prediction"):
+        split_prediction(x0, x_t, abar, "score")
 
 
 def test_ddim_is_deterministic_and_depends_only_on_the_start():

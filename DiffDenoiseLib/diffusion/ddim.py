@@ -12,9 +12,40 @@ from .schedules import NoiseSchedule
 
 # model(x_t, timesteps (N,)) -> the network's prediction for x_t (noise or clean image, see ``prediction``)
 DenoisingModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Prediction = Literal["epsilon", "x0"]
+# what the network predicts: the added noise (DDPM), the clean x_0, or the velocity v = sqrt(abar) eps -
+# sqrt(1 - abar) x_0 (Salimans & Ho 2022, https://arxiv.org/abs/2202.00512): v keeps both estimates well
+# conditioned at every timestep, where x_0 from an epsilon prediction divides by sqrt(abar_T) (about 0.006)
+Prediction = Literal["epsilon", "x0", "v"]
+PREDICTIONS = ("epsilon", "x0", "v")
 # on_step(t, x): the sampler's state x after the step that left timestep t (e.g. to record a trajectory)
 StepCallback = Callable[[int, torch.Tensor], None]
+
+
+def split_prediction(output: torch.Tensor, x: torch.Tensor, abar: torch.Tensor,
+                     prediction: Prediction) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (clean estimate x_0, noise eps) that a network ``output`` of kind ``prediction`` implies at the state
+    ``x`` of a timestep with signal fraction ``abar``, using ``x = sqrt(abar) x_0 + sqrt(1 - abar) eps``."""
+    signal, noise = abar.sqrt(), (1 - abar).sqrt()
+    if prediction == "epsilon":
+        return (x - noise * output) / signal, output
+    if prediction == "x0":
+        return output, (x - signal * output) / noise
+    if prediction == "v":
+        return signal * x - noise * output, noise * x + signal * output
+    raise ValueError(f"unknown prediction '{prediction}': use one of {', '.join(PREDICTIONS)}")
+
+
+def prediction_target(x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor,
+                      prediction: Prediction) -> torch.Tensor:
+    """What a network of kind ``prediction`` is trained to output for ``x_t`` made from ``x0`` and ``noise``
+    (``abar`` broadcastable to them)."""
+    if prediction == "epsilon":
+        return noise
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    raise ValueError(f"unknown prediction '{prediction}': use one of {', '.join(PREDICTIONS)}")
 
 
 def ddim_timesteps(schedule: NoiseSchedule, steps: int, start: int | None = None) -> list[int]:
@@ -45,14 +76,8 @@ def ddim_sample(model: DenoisingModel, x_start: torch.Tensor, schedule: NoiseSch
         raise_if_cancelled(cancel, stage)
         timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         output = model(x, timesteps).to(x.dtype)
-        a_t = abar[t].to(x.dtype)
-        if prediction == "epsilon":
-            eps = output
-            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        else:
-            x0 = output
-            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        a_prev = abar[visited[index + 1]].to(x.dtype) if index + 1 < len(visited) else torch.ones_like(a_t)
+        x0, eps = split_prediction(output, x, abar[t].to(x.dtype), prediction)
+        a_prev = abar[visited[index + 1]].to(x.dtype) if index + 1 < len(visited) else torch.ones_like(abar[t])
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
         if on_step is not None:
             on_step(t, x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..progress import CancelCheck, ProgressCallback, raise_if_cancelled, report
-from .ddim import DenoisingModel, Prediction, StepCallback
+from .ddim import DenoisingModel, Prediction, StepCallback, split_prediction
 from .schedules import NoiseSchedule
 
 
@@ -28,7 +28,7 @@ def ddpm_sample(model: DenoisingModel, x_start: torch.Tensor, schedule: NoiseSch
         timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         output = model(x, timesteps).to(x.dtype)
         a_t = abar[t].to(x.dtype)
-        x0 = output if prediction == "x0" else (x - (1 - a_t).sqrt() * output) / a_t.sqrt()
+        x0, _ = split_prediction(output, x, a_t, prediction)
         if t == 0:
             x = x0
         else:

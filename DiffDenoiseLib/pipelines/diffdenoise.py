@@ -18,8 +18,8 @@ from torch import nn
 
 from ..context import context_channels, stack_context
 from ..devices import choose_precision
-from ..diffusion import NoiseSchedule, srds_sample
-from ..diffusion.ddim import DenoisingModel
+from ..diffusion import PREDICTIONS, NoiseSchedule, prediction_target, srds_sample
+from ..diffusion.ddim import DenoisingModel, Prediction
 from ..inference import TILE_SIZE, MemoryPlan, run_in_chunks, tiled
 from ..models import NAFNet, NAFNetConfig
 from ..noise_model import NoiseModel
@@ -63,6 +63,9 @@ class DiffusionSettings:
 
     With ``context_slices`` > 0 the noisy channel comes with that many neighbouring slices per side
     (:mod:`..context`), each noise-normalised around its own BSN output.
+
+    ``prediction`` is what the network outputs (:data:`..diffusion.ddim.Prediction`): ``v`` keeps the clean
+    estimate well conditioned at the start of sampling, where few DDIM steps take their largest step.
     """
 
     network: NAFNetConfig
@@ -71,10 +74,13 @@ class DiffusionSettings:
     conditioning: Literal["recorrupted", "bsn", "identity"] = "recorrupted"
     recorruption_alpha: float = 0.5
     context_slices: int = 0
+    prediction: Prediction = "v"
 
     def __post_init__(self) -> None:
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning '{self.conditioning}': use recorrupted, bsn or identity")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction '{self.prediction}': use one of {', '.join(PREDICTIONS)}")
         channels = condition_channels(self.conditioning, self.context_slices)
         self.network = replace(self.network, in_channels=1 + channels, out_channels=1, residual="none",
                                time_conditioned=True)
@@ -84,12 +90,17 @@ class DiffusionSettings:
 class SamplingSettings:
     """SRDS sampling: DDIM steps, antithetic pairs averaged, slices per network call and distillation data.
 
+    One DDIM step from x_T lands on the network's clean estimate at t = T, the mean of what it would generate
+    given the condition: with a ``v`` network it scored above every multi-step setting at CPU budgets (more
+    steps add generated noise that the pairs do not average away; ``benchmarks/results/srds_sweep``). With
+    one step the pairs barely differ, so the uncertainty map is near zero: sample with more steps for it.
+
     ``distill_slices`` caps how many evenly spaced slices are sampled to train the NAFNet (None = every slice).
     ``batch_slices`` is how many slices share one network call (their pairs too); 0 picks 1 on a CPU (cache-
     bound, measured fastest) and 8 on a GPU.
     """
 
-    steps: int = 10
+    steps: int = 1
     pairs: int = 1
     distill_slices: int | None = None
     batch_slices: int = 0
@@ -175,8 +186,9 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
     return x / 2
 
 
-def diffusion_loss(schedule: NoiseSchedule):
-    """The DDPM objective on (B, 1 + C, H, W) batches of [noisy slice, condition]: predict the added noise."""
+def diffusion_loss(schedule: NoiseSchedule, prediction: Prediction = "epsilon"):
+    """The DDPM objective on (B, 1 + C, H, W) batches of [noisy slice, condition]: predict the added noise, the
+    clean slice or the velocity (``prediction``), by mean squared error."""
 
     def loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         x0, condition = to_model_range(batch[:, :1]), to_model_range(batch[:, 1:])
@@ -184,7 +196,9 @@ def diffusion_loss(schedule: NoiseSchedule):
         timesteps = torch.randint(schedule.steps, (batch.shape[0],)).to(batch.device)
         noise = torch.randn(x0.shape).to(batch.device, x0.dtype)
         x_t = schedule.add_noise(x0, noise, timesteps)
-        return F.mse_loss(model(torch.cat([x_t, condition], dim=1), timesteps).float(), noise.float())
+        abar = schedule.alphas_cumprod().to(batch.device)[timesteps].to(x0.dtype).view(-1, 1, 1, 1)
+        target = prediction_target(x0, noise, abar, prediction)
+        return F.mse_loss(model(torch.cat([x_t, condition], dim=1), timesteps).float(), target.float())
 
     return loss
 
@@ -200,7 +214,8 @@ def train_diffusion(noisy: np.ndarray, condition: np.ndarray, settings: Diffusio
                     cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
     """Train the conditional diffusion network on (N, 1, H, W) noisy slices and their (N, C, H, W) condition."""
     return train_new_nafnet(settings.network, settings.training, [noisy, condition],
-                            diffusion_loss(settings.schedule), "train diffusion", progress, cancel)
+                            diffusion_loss(settings.schedule, settings.prediction),
+                            "train diffusion", progress, cancel)
 
 
 def conditioned_model(network: nn.Module, condition: torch.Tensor, device: torch.device,
@@ -230,10 +245,12 @@ def slice_start_noise(seed: int, index: int, pairs: int, shape: tuple[int, ...])
 def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedule, settings: SamplingSettings,
                 device: torch.device, seed: int = 0, progress: ProgressCallback | None = None,
                 cancel: CancelCheck | None = None, normaliser: NoiseNormaliser | None = None,
-                signal: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                signal: np.ndarray | None = None,
+                prediction: Prediction = "epsilon") -> tuple[np.ndarray, np.ndarray]:
     """SRDS over (N, C, H, W) condition slices; returns (N, 1, H, W) denoised and uncertainty slices in
     normalised intensity units. The model generates :func:`to_diffusion_data` of the slices: it gets the
-    ``normaliser`` and the (N, 1, H, W) BSN output ``signal`` they were normalised around, to map its output back.
+    ``normaliser`` and the (N, 1, H, W) BSN output ``signal`` they were normalised around, to map its output back;
+    ``prediction`` is what the network was trained to output.
 
     The start noise of slice i depends only on ``seed`` and i, so batching does not change the result. Large
     slices run in tiles, and out of memory the run goes on with fewer slices per call, smaller tiles, then
@@ -248,7 +265,7 @@ def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedu
                            for i in range(count)], dim=1)
         model = conditioned_model(network.to(plan.device), to_model_range(chunk.to(plan.device)), plan.device,
                                   plan.tile)
-        result = srds_sample(model, eps.to(plan.device), schedule, settings.steps, cancel=cancel)
+        result = srds_sample(model, eps.to(plan.device), schedule, settings.steps, prediction, cancel=cancel)
         # uncertainty: half of [-1, 1] units = normalised units
         return from_model_range(result.mean).cpu().numpy(), (result.uncertainty / 2).cpu().numpy()
 
