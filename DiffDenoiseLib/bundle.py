@@ -30,7 +30,7 @@ from .diffusion import PREDICTIONS, NoiseSchedule
 from .errors import BundleError, InputError
 from .io import move_into_place
 from .models import ARCHITECTURES, build_network
-from .pipelines.diffdenoise import CONDITIONINGS, SamplingSettings, condition_channels
+from .pipelines.diffdenoise import BUNDLE_DEFAULT_PREDICTION, CONDITIONINGS, SamplingSettings, condition_channels
 
 FORMAT = "diffdenoise-bundle"
 FORMAT_VERSION = 2  # 2: the hash covers the settings as well as the weights
@@ -290,7 +290,7 @@ def validate_metadata(metadata: dict, name: str = "bundle") -> None:
         need(diffusion["conditioning"] == "identity" or "bsn" in networks,
              f"conditioning {diffusion['conditioning']!r} needs the 'bsn' network")
         need(diffusion["conditioning"] in CONDITIONINGS, f"unknown conditioning {diffusion['conditioning']!r}")
-        need(diffusion.get("prediction", "epsilon") in PREDICTIONS,
+        need(diffusion.get("prediction", BUNDLE_DEFAULT_PREDICTION) in PREDICTIONS,
              f"unknown diffusion prediction {diffusion.get('prediction')!r}")
         expected = 1 + condition_channels(diffusion["conditioning"], half_width)
         need(networks["diffusion"]["config"].get("in_channels") == expected,

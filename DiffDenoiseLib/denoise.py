@@ -30,6 +30,7 @@ from .noise_normalisation import NoiseNormaliser
 from .options import EXTRA_OUTPUTS, METHODS, NOISE_CHOICES
 from .pipelines.bsn import train_bsn
 from .pipelines.diffdenoise import (
+    BUNDLE_DEFAULT_PREDICTION,
     GENERATES,
     SamplingSettings,
     diffusion_condition,
@@ -352,7 +353,7 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
         output, stages["uncertainty"] = sample_srds(bundle.networks["diffusion"], condition, schedule,
                                                     SamplingSettings(**sampling), torch_device, seed, progress, cancel,
                                                     normaliser, stages.get("bsn"),
-                                                    diffusion.get("prediction", "epsilon"))
+                                                    diffusion.get("prediction", BUNDLE_DEFAULT_PREDICTION))
         stages["srds"] = output
     else:
         output = predict_slices(bundle.networks[bundle.inference_network], slices, torch_device, _batch(torch_device),

@@ -30,6 +30,9 @@ from ..training import TrainConfig, TrainSummary, fit_patch_size, train
 # what the diffusion network generates (bundle metadata; older bundles lack the key: their diffusion networks
 # generated whole slices, and apply refuses them)
 GENERATES = "deviation from the BSN output, noise-normalised"
+# what the diffusion network of a bundle predicts when its metadata does not say (bundles written before v
+# prediction: their networks predicted the noise)
+BUNDLE_DEFAULT_PREDICTION = "epsilon"
 # conditionings, and whether their condition holds the noisy slice (then also its neighbours, with context)
 CONDITIONINGS = {"recorrupted": True, "bsn": False, "identity": True}
 
@@ -190,13 +193,15 @@ def diffusion_loss(schedule: NoiseSchedule, prediction: Prediction = "epsilon"):
     """The DDPM objective on (B, 1 + C, H, W) batches of [noisy slice, condition]: predict the added noise, the
     clean slice or the velocity (``prediction``), by mean squared error."""
 
+    alphas_cumprod = schedule.alphas_cumprod()  # once, not on every training step
+
     def loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         x0, condition = to_model_range(batch[:, :1]), to_model_range(batch[:, 1:])
         # Drawn from the CPU generator that training checkpoints, so resumed runs are exact on any device.
         timesteps = torch.randint(schedule.steps, (batch.shape[0],)).to(batch.device)
         noise = torch.randn(x0.shape).to(batch.device, x0.dtype)
         x_t = schedule.add_noise(x0, noise, timesteps)
-        abar = schedule.alphas_cumprod().to(batch.device)[timesteps].to(x0.dtype).view(-1, 1, 1, 1)
+        abar = alphas_cumprod.to(batch.device)[timesteps].to(x0.dtype).view(-1, 1, 1, 1)
         target = prediction_target(x0, noise, abar, prediction)
         return F.mse_loss(model(torch.cat([x_t, condition], dim=1), timesteps).float(), target.float())
 
