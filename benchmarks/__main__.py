@@ -29,7 +29,7 @@ from DiffDenoiseLib.cli import TqdmProgress
 from . import ddm2_benchmark, figures, report
 from .cost import measure_cost
 from .datasets import DATASETS, SHARED
-from .peers import bm3d_available, careamics_status
+from .peers import careamics_status, missing_peers
 from .scalar import case_stem, read_case, run_case, write_case, write_scores
 from .suites import SUITES, Suite, describe
 
@@ -132,7 +132,7 @@ def run(suite: Suite, parts: tuple[str, ...], out: Path, seed: int, resume: bool
     out.mkdir(parents=True, exist_ok=True)
     timing_file = out / "timings.json"
     timings = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-    notes = [] if bm3d_available() else ["BM3D skipped: `pip install bm3d` to include it (non-commercial license)"]
+    notes = missing_peers()
     if status := careamics_status():
         notes.append(status)
     for part, job in (("scalar", lambda: run_scalar(suite, out, seed, notes)),

@@ -26,7 +26,7 @@ from DiffDenoiseLib.noise import add_noise
 from DiffDenoiseLib.presets import PRESETS
 
 from .datasets import DATASETS
-from .peers import bm3d_available, bm3d_output
+from .peers import bm3d_available, bm3d_slices
 
 # Starts a command and prints its stdout, then its peak RSS in KiB as the last line: Linux carries a process's
 # peak RSS across fork and exec, so a child of a large process would report at least its parent's size.
@@ -68,7 +68,7 @@ def peer_speed(size: int, slices: int = 1) -> dict[str, float]:
             "NLM": lambda: [denoise_nl_means(s, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6,
                                              fast_mode=True) for s in image]}
     if bm3d_available():
-        runs["BM3D"] = lambda: bm3d_output(image, sigma, False)
+        runs["BM3D"] = lambda: bm3d_slices(image, sigma)
     seconds = {}
     for method, run in runs.items():
         started = time.perf_counter()

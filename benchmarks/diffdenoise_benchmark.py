@@ -7,16 +7,17 @@ Data (``../shared/data``): knee MRI (24 x 256 x 256), MNI T1 1 mm (24 central ax
 512 x 512 slice). Noise: Gaussian and spatially correlated Gaussian (filtered by a 1-px Gaussian) with
 sigma = 0.1 x the clean image's robust range, and Poisson with 30 counts at the top of the range.
 
-Rows per dataset and noise, all from one run: noisy input; Gaussian blur and scikit-image NLM, each tuned
-against the clean image (optimistic peers); the BSN alone (PUCA or LG-BPN as picked by the noise analysis,
-and PUCA forced on correlated noise); diffusion + SRDS; the distilled NAFNet (DiffDenoise); and ablations:
-one DDIM trajectory instead of an SRDS pair, the paper's plain (BSN(y), y) training pairs instead of
+Rows per dataset and noise, all from one run: noisy input; the classical peers (Gaussian blur and scikit-image NLM,
+each tuned against the clean image, NLM with the noise level estimated from the noisy image, and BM3D and BM4D told
+the true noise where installed: :func:`benchmarks.peers.classical_peers`); the BSN alone (PUCA or LG-BPN as picked
+by the noise analysis, and PUCA forced on correlated noise); diffusion + SRDS; the distilled NAFNet (DiffDenoise);
+and ablations: one DDIM trajectory instead of an SRDS pair, the paper's plain (BSN(y), y) training pairs instead of
 recorrupted ones (same BSN), and diffusion conditioned on the noisy image instead of the BSN output. PSNR/SSIM use
-the clean image's robust range as data range; "s/slice" is inference time per slice (training time in
-the notes). Each finished case is kept in ``diffdenoise_<preset>_cases/`` and the training stages of the
-unfinished one checkpoint to ``diffdenoise_<preset>_checkpoints/`` (``--resume`` skips the finished cases and
-resumes the unfinished one, for runs longer than one sitting); all finished cases are gathered in
-``diffdenoise_<preset>.md`` (first a table of the issue's targets per case) and ``.csv``.
+the clean image's robust range as data range; "s/slice" is inference time per slice (training time in the notes).
+Each finished case is kept in ``diffdenoise_<preset>_cases/`` and the training stages of the unfinished one
+checkpoint to ``diffdenoise_<preset>_checkpoints/`` (``--resume`` skips the finished cases and resumes the
+unfinished one, for runs longer than one sitting); all finished cases are gathered in ``diffdenoise_<preset>.md``
+(first a table of the issue's targets per case) and ``.csv``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from benchmarks.datasets import DATASETS as SHARED_DATASETS
 from benchmarks.datasets import NOISES as NOISE_LEVELS
 from benchmarks.datasets import SHARED
-from benchmarks.peers import blur_and_nlm
+from benchmarks.peers import classical_peers
 from benchmarks.scalar import DISTILLED, noisy_case, our_methods
 from DiffDenoiseLib.cli import TqdmProgress
 from DiffDenoiseLib.denoise import denoise
@@ -121,9 +122,9 @@ def run_case(clean: np.ndarray, noise: str, preset: str, seed: int, ablations: b
              checkpoints: Path | None) -> tuple[list[tuple], list[str]]:
     """Every row of one dataset and noise; with ``checkpoints`` (a folder), a killed case resumes its training
     stages from there when run again."""
-    noisy, data_range, sigma = noisy_case(clean, *NOISES[noise], seed)
+    noisy, data_range, truth = noisy_case(clean, *NOISES[noise], seed)
     rows = [("noisy", noisy, 0.0), *((o.label, o.image, o.seconds_per_slice)
-                                     for o in blur_and_nlm(noisy, clean, data_range, sigma))]
+                                     for o in classical_peers(noisy, clean, data_range, truth))]
     progress = TqdmProgress()
     n = len(noisy)
     def folder(run: str) -> Path | None:
@@ -168,9 +169,12 @@ def _verdict(gap: float, target: float) -> str:
     return f"{gap:+.2f} {'met' if gap >= target else f'missed by {target - gap:.2f}'}"
 
 
+CLASSICAL = ("Gaussian blur", "NLM", "BM3D", "BM4D")  # the row names of the classical peers begin so
+
+
 def target_table(rows: list[list[str]]) -> str:
     """The issue's targets per case from CSV rows (data, noise, method, PSNR, ...): distilled NAFNet against the
-    BSN the run picked (+0.5 dB) and the best classical filter (Gaussian blur, NLM), and on correlated noise
+    BSN the run picked (+0.5 dB) and the best classical peer (:func:`.peers.classical_peers`), and on correlated noise
     LG-BPN against forced PUCA."""
     scores: dict[tuple[str, str], dict[str, float]] = {}
     for data, noise, method, psnr_db, *_ in rows:
@@ -179,7 +183,7 @@ def target_table(rows: list[list[str]]) -> str:
              "| distilled - classical (>= 0) | LG-BPN - PUCA (> 0) |", "|---|---|---|---|---|---|---|"]
     for (data, noise), case in scores.items():
         bsn_method = next(m for m in case if m.startswith("BSN (") and "forced" not in m)
-        classical_method = max((m for m in case if m.startswith(("Gaussian blur", "NLM"))), key=case.get)
+        classical_method = max((m for m in case if m.startswith(CLASSICAL)), key=case.get)
         bsn, classical, distilled = case[bsn_method], case[classical_method], case[DISTILLED]
         versus_puca = "-"
         if FORCED_PUCA in case:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from .scalar import DISTILLED, SUPERVISED, Score
 
-METHODS = ("noisy", "Gaussian blur", "NLM", "BM3D", "BSN", "diffusion + SRDS", DISTILLED, SUPERVISED)
-PEERS = ("Gaussian blur", "NLM", "BM3D")  # tools users already have (CAREamics would join when installable)
+METHODS = ("noisy", "Gaussian blur", "NLM", "NLM, estimated sigma", "BM3D", "BM4D", "BSN", "diffusion + SRDS",
+           DISTILLED, SUPERVISED)
+# tools users already have (CAREamics would join when installable)
+PEERS = ("Gaussian blur", "NLM", "NLM, estimated sigma", "BM3D", "BM4D")
 SHORT = {DISTILLED: "distilled", SUPERVISED: "supervised (ceiling)", "diffusion + SRDS": "SRDS"}
 
 

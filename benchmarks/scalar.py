@@ -1,6 +1,7 @@
 """One scalar benchmark case: a clean image, one noise, every method on the same noisy copy, scored.
 
-Methods: the noisy input; Gaussian blur and NLM (tuned against the clean image); BM3D when importable; our BSN,
+Methods: the noisy input; the classical peers (:func:`.peers.classical_peers`: tuned blur and NLM, NLM with
+the noise level estimated, BM3D and BM4D told the true noise when importable); our BSN,
 diffusion + SRDS and distilled NAFNet from one ``denoise`` run; and the ceiling: the distilled NAFNet's
 architecture and training budget fitted to (noisy, clean) pairs, which self-supervised methods cannot see.
 """
@@ -25,7 +26,7 @@ from DiffDenoiseLib.presets import PipelineSettings
 from DiffDenoiseLib.progress import ProgressCallback
 
 from .datasets import NOISES
-from .peers import MethodOutput, blur_and_nlm, bm3d_available, bm3d_output
+from .peers import MethodOutput, TrueNoise, classical_peers
 
 DISTILLED = "DiffDenoise (distilled NAFNet)"
 SUPERVISED = "supervised NAFNet (ceiling)"
@@ -84,12 +85,12 @@ def our_methods(noisy: np.ndarray, settings: PipelineSettings, seed: int, checkp
             MethodOutput(DISTILLED, "", result.denoised, t["nafnet_inference_s"] / n, t["total_s"])], result
 
 
-def noisy_case(clean: np.ndarray, kind: str, level: float, seed: int) -> tuple[np.ndarray, float, float]:
+def noisy_case(clean: np.ndarray, kind: str, level: float, seed: int) -> tuple[np.ndarray, float, TrueNoise]:
     """``clean`` with noise ``kind`` at ``level`` added (seed ``seed``); the clean image's robust range (the data
-    range of PSNR and SSIM); and the added noise's std (the level the peers are given)."""
+    range of PSNR and SSIM); and the added noise as the oracle peers are told it."""
     noisy = add_noise(clean, kind, level, seed=seed)
     low, high = robust_range(clean)
-    return noisy, high - low, float(np.std(noisy - clean))
+    return noisy, high - low, TrueNoise(kind, level, float(np.std(noisy - clean)), low, high - low)
 
 
 def run_case(data: str, clean: np.ndarray, noise: str, settings: PipelineSettings, seed: int,
@@ -98,10 +99,8 @@ def run_case(data: str, clean: np.ndarray, noise: str, settings: PipelineSetting
     """Every method on ``clean`` with ``noise`` added (seed ``seed``): the scores, and the middle slice of the
     clean, noisy and every method's image (for the figures)."""
     kind, level = NOISES[noise]
-    noisy, data_range, sigma = noisy_case(clean, kind, level, seed)
-    outputs = [MethodOutput("noisy", "", noisy, 0.0, 0.0), *blur_and_nlm(noisy, clean, data_range, sigma)]
-    if bm3d_available():
-        outputs.append(bm3d_output(noisy, sigma, kind == "correlated"))
+    noisy, data_range, truth = noisy_case(clean, kind, level, seed)
+    outputs = [MethodOutput("noisy", "", noisy, 0.0, 0.0), *classical_peers(noisy, clean, data_range, truth)]
     outputs += our_methods(noisy, settings, seed, checkpoints, progress)[0]
     outputs.append(supervised_ceiling(noisy, clean, settings.distillation, seed, progress))
     scores = [Score(data, noise, o.method, o.setting, psnr(clean, o.image, data_range),
