@@ -35,7 +35,8 @@ def test_suite_scores_every_method_writes_figures_and_readme_and_resumes(tmp_pat
         rows = list(csv.DictReader(handle))
     for case in (("knee", "correlated 0.1"), ("mni", "rician 0.05")):
         methods = {r["method"]: r for r in rows if (r["data"], r["noise"]) == case}
-        assert {"noisy", "Gaussian blur", "NLM", "BSN", "diffusion + SRDS", DISTILLED, SUPERVISED} <= set(methods)
+        assert {"noisy", "Gaussian blur", "NLM", "NLM, estimated sigma", "BSN", "diffusion + SRDS", DISTILLED,
+                SUPERVISED} <= set(methods)
         assert all(np.isfinite(float(r["psnr_db"])) and -1 <= float(r["ssim"]) <= 1 for r in methods.values())
         # the tuned blur removes noise on any image; the supervised model trains for the budget, so takes time
         assert float(methods["Gaussian blur"]["psnr_db"]) > float(methods["noisy"]["psnr_db"])
@@ -125,3 +126,24 @@ def test_volume_ablation_report_gathers_finished_runs(tmp_path):
     table = (tmp_path / "volume_ablation.md").read_text()
     assert "| mni | gaussian 0.1 | 0 | auto (2) | 30.0 / 0.9 / 31.0 |" in table and "| 0 (0) |" in table
     assert not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+def test_bsn_learning_rate_sweep_scores_each_rate_and_resumes(tmp_path):
+    from benchmarks.bsn_learning_rate import main
+
+    arguments = ["--data", "knee", "--rates", "1e-3", "4e-3", "--steps", "2", "--slices", "3", "--out", str(tmp_path)]
+    main(arguments)
+    finished = sorted(tmp_path.glob("*.csv"))
+    assert [path.name for path in finished] == ["knee_gaussian_0.1_seed0_steps2_lr0.001.csv",
+                                                 "knee_gaussian_0.1_seed0_steps2_lr0.004.csv"]
+    rows = [next(csv.DictReader(path.open(newline=""))) for path in finished]
+    assert {r["learning_rate"] for r in rows} == {"0.001", "0.004"}
+    assert all(np.isfinite(float(r["psnr_db"])) and -1 <= float(r["ssim"]) <= 1 for r in rows)
+    assert rows[0]["psnr_db"] != rows[1]["psnr_db"]  # the rate reached the training
+    table = (tmp_path / "bsn_learning_rate.md").read_text()
+    assert "| knee | gaussian 0.1 | 0 | 2 | 0.001 |" in table and "| knee | gaussian 0.1 | 0 | 2 | 0.004 |" in table
+
+    stamps = [path.stat().st_mtime_ns for path in finished]
+    main(arguments)  # finished runs are kept, not recomputed
+    assert [path.stat().st_mtime_ns for path in finished] == stamps
