@@ -85,6 +85,9 @@ def test_the_oracle_is_told_the_noise_std_or_its_spectrum(kind, level, setting):
     else:  # the slice's spectrum: its mean is the noise variance times the pixel count (unnormalised FFT)
         assert told[0].shape == noisy.shape[-2:]
         assert told[0].mean() == pytest.approx(truth.sigma ** 2 * told[0].size, rel=0.05)
+        told_the_truth("BM4D", record, noisy, truth, whole_volume=True)  # a volume method: the volume's spectrum
+        assert told[1].shape == noisy.shape
+        assert told[1].mean() == pytest.approx(truth.sigma ** 2 * told[1].size, rel=0.05)
 
 
 def test_classical_peers_include_bm3d_and_bm4d_where_installed():

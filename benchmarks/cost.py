@@ -19,14 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
-from skimage.restoration import denoise_nl_means
 
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.noise import add_noise
 from DiffDenoiseLib.presets import PRESETS
 
 from .datasets import DATASETS
-from .peers import bm3d_available, bm3d_slices
+from .peers import bm3d_available, bm3d_slices, nlm_slices
 
 # Starts a command and prints its stdout, then its peak RSS in KiB as the last line: Linux carries a process's
 # peak RSS across fork and exec, so a child of a large process would report at least its parent's size.
@@ -65,8 +64,7 @@ def peer_speed(size: int, slices: int = 1) -> dict[str, float]:
     image = noisy_knee_slices(slices, size)
     sigma = float(np.std(image - gaussian_filter(image, (0, 1, 1))))
     runs = {"Gaussian blur": lambda: gaussian_filter(image, (0, 1, 1)),
-            "NLM": lambda: [denoise_nl_means(s, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6,
-                                             fast_mode=True) for s in image]}
+            "NLM": lambda: nlm_slices(image, 0.8 * sigma, sigma)}
     if bm3d_available():
         runs["BM3D"] = lambda: bm3d_slices(image, sigma)
     seconds = {}

@@ -37,6 +37,7 @@ from benchmarks.datasets import DATASETS as SHARED_DATASETS
 from benchmarks.datasets import NOISES as NOISE_LEVELS
 from benchmarks.datasets import SHARED
 from benchmarks.peers import classical_peers
+from benchmarks.report import PEERS
 from benchmarks.scalar import DISTILLED, noisy_case, our_methods
 from DiffDenoiseLib.cli import TqdmProgress
 from DiffDenoiseLib.denoise import denoise
@@ -169,9 +170,6 @@ def _verdict(gap: float, target: float) -> str:
     return f"{gap:+.2f} {'met' if gap >= target else f'missed by {target - gap:.2f}'}"
 
 
-CLASSICAL = ("Gaussian blur", "NLM", "BM3D", "BM4D")  # the row names of the classical peers begin so
-
-
 def target_table(rows: list[list[str]]) -> str:
     """The issue's targets per case from CSV rows (data, noise, method, PSNR, ...): distilled NAFNet against the
     BSN the run picked (+0.5 dB) and the best classical peer (:func:`.peers.classical_peers`), and on correlated noise
@@ -183,7 +181,7 @@ def target_table(rows: list[list[str]]) -> str:
              "| distilled - classical (>= 0) | LG-BPN - PUCA (> 0) |", "|---|---|---|---|---|---|---|"]
     for (data, noise), case in scores.items():
         bsn_method = next(m for m in case if m.startswith("BSN (") and "forced" not in m)
-        classical_method = max((m for m in case if m.startswith(CLASSICAL)), key=case.get)
+        classical_method = max((m for m in case if m.startswith(PEERS)), key=case.get)
         bsn, classical, distilled = case[bsn_method], case[classical_method], case[DISTILLED]
         versus_puca = "-"
         if FORCED_PUCA in case:

@@ -3,9 +3,10 @@
 * Gaussian blur and scikit-image NLM, each tuned against the clean image (an optimistic oracle);
 * NLM with the noise level *estimated* from the noisy image (what a user without the clean image gets);
 * BM3D (slice by slice) and BM4D (the volume) told the true noise: its std, its power spectrum for correlated
-  noise, and for Poisson noise the counts, denoised after the Anscombe transform and mapped back with its exact
-  unbiased inverse (Makitalo & Foi 2011, https://doi.org/10.1109/TIP.2010.2056693), when ``bm3d`` / ``bm4d``
-  are importable;
+  noise, and for Poisson noise the counts, denoised after the Anscombe transform and mapped back with the
+  closed form of its exact unbiased inverse (Makitalo & Foi, "A closed-form approximation of the exact unbiased
+  inverse of the Anscombe variance-stabilizing transformation", IEEE Trans. Image Process. 20(9), 2011), when
+  ``bm3d`` / ``bm4d`` are importable;
 * CAREamics, when it is installed.
 
 BM3D, BM4D (non-commercial licenses) and CAREamics are never dependencies: ``pip install bm3d bm4d`` to include
@@ -27,7 +28,7 @@ from skimage.restoration import denoise_nl_means, estimate_sigma
 from DiffDenoiseLib.metrics import psnr
 from DiffDenoiseLib.noise import correlated_gaussian
 
-# BM4D needs a volume: on fewer slices its 3D blocks do not fit (2D images and thin stacks get BM3D only).
+# BM4D is a volume method: 2D images and stacks of a few slices get BM3D only.
 BM4D_MIN_SLICES = 8
 
 
@@ -172,16 +173,16 @@ def bm4d_volume(noisy: np.ndarray, noise: float | np.ndarray) -> np.ndarray:
 
 
 def told_the_truth(method: str, denoiser: Callable[[np.ndarray, float | np.ndarray], np.ndarray],
-                   noisy: np.ndarray, truth: TrueNoise) -> MethodOutput:
-    """``denoiser(image, noise)`` told the true noise: its std; its power spectrum for correlated noise; for
-    Poisson noise it denoises the Anscombe transform of the counts (std 1) and the exact unbiased inverse maps
-    the result back."""
+                   noisy: np.ndarray, truth: TrueNoise, whole_volume: bool = False) -> MethodOutput:
+    """``denoiser(image, noise)`` told the true noise: its std; its power spectrum for correlated noise (of the
+    volume when the denoiser sees the ``whole_volume``, else of one slice); for Poisson noise it denoises the
+    Anscombe transform of the counts (std 1) and the exact unbiased inverse maps the result back."""
     if truth.kind == "poisson":
         def run(image: np.ndarray) -> np.ndarray:
             return truth.intensities(inverse_anscombe(denoiser(anscombe(truth.counts(image)), 1.0)))
         setting = "Anscombe, exact unbiased inverse"
     elif truth.kind == "correlated":
-        spectrum = correlated_noise_psd(noisy.shape if method == "BM4D" else noisy.shape[-2:], truth.sigma)
+        spectrum = correlated_noise_psd(noisy.shape if whole_volume else noisy.shape[-2:], truth.sigma)
         def run(image: np.ndarray) -> np.ndarray:
             return denoiser(image, spectrum)
         setting = "true noise spectrum"
@@ -200,7 +201,7 @@ def classical_peers(noisy: np.ndarray, clean: np.ndarray, data_range: float, tru
     if bm3d_available():
         outputs.append(told_the_truth("BM3D", bm3d_slices, noisy, truth))
     if bm4d_available() and len(noisy) >= BM4D_MIN_SLICES:
-        outputs.append(told_the_truth("BM4D", bm4d_volume, noisy, truth))
+        outputs.append(told_the_truth("BM4D", bm4d_volume, noisy, truth, whole_volume=True))
     return outputs
 
 
