@@ -25,7 +25,7 @@ from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
 from .inference import predict_slices
 from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise, residual_outliers
-from .noise_model import fit_noise_model, with_family
+from .noise_model import NoiseModel, fit_noise_model, with_family
 from .noise_normalisation import NoiseNormaliser
 from .options import EXTRA_OUTPUTS, METHODS, NOISE_CHOICES
 from .pipelines.bsn import train_bsn
@@ -42,6 +42,7 @@ from .pipelines.diffdenoise import (
     train_diffusion,
     train_distillation,
 )
+from .posterior import combine_with_noisy
 from .preprocessing import (
     HIGH_PERCENTILE,
     LOW_PERCENTILE,
@@ -207,14 +208,13 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         clock = time.perf_counter()
         predictions = predict_slices(bsn, slices, torch_device, _batch(torch_device), progress=progress,
                                      cancel=cancel, stage="bsn inference", context=half_width)
+        noise_model = _fitted_noise(slices, predictions, noise_kind, noise, scaling)
+        if settings.bsn.posterior:
+            predictions = combine_with_noisy(slices, predictions, noise_model)
         timings["bsn_inference_s"] = time.perf_counter() - clock
     output = predictions if predictions is not None else slices
     if method != "bsn":
-        normaliser = None
-        if predictions is not None:
-            noise_model = with_family(fit_noise_model(slices[:, 0], predictions[:, 0], noise_kind == "correlated"),
-                                      _family_request(noise), scaling.normalise(np.zeros(1))[0])
-            normaliser = NoiseNormaliser.from_noise_model(noise_model)
+        normaliser = None if noise_model is None else NoiseNormaliser.from_noise_model(noise_model)
         condition = diffusion_condition(conditioning, slices, predictions, normaliser, half_width)
         diffusion_targets, diffusion_training_condition, training_signal = slices, condition, predictions
         if conditioning == "recorrupted":
@@ -222,6 +222,9 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
                                                        settings.diffusion.recorruption_alpha, seed)
             training_signal = predict_slices(bsn, recorrupted, torch_device, _batch(torch_device), progress=progress,
                                              cancel=cancel, stage="bsn inference", context=half_width)
+            if settings.bsn.posterior:  # the recorrupted copy carries 1 + alpha^2 times the noise variance
+                training_signal = combine_with_noisy(recorrupted, training_signal, noise_model,
+                                                     1 + settings.diffusion.recorruption_alpha**2)
             diffusion_training_condition = diffusion_condition(conditioning, recorrupted, training_signal,
                                                                normaliser, half_width)
         diffusion_targets = to_diffusion_data(diffusion_targets, training_signal, normaliser)
@@ -257,7 +260,8 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         "normalization": {"mode": "robust_percentiles", "low_percentile": LOW_PERCENTILE,
                           "high_percentile": HIGH_PERCENTILE, "training_range": [scaling.low, scaling.high]},
         "noise": {"requested": noise, "used": noise_kind, **asdict(analysis),
-                  **({"recorruption_model": noise_model.describe()} if noise_model else {})},
+                  **({"model": noise_model.describe()} if noise_model else {})},
+        **({"bsn": {"posterior": settings.bsn.posterior}} if predictions is not None else {}),
         "preset": preset if isinstance(preset, str) else "custom",
         "slice_axis": slice_axis,
         "context": asdict(slice_context),
@@ -272,6 +276,14 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
     timings["total_s"] = time.perf_counter() - started
     return DenoiseResult(denoised, extras, {k: round(v, 3) for k, v in timings.items()},
                          residual_outliers(slices[:, 0], output[:, 0]), bundle, analysis)
+
+
+def _fitted_noise(slices: np.ndarray, bsn_output: np.ndarray, noise_kind: str, noise: str,
+                  scaling: IntensityScaling) -> NoiseModel:
+    """The noise model of normalised (N, 1, H, W) slices, fitted with the (blind) BSN output as the signal
+    estimate; ``noise`` is the requested noise (it may name the family)."""
+    fitted = fit_noise_model(slices[:, 0], bsn_output[:, 0], noise_kind == "correlated")
+    return with_family(fitted, _family_request(noise), scaling.normalise(np.zeros(1))[0])
 
 
 def _spacing_ratio(spacing: tuple[float, ...] | None, axis: int) -> float | None:
@@ -339,9 +351,16 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
         raise InputError("this diffusion bundle was trained by an older DiffDenoise whose diffusion network "
                          "generated whole slices; this version's sampler expects deviations from the BSN "
                          "output: train the bundle again (bundles of the default method, diffdenoise, still work)")
-    if from_bsn or (bundle.inference_network == "diffusion" and diffusion["conditioning"] != "identity"):
+    if bundle.inference_network == "bsn" or from_bsn or (bundle.inference_network == "diffusion"
+                                                         and diffusion["conditioning"] != "identity"):
         stages["bsn"] = predict_slices(bundle.networks["bsn"], slices, torch_device, _batch(torch_device),
                                        progress=progress, cancel=cancel, stage="bsn inference", context=half_width)
+        if bundle.metadata.get("bsn", {}).get("posterior", False):  # bundles before it: the BSN output alone
+            noise = bundle.metadata.get("noise", {})
+            # the noise of this image, not of the training image: a cohort's scans differ in noise level
+            noise_model = _fitted_noise(slices, stages["bsn"], noise.get("used", "iid"), noise.get("requested", "auto"),
+                                        scaling)
+            stages["bsn"] = combine_with_noisy(slices, stages["bsn"], noise_model)
     if bundle.inference_network == "diffusion":
         normaliser = diffusion.get("noise_normalisation")
         normaliser = NoiseNormaliser.from_metadata(normaliser) if normaliser else None
@@ -355,6 +374,8 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
                                                     normaliser, stages.get("bsn"),
                                                     diffusion.get("prediction", BUNDLE_DEFAULT_PREDICTION))
         stages["srds"] = output
+    elif bundle.inference_network == "bsn":
+        output = stages["bsn"]
     else:
         output = predict_slices(bundle.networks[bundle.inference_network], slices, torch_device, _batch(torch_device),
                                 progress=progress, cancel=cancel, context=half_width,

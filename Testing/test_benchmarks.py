@@ -147,3 +147,21 @@ def test_bsn_learning_rate_sweep_scores_each_rate_and_resumes(tmp_path):
     stamps = [path.stat().st_mtime_ns for path in finished]
     main(arguments)  # finished runs are kept, not recomputed
     assert [path.stat().st_mtime_ns for path in finished] == stamps
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+def test_bsn_posterior_benchmark_scores_both_outputs_and_resumes(tmp_path):
+    from benchmarks.bsn_posterior import main
+
+    arguments = ["--data", "knee", "--noise", "gaussian 0.1", "--steps", "2", "--slices", "3", "--out", str(tmp_path)]
+    main(arguments)
+    finished = sorted(tmp_path.glob("*.csv"))
+    assert [path.name for path in finished] == ["knee_gaussian_0.1_seed0_steps2.csv"]
+    rows = list(csv.DictReader(finished[0].open(newline="")))
+    assert [r["posterior"] for r in rows] == ["False", "True"]
+    assert all(np.isfinite(float(r["psnr_db"])) and -1 <= float(r["ssim"]) <= 1 for r in rows)
+    table = (tmp_path / "bsn_posterior.md").read_text()
+    assert "| knee | gaussian 0.1 | 0 | 2 |" in table
+    stamp = finished[0].stat().st_mtime_ns
+    main(arguments)  # a finished case is kept, not recomputed
+    assert finished[0].stat().st_mtime_ns == stamp

@@ -21,10 +21,12 @@ from ..training import TrainConfig, TrainSummary, fit_patch_size, train
 
 @dataclass
 class BsnSettings:
-    """Network and training settings of the BSN stage (a PUCA or an LG-BPN config)."""
+    """Network and training settings of the BSN stage (a PUCA or an LG-BPN config); with ``posterior`` its
+    output is combined with the noisy pixel the blind spot left out (:mod:`..posterior`)."""
 
     network: PUCAConfig | LGBPNConfig
     training: TrainConfig
+    posterior: bool = True
 
 
 # Pixel-shuffle factors (train, inference) and R3 passes for PUCA on i.i.d. noise. For correlated noise the
@@ -40,12 +42,12 @@ def for_noise(settings: BsnSettings, noise_kind: str) -> BsnSettings:
     if isinstance(network, LGBPNConfig):  # an explicit LG-BPN is kept for either noise kind
         return settings
     if noise_kind == "iid":
-        return BsnSettings(replace(network, **PUCA_IID), settings.training)
+        return replace(settings, network=replace(network, **PUCA_IID))
     depth = sum(network.encoder_blocks) + network.middle_blocks
     lgbpn = LGBPNConfig(width=network.width, local_blocks=max(1, depth // 2), global_blocks=max(1, depth // 3),
                         in_channels=network.in_channels, context_slices=network.context_slices,
                         blind_context=network.blind_context, **LGBPN_CORRELATED)
-    return BsnSettings(lgbpn, settings.training)
+    return replace(settings, network=lgbpn)
 
 
 def build_bsn(config: PUCAConfig | LGBPNConfig) -> BlindSpotDenoiser:
