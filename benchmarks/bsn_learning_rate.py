@@ -17,12 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from DiffDenoiseLib.denoise import denoise
-from DiffDenoiseLib.metrics import detail_psnr, psnr, ssim
 from DiffDenoiseLib.presets import PRESETS
 
 from .datasets import DATASETS, NOISES
 from .scalar import noisy_case
-from .volume_ablation import cpu_model, write_rows
+from .volume_ablation import cpu_model, scores, write_rows
 
 FIELDS = ("data", "noise", "seed", "steps", "learning_rate", "psnr_db", "ssim", "detail_psnr_db", "train_seconds")
 
@@ -37,9 +36,7 @@ def run_case(data: str, noise: str, seed: int, preset: str, steps: int, rate: fl
                                                                             learning_rate=rate)))
     result = denoise(noisy, method="bsn", preset=settings, seed=seed, spacing=dataset.spacing)
     return {"data": data, "noise": noise, "seed": seed, "steps": steps, "learning_rate": f"{rate:g}",
-            "psnr_db": f"{psnr(clean, result.denoised, data_range):.3f}",
-            "ssim": f"{ssim(clean, result.denoised, data_range):.4f}",
-            "detail_psnr_db": f"{detail_psnr(clean, result.denoised, data_range):.3f}",
+            **scores(clean, result.denoised, data_range),
             "train_seconds": f"{result.timings['train_bsn_s']:.0f}"}
 
 

@@ -17,12 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from DiffDenoiseLib.denoise import denoise
-from DiffDenoiseLib.metrics import detail_psnr, psnr, ssim
 from DiffDenoiseLib.presets import PRESETS
 
 from .datasets import DATASETS, NOISES
 from .scalar import noisy_case
-from .volume_ablation import cpu_model, read_rows, write_rows
+from .volume_ablation import cpu_model, read_rows, scores, write_rows
 
 FIELDS = ("data", "noise", "seed", "steps", "posterior", "psnr_db", "ssim", "detail_psnr_db", "seconds")
 DEFAULT_NOISES = ("gaussian 0.1", "poisson 30", "correlated 0.1", "rician 0.05")
@@ -40,9 +39,7 @@ def run_case(data: str, noise: str, seed: int, preset: str, steps: int, slices: 
         result = denoise(noisy, method="bsn", preset=replace(settings, bsn=replace(bsn, posterior=posterior)),
                          seed=seed, spacing=dataset.spacing)
         rows.append({"data": data, "noise": noise, "seed": seed, "steps": steps, "posterior": posterior,
-                     "psnr_db": f"{psnr(clean, result.denoised, data_range):.3f}",
-                     "ssim": f"{ssim(clean, result.denoised, data_range):.4f}",
-                     "detail_psnr_db": f"{detail_psnr(clean, result.denoised, data_range):.3f}",
+                     **scores(clean, result.denoised, data_range),
                      "seconds": f"{result.timings['total_s']:.0f}"})
     return rows
 

@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from DiffDenoiseLib.denoise import denoise
-from DiffDenoiseLib.metrics import detail_psnr, psnr, ssim
 from DiffDenoiseLib.noise import robust_range
 from DiffDenoiseLib.presets import PRESETS, PipelineSettings
 
 from .datasets import DATASETS
 from .suites import QUICK_STEPS, describe, with_steps
-from .volume_ablation import cpu_model, read_rows, write_rows
+from .volume_ablation import cpu_model, read_rows, scores, write_rows
 
 FIELDS = ("data", "noise", "seed", "method", "psnr_db", "ssim", "detail_psnr_db")
 
@@ -55,8 +54,7 @@ def run(data: str, noise: str, split: str, noisy: np.ndarray, clean: np.ndarray,
     images = {"noisy": noisy, "BSN": result.extras["bsn"], "diffusion + SRDS": result.extras["srds"],
               "DiffDenoise (distilled NAFNet)": result.denoised}
     return [{"data": data, "noise": f"{noise}, {split} split", "seed": seed, "method": method,
-             "psnr_db": f"{psnr(clean, image, high - low):.3f}", "ssim": f"{ssim(clean, image, high - low):.4f}",
-             "detail_psnr_db": f"{detail_psnr(clean, image, high - low):.3f}"} for method, image in images.items()]
+             **scores(clean, image, high - low)} for method, image in images.items()]
 
 
 def write_report(folder: Path, settings: PipelineSettings) -> None:

@@ -21,13 +21,12 @@ from pathlib import Path
 
 from DiffDenoiseLib.denoise import apply_bundle, denoise
 from DiffDenoiseLib.diffusion import PREDICTIONS
-from DiffDenoiseLib.metrics import detail_psnr, psnr, ssim
 from DiffDenoiseLib.presets import PRESETS
 
 from .datasets import DATASETS, NOISES
 from .scalar import noisy_case
 from .suites import QUICK_STEPS, describe, with_steps
-from .volume_ablation import cpu_model
+from .volume_ablation import cpu_model, scores
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,9 +54,7 @@ def main(argv: list[str] | None = None) -> None:
                       outputs=("bsn",))
 
     def score(setting: str, image) -> dict:
-        return {"setting": setting, "psnr_db": f"{psnr(clean, image, data_range):.3f}",
-                "ssim": f"{ssim(clean, image, data_range):.4f}",
-                "detail_psnr_db": f"{detail_psnr(clean, image, data_range):.3f}"}
+        return {"setting": setting, **scores(clean, image, data_range)}
 
     rows = [score("noisy", noisy), score("BSN", trained.extras["bsn"])]
     bundle = trained.bundle
