@@ -328,7 +328,16 @@ def cmd_cohort(args: argparse.Namespace, progress: Progress) -> Written:
     for path, output in jobs:
         plan.read(path)
         _plan_images(plan, output, args, None, source=path)
-    plan.check()
+    # Every process checks every path before any writes: one that finished its check early and wrote its first
+    # output would otherwise make a slower process's check find that output already there.
+    try:
+        plan.check()
+        problem = None
+    except InputError as error:
+        problem = str(error)
+    problems = [message for message in distributed.gather(problem) if message]
+    if problems:
+        raise InputError(str(problems[0]))
     bundle = load_bundle(args.model)
     mine = distributed.shard(jobs)
     failed: list[str] = []

@@ -52,6 +52,12 @@ def test_cohort_inference_shards_the_files_by_rank(small_images, tmp_path):
     assert sorted(p.name for p in (tmp_path / "cohort").iterdir()) == [p.name for p in small_images]
     assert sorted(line.split("]")[0] for line in result.stdout.splitlines() if "->" in line) == [
         "[process 0", "[process 0", "[process 1"]
+    # A second run finds the outputs there: every process stops before writing, and none is left waiting.
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cohort").iterdir()}
+    again = _torchrun("cohort", "--model", "m.safetensors", "--out", "cohort", "--device", "cpu",
+                      *map(str, small_images), cwd=tmp_path)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cohort").iterdir()} == before
 
 
 def test_without_torchrun_everything_is_one_process():
