@@ -455,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "SRDS output; bsn: blind-spot network only")
     denoise.add_argument("--noise", default="auto", choices=NOISE_CHOICES,
                          help="noise type (auto: measured); gaussian, poisson, gamma (speckle) or rician name the "
-                              "family of pixel-independent noise, which sets how training pairs are split")
+                              "family of pixel-independent noise, which sets how training pairs are split (and, for "
+                              "rician, takes the magnitude bias out of the output)")
     denoise.add_argument("--preset", default="quick", choices=PRESETS, help="training budget (README: Presets)")
     denoise.add_argument("--steps", type=POSITIVE, help="training steps of every stage, overriding the preset")
     denoise.add_argument("--srds-pairs", type=POSITIVE, help="antithetic SRDS pairs averaged per slice")

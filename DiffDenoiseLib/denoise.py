@@ -25,7 +25,7 @@ from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
 from .inference import predict_slices
 from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise, residual_outliers
-from .noise_model import NoiseModel, fit_noise_model, with_family
+from .noise_model import FAMILIES, NoiseModel, fit_noise_model, with_family
 from .noise_normalisation import NoiseNormaliser
 from .options import EXTRA_OUTPUTS, METHODS, NOISE_CHOICES
 from .pipelines.bsn import train_bsn
@@ -100,8 +100,8 @@ def _noise_kind(image: np.ndarray, noise: str) -> tuple[NoiseAnalysis, Literal["
 
 
 def _family_request(noise: str) -> str:
-    """The noise family a ``noise`` choice asks for (Rician is split as Gaussian), or ``auto`` (measured)."""
-    return {"gaussian": "gaussian", "rician": "gaussian", "poisson": "poisson", "gamma": "gamma"}.get(noise, "auto")
+    """The noise family a ``noise`` choice asks for, or ``auto`` (measured)."""
+    return noise if noise in FAMILIES else "auto"
 
 
 def _check_choices(method: str, outputs: tuple[str, ...]) -> None:
@@ -147,8 +147,9 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
             ``diffusion`` (the SRDS output, no distillation) or ``bsn`` (the blind-spot network alone).
         noise: ``auto`` (measured), ``iid`` (pixel-independent: PUCA) or ``correlated`` (LG-BPN); or the
             family of i.i.d. noise, which picks the recorruption split that is exact for it: ``gaussian``,
-            ``poisson`` (binomial thinning), ``gamma`` (speckle: beta split) or ``rician`` (as Gaussian). With
-            ``auto`` and ``iid`` the family is chosen from the shape of the fitted noise level function.
+            ``poisson`` (binomial thinning), ``gamma`` (speckle: beta split) or ``rician`` (split as Gaussian,
+            its bias taken out of the output). With ``auto`` and ``iid`` the family is chosen from the shape
+            of the fitted noise level function.
         preset: ``quick``, ``standard`` or ``full`` (budgets in the README), or explicit settings.
         device: ``auto`` (CUDA > MPS > CPU), ``cpu``, ``cuda`` or ``mps``.
         slice_axis: numpy axis of a 3D volume to slice along (use the coarsest one; see ``Geometry.slice_axis``).
@@ -253,8 +254,9 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
                                     leading=predictions if distillation.from_bsn else None)
             timings["nafnet_inference_s"] = time.perf_counter() - clock
 
-    denoised = scaling.denormalise(from_slices(output, image.shape, axis))
-    stages = {"bsn": predictions, "srds": targets, "uncertainty": uncertainty}
+    stages = _unbiased(noise_model, {"output": output, "bsn": predictions, "srds": targets})
+    denoised = scaling.denormalise(from_slices(stages.pop("output"), image.shape, axis))
+    stages["uncertainty"] = uncertainty
     extras = _extras(image, denoised, tuple(outputs), stages, scaling, axis)
     bundle = ModelBundle(method=method, networks=networks, inference_network=INFERENCE_NETWORK[method], metadata={
         "normalization": {"mode": "robust_percentiles", "low_percentile": LOW_PERCENTILE,
@@ -284,6 +286,15 @@ def _fitted_noise(slices: np.ndarray, bsn_output: np.ndarray, noise_kind: str, n
     estimate; ``noise`` is the requested noise (it may name the family)."""
     fitted = fit_noise_model(slices[:, 0], bsn_output[:, 0], noise_kind == "correlated")
     return with_family(fitted, _family_request(noise), scaling.normalise(np.zeros(1))[0])
+
+
+def _unbiased(noise_model: NoiseModel | None, stages: dict[str, np.ndarray | None]) -> dict[str, np.ndarray | None]:
+    """Each stage's output with the noise's bias taken out (Rician noise; see :meth:`NoiseModel.unbiased`).
+    The networks learn the noisy image's mean, and the later stages are trained on the earlier ones' biased
+    outputs, so only what is handed to the user is corrected."""
+    if noise_model is None:
+        return dict(stages)
+    return {name: None if output is None else noise_model.unbiased(output) for name, output in stages.items()}
 
 
 def _spacing_ratio(spacing: tuple[float, ...] | None, axis: int) -> float | None:
@@ -346,6 +357,7 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
                          f"each side; this image has {len(slices)} slice(s) along the slice axis: denoise it "
                          "with `diffdenoise denoise` (trained on the image itself) instead")
     stages: dict[str, np.ndarray | None] = {}
+    noise_model = None
     diffusion = bundle.metadata.get("diffusion", {})
     if bundle.inference_network == "diffusion" and diffusion.get("generates") != GENERATES:
         raise InputError("this diffusion bundle was trained by an older DiffDenoise whose diffusion network "
@@ -380,7 +392,8 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
         output = predict_slices(bundle.networks[bundle.inference_network], slices, torch_device, _batch(torch_device),
                                 progress=progress, cancel=cancel, context=half_width,
                                 leading=stages["bsn"] if from_bsn else None)
-    denoised = scaling.denormalise(from_slices(output, image.shape, axis))
-    extras = _extras(image, denoised, tuple(outputs), stages, scaling, axis)
+    unbiased = _unbiased(noise_model, {"output": output, "bsn": stages.get("bsn"), "srds": stages.get("srds")})
+    denoised = scaling.denormalise(from_slices(unbiased.pop("output"), image.shape, axis))
+    extras = _extras(image, denoised, tuple(outputs), stages | unbiased, scaling, axis)
     return Denoised(denoised, extras, {"total_s": round(time.perf_counter() - started, 3)},
                     residual_outliers(slices[:, 0], output[:, 0]))

@@ -11,6 +11,7 @@ of skewed noise stay dependent through the third moment. So the model also knows
 (:data:`FAMILIES`), and :meth:`NoiseModel.split` uses the split that is exact for it (Generalized R2R,
 Monroy et al. 2025): binomial thinning of the counts for Poisson noise, a beta split of the gamma variate for
 multiplicative speckle, Gaussian recorruption for Gaussian noise (also used for Rician and correlated noise).
+Rician noise is also biased (:mod:`.rician`): :meth:`NoiseModel.unbiased` takes its bias out of an estimate.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from typing import Literal
 import numpy as np
 from scipy.signal import fftconvolve
 
+from . import rician
 from .noise import image_blocks
 
 BLOCK = 16  # px per side of the analysed blocks (i.i.d. noise)
 CORRELATED_BLOCK = 32  # larger blocks for correlated noise: its spectrum has detail at low frequencies
 LEVEL_BINS = 8  # intensity bins of the noise level function
 FLAT_FRACTION = 0.3  # flattest share analysed: of each intensity bin (i.i.d.), of all blocks (correlated)
-FAMILIES = ("gaussian", "poisson", "gamma")
-NoiseFamily = Literal["gaussian", "poisson", "gamma"]
+FAMILIES = ("gaussian", "poisson", "gamma", "rician")
+NoiseFamily = Literal["gaussian", "poisson", "gamma", "rician"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class NoiseModel:
 
     * ``gaussian``: additive;
     * ``poisson``: ``y = offset + gain * k`` with ``k`` Poisson counts (variance ``gain * (signal - offset)``);
-    * ``gamma``: ``y = offset + (x - offset) * g`` with ``g`` gamma of mean 1 and variance ``gain`` (1 / looks).
+    * ``gamma``: ``y = offset + (x - offset) * g`` with ``g`` gamma of mean 1 and variance ``gain`` (1 / looks);
+    * ``rician``: ``y = offset + |x - offset + n|`` with ``n`` complex Gaussian of variance ``gain`` per channel.
     """
 
     intensities: np.ndarray
@@ -90,6 +93,13 @@ class NoiseModel:
         z = self.draw(signal, rng)
         return (noisy + alpha * z).astype(np.float32), (noisy - z / alpha).astype(np.float32)
 
+    def unbiased(self, estimate: np.ndarray) -> np.ndarray:
+        """The noise-free signal whose noisy mean ``estimate`` is (what a network trained on the noisy image
+        learns): ``estimate`` itself for zero-mean noise, the Rician amplitude for Rician noise."""
+        if self.family != "rician":
+            return estimate
+        return (self.offset + rician.amplitude(estimate - self.offset, np.sqrt(self.gain))).astype(estimate.dtype)
+
     def describe(self) -> dict:
         """JSON-friendly summary: family, the noise level function and the lag-1 correlation of the colouring."""
         k = self.kernel  # unit L2 norm: its autocorrelation at a lag is the noise correlation at that lag
@@ -111,7 +121,8 @@ def with_family(model: NoiseModel, requested: str, zero: float) -> NoiseModel:
     """``model`` with its family: ``requested`` (one of :data:`FAMILIES`), or for ``auto`` the one whose
     level function fits the measured one best: constant (Gaussian), linear in the signal (Poisson) or
     quadratic about the intensity 0 (gamma speckle; ``zero`` is where intensity 0 lies in the normalised
-    units). Correlated noise (a coloured model) stays Gaussian."""
+    units) or falling to 0.43 of its level towards a floor above 0 (Rician). Correlated noise (a coloured
+    model) stays Gaussian."""
     if model.kernel.size > 1 or requested == "gaussian":
         return model
     intensities, variances = model.intensities.astype(np.float64), model.variances.astype(np.float64)
@@ -127,7 +138,10 @@ def with_family(model: NoiseModel, requested: str, zero: float) -> NoiseModel:
     if np.all(spread > 0):  # the median ratio: bins of blocks that straddle an edge measure too much
         ratio = float(np.median(v / spread))
         fits["gamma"] = (ratio * spread, ratio, zero)
-    if requested in ("poisson", "gamma"):
+    if np.all(x > zero):  # magnitude images: every level above true zero
+        sigma = rician.fit_sigma(x - zero, v)
+        fits["rician"] = (rician.variance_at_mean(x - zero, sigma), sigma**2, zero)
+    if requested in FAMILIES:
         return _forced(model, requested, zero) if requested not in fits else replace(
             model, family=requested, gain=fits[requested][1], offset=fits[requested][2])
     errors = {family: float(np.mean(np.log(v / fitted) ** 2)) for family, (fitted, _, _) in fits.items()}
@@ -141,7 +155,7 @@ def _forced(model: NoiseModel, family: str, zero: float) -> NoiseModel:
     """A requested signal-dependent family whose level function cannot be fitted: from the mean level."""
     mean_signal = max(float(np.mean(model.intensities)) - zero, 1e-6)
     mean_variance = float(np.mean(model.variances))
-    gain = mean_variance / mean_signal if family == "poisson" else mean_variance / mean_signal**2
+    gain = {"poisson": mean_variance / mean_signal, "gamma": mean_variance / mean_signal**2}.get(family, mean_variance)
     return replace(model, family=family, gain=max(gain, 1e-12), offset=zero)
 
 

@@ -2,7 +2,8 @@
 
 METHODS = ("diffdenoise", "diffusion", "bsn")  # full pipeline (default), SRDS output without distillation, BSN
 # auto: measured; iid / correlated: the blind-spot network (family measured); gaussian, poisson, gamma (speckle):
-# i.i.d. noise of that family (its exact recorruption split); rician: i.i.d., split as Gaussian
+# i.i.d. noise of that family (its exact recorruption split); rician: i.i.d., split as Gaussian, its bias
+# taken out of the output
 NOISE_CHOICES = ("auto", "iid", "correlated", "gaussian", "poisson", "gamma", "rician")
 PRESETS = ("quick", "standard", "full")  # the keys of presets.PRESETS
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")

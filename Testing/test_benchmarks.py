@@ -165,3 +165,17 @@ def test_bsn_posterior_benchmark_scores_both_outputs_and_resumes(tmp_path):
     stamp = finished[0].stat().st_mtime_ns
     main(arguments)  # a finished case is kept, not recomputed
     assert finished[0].stat().st_mtime_ns == stamp
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+def test_rician_bias_benchmark_scores_the_biased_and_the_corrected_output(tmp_path):
+    from benchmarks.rician_bias import main
+    from DiffDenoiseLib.noise_model import FAMILIES
+
+    main(["--data", "mni", "--steps", "2", "--slices", "3", "--out", str(tmp_path)])
+    finished = sorted(tmp_path.glob("*.csv"))
+    assert [path.name for path in finished] == ["mni_rician_0.05_seed0_steps2.csv"]
+    rows = list(csv.DictReader(finished[0].open(newline="")))
+    assert [r["requested"] for r in rows] == ["gaussian", "auto"] and rows[0]["family"] == "gaussian"
+    assert rows[1]["family"] in FAMILIES and all(np.isfinite(float(r["psnr_db"])) for r in rows)
+    assert "| mni | rician 0.05 | 0 | 2 |" in (tmp_path / "rician_bias.md").read_text()
