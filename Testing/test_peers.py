@@ -69,7 +69,8 @@ def test_the_poisson_oracle_denoises_counts_and_maps_back_without_bias():
 
 
 @pytest.mark.parametrize("kind, level, setting", [("gaussian", 0.1, "true sigma"),
-                                                   ("correlated", 0.1, "true noise spectrum")])
+                                                   ("correlated", 0.1, "true noise spectrum"),
+                                                   ("rician", 0.05, "true sigma, Rician bias removed")])
 def test_the_oracle_is_told_the_noise_std_or_its_spectrum(kind, level, setting):
     clean = phantom()
     noisy, _, truth = noisy_case(clean, kind, level, 0)
@@ -80,7 +81,13 @@ def test_the_oracle_is_told_the_noise_std_or_its_spectrum(kind, level, setting):
         return image
 
     assert told_the_truth("BM3D", record, noisy, truth).setting == setting
-    if kind == "gaussian":
+    if kind == "rician":  # the channels' std, and the bias of the magnitude taken out of the result
+        assert told == [pytest.approx(level * truth.scale)]
+        def floor(image: np.ndarray, sigma: float) -> np.ndarray:  # the Rician mean of no signal at all
+            return np.full_like(image, sigma * np.sqrt(np.pi / 2))
+
+        assert np.abs(told_the_truth("BM3D", floor, noisy, truth).image).max() < 1e-3 * told[0]
+    elif kind == "gaussian":
         assert told == [pytest.approx(level * truth.scale, rel=0.02)]  # add_noise's std: level x robust range
     else:  # the slice's spectrum: its mean is the noise variance times the pixel count (unnormalised FFT)
         assert told[0].shape == noisy.shape[-2:]

@@ -5,8 +5,9 @@
 * BM3D (slice by slice) and BM4D (the volume) told the true noise: its std, its power spectrum for correlated
   noise, and for Poisson noise the counts, denoised after the Anscombe transform and mapped back with the
   closed form of its exact unbiased inverse (Makitalo & Foi, "A closed-form approximation of the exact unbiased
-  inverse of the Anscombe variance-stabilizing transformation", IEEE Trans. Image Process. 20(9), 2011), when
-  ``bm3d`` / ``bm4d`` are importable;
+  inverse of the Anscombe variance-stabilizing transformation", IEEE Trans. Image Process. 20(9), 2011); for
+  Rician noise the Gaussian sigma of its two channels, with the Rician bias then taken out of the result as
+  ours is (:func:`DiffDenoiseLib.rician.amplitude`), when ``bm3d`` / ``bm4d`` are importable;
 * CAREamics, when it is installed.
 
 BM3D, BM4D (non-commercial licenses) and CAREamics are never dependencies: ``pip install bm3d bm4d`` to include
@@ -25,6 +26,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from skimage.restoration import denoise_nl_means, estimate_sigma
 
+from DiffDenoiseLib import rician
 from DiffDenoiseLib.metrics import psnr
 from DiffDenoiseLib.noise import correlated_gaussian
 
@@ -176,7 +178,8 @@ def told_the_truth(method: str, denoiser: Callable[[np.ndarray, float | np.ndarr
                    noisy: np.ndarray, truth: TrueNoise, whole_volume: bool = False) -> MethodOutput:
     """``denoiser(image, noise)`` told the true noise: its std; its power spectrum for correlated noise (of the
     volume when the denoiser sees the ``whole_volume``, else of one slice); for Poisson noise it denoises the
-    Anscombe transform of the counts (std 1) and the exact unbiased inverse maps the result back."""
+    Anscombe transform of the counts (std 1) and the exact unbiased inverse maps the result back; for Rician
+    noise it is told the channels' sigma and its result's Rician bias is taken out."""
     if truth.kind == "poisson":
         def run(image: np.ndarray) -> np.ndarray:
             return truth.intensities(inverse_anscombe(denoiser(anscombe(truth.counts(image)), 1.0)))
@@ -186,6 +189,11 @@ def told_the_truth(method: str, denoiser: Callable[[np.ndarray, float | np.ndarr
         def run(image: np.ndarray) -> np.ndarray:
             return denoiser(image, spectrum)
         setting = "true noise spectrum"
+    elif truth.kind == "rician":
+        sigma = truth.level * truth.scale  # add_noise's channel std (the magnitude's std is lower)
+        def run(image: np.ndarray) -> np.ndarray:
+            return rician.amplitude(denoiser(image, sigma), sigma).astype(np.float32)
+        setting = "true sigma, Rician bias removed"
     else:
         def run(image: np.ndarray) -> np.ndarray:
             return denoiser(image, truth.sigma)
