@@ -67,16 +67,23 @@ def test_readme_without_markers_is_refused_with_the_fix(tmp_path):
 
 
 def test_target_table_judges_each_case_against_the_issue_targets():
-    rows = [["knee", "gaussian", name, psnr_db, "0.9", "0.1"] for name, psnr_db in
-            (("noisy", "20.00"), ("Gaussian blur (sigma 1.0 px)", "28.00"), ("NLM (h 0.8 sigma)", "30.50"),
-             ("BSN (PUCA)", "30.60"), ("DiffDenoise (distilled NAFNet)", "31.20"))]
+    rows = [["knee", "gaussian", name, psnr_db, ssim_value, "0.1"] for name, psnr_db, ssim_value in
+            (("noisy", "20.00", "0.30"), ("NLM, estimated sigma (h 0.8 sigma)", "29.50", "0.80"),
+             ("BM3D (true sigma)", "31.00", "0.86"), ("BM4D (true sigma)", "31.50", "0.88"),
+             ("BSN (PUCA)", "30.60", "0.85"), ("diffusion + SRDS (1 pair(s), 1 steps)", "30.70", "0.84"),
+             ("DiffDenoise (distilled NAFNet)", "31.20", "0.87"))]
     rows += [["knee", "correlated", name, psnr_db, "0.5", "0.1"] for name, psnr_db in
-             (("Gaussian blur (sigma 2.0 px)", "23.80"), ("NLM (h 1.2 sigma)", "26.00"), ("BSN (LG-BPN)", "24.00"),
-              ("DiffDenoise (distilled NAFNet)", "24.30"), ("BSN (PUCA, forced)", "20.00"))]
-    gaussian, correlated = target_table(rows).splitlines()[2:]
-    assert gaussian == ("| knee, gaussian | 30.60 (PUCA) | 30.50 (NLM) | 31.20 | +0.60 met | +0.70 met | - |")
-    assert correlated == ("| knee, correlated | 24.00 (LG-BPN) | 26.00 (NLM) | 24.30 | +0.30 missed by 0.20 "
-                          "| -1.70 missed by 1.70 | +4.00 met |")
+             (("NLM (h 1.2 sigma)", "26.00"), ("BSN (LG-BPN)", "24.00"), ("DiffDenoise (distilled NAFNet)", "24.30"),
+              ("BSN (PUCA, forced)", "20.00"))]
+    gaussian, correlated = target_table(rows, "quick").splitlines()[2:]
+    assert gaussian == ("| knee, gaussian | 30.60 / 0.850 (PUCA) | 30.70 / 0.840 | 31.20 / 0.870 | +0.20 met "
+                        "| +1.70 met | +0.02 met | +0.10 met | - |")
+    assert correlated == ("| knee, correlated | 24.00 / 0.500 (LG-BPN) | - | 24.30 / 0.500 | - | - | +0.00 met | - "
+                          "| +4.00 met |")
+    standard = target_table(rows, "standard").splitlines()
+    assert "distilled - BM3D (>= +1.0, SSIM >=)" in standard[0]
+    assert standard[2].split(" | ")[4:6] == ["+0.20 missed by 0.80; SSIM +0.01 met",
+                                             "-0.30 missed by 0.80; SSIM -0.01 missed by 0.01"]
 
 
 def test_diffdenoise_case_scores_pipeline_peers_forced_puca_and_ablations(tmp_path, monkeypatch, knee_crop):
@@ -95,7 +102,7 @@ def test_diffdenoise_case_scores_pipeline_peers_forced_puca_and_ablations(tmp_pa
     cases.mkdir()
     write_case(cases, "knee", knee_crop.shape, "correlated", rows, notes)
     assert sorted(f.name for f in cases.iterdir()) == ["knee_correlated.csv", "knee_correlated.md"]
-    combine(cases, tmp_path, "diffdenoise_tiny", "header")
+    combine(cases, tmp_path, "diffdenoise_tiny", "header", "tiny")
     assert "| knee, correlated | " in (tmp_path / "diffdenoise_tiny.md").read_text()
 
 

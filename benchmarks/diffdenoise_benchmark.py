@@ -37,7 +37,6 @@ from benchmarks.datasets import DATASETS as SHARED_DATASETS
 from benchmarks.datasets import NOISES as NOISE_LEVELS
 from benchmarks.datasets import SHARED
 from benchmarks.peers import classical_peers
-from benchmarks.report import PEERS
 from benchmarks.scalar import DISTILLED, noisy_case, our_methods
 from DiffDenoiseLib.cli import TqdmProgress
 from DiffDenoiseLib.denoise import denoise
@@ -170,35 +169,54 @@ def _verdict(gap: float, target: float) -> str:
     return f"{gap:+.2f} {'met' if gap >= target else f'missed by {target - gap:.2f}'}"
 
 
-def target_table(rows: list[list[str]]) -> str:
-    """The issue's targets per case from CSV rows (data, noise, method, PSNR, ...): distilled NAFNet against the
-    BSN the run picked (+0.5 dB) and the best classical peer (:func:`.peers.classical_peers`), and on correlated noise
-    LG-BPN against forced PUCA."""
-    scores: dict[tuple[str, str], dict[str, float]] = {}
-    for data, noise, method, psnr_db, *_ in rows:
-        scores.setdefault((data, noise), {})[method] = float(psnr_db)
-    lines = ["| data, noise | BSN | best classical | distilled | distilled - BSN (>= +0.5) "
-             "| distilled - classical (>= 0) | LG-BPN - PUCA (> 0) |", "|---|---|---|---|---|---|---|"]
+# Issue 27's targets for the distilled NAFNet, per preset: (peer, PSNR margin dB, SSIM at least the peer's)
+PEER_TARGETS = {"quick": (("BM3D", 0.0, False), ("NLM, estimated sigma", 1.0, False)),
+                "standard": (("BM3D", 1.0, True), ("BM4D", 0.5, True))}
+
+
+def target_table(rows: list[list[str]], preset: str) -> str:
+    """Issue 27's targets per case from CSV rows (data, noise, method, PSNR, SSIM, ...): the distilled NAFNet
+    against the peers of ``preset`` (:data:`PEER_TARGETS`; a peer not installed or not run shows "-"), its SSIM
+    against the BSN's, SRDS's PSNR against the BSN's; and on correlated noise LG-BPN against forced PUCA."""
+    scores: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    for data, noise, method, psnr_db, ssim_value, *_ in rows:
+        scores.setdefault((data, noise), {})[method] = (float(psnr_db), float(ssim_value))
+    targets = PEER_TARGETS.get(preset, PEER_TARGETS["quick"])
+    peer_columns = "".join(f" distilled - {peer} (>= {margin:+.1f}{', SSIM >=' if with_ssim else ''}) |"
+                           for peer, margin, with_ssim in targets)
+    lines = [f"| data, noise | BSN | SRDS | distilled |{peer_columns} distilled SSIM - BSN's (>= 0) "
+             "| SRDS - BSN (>= 0) | LG-BPN - PUCA (> 0) |", "|---|---|---|---|" + "---|" * (len(targets) + 3)]
     for (data, noise), case in scores.items():
         bsn_method = next(m for m in case if m.startswith("BSN (") and "forced" not in m)
-        classical_method = max((m for m in case if m.startswith(PEERS)), key=case.get)
-        bsn, classical, distilled = case[bsn_method], case[classical_method], case[DISTILLED]
+        (bsn, bsn_ssim), (distilled, distilled_ssim) = case[bsn_method], case[DISTILLED]
+        srds = next((value for m, value in case.items() if m.startswith("diffusion + SRDS")), None)
+        cells = []
+        for peer, margin, with_ssim in targets:
+            label = next((m for m in case if m.split(" (")[0] == peer), None)
+            if label is None:
+                cells.append("-")
+                continue
+            peer_psnr, peer_ssim = case[label]
+            verdict = _verdict(distilled - peer_psnr, margin)
+            cells.append(verdict + (f"; SSIM {_verdict(distilled_ssim - peer_ssim, 0.0)}" if with_ssim else ""))
         versus_puca = "-"
         if FORCED_PUCA in case:
-            gap = bsn - case[FORCED_PUCA]
+            gap = bsn - case[FORCED_PUCA][0]
             versus_puca = f"{gap:+.2f} {'met' if gap > 0 else 'missed'}"
-        lines.append(f"| {data}, {noise} | {bsn:.2f} ({bsn_method[5:-1]}) | {classical:.2f} "
-                     f"({classical_method.split(' (')[0]}) | {distilled:.2f} | {_verdict(distilled - bsn, 0.5)} "
-                     f"| {_verdict(distilled - classical, 0.0)} | {versus_puca} |")
+        lines.append(f"| {data}, {noise} | {bsn:.2f} / {bsn_ssim:.3f} ({bsn_method[5:-1]}) | "
+                     + (f"{srds[0]:.2f} / {srds[1]:.3f}" if srds else "-")
+                     + f" | {distilled:.2f} / {distilled_ssim:.3f} | " + " | ".join(cells)
+                     + f" | {_verdict(distilled_ssim - bsn_ssim, 0.0)} | "
+                     + (_verdict(srds[0] - bsn, 0.0) if srds else "-") + f" | {versus_puca} |")
     return "\n".join(lines)
 
 
-def combine(folder: Path, out: Path, stem: str, header: str) -> None:
+def combine(folder: Path, out: Path, stem: str, header: str, preset: str) -> None:
     """Gather the finished cases (in data, noise order) into <stem>.md (the target table, then each case) and
     <stem>.csv."""
     cases = [(data, noise) for data in DATASETS for noise in NOISES if (folder / f"{data}_{noise}.md").exists()]
     rows = [row for d, n in cases for row in csv.reader((folder / f"{d}_{n}.csv").read_text().splitlines())]
-    (out / f"{stem}.md").write_text(header + "\n\n" + target_table(rows) + "\n\n"
+    (out / f"{stem}.md").write_text(header + "\n\n" + target_table(rows, preset) + "\n\n"
                                     + "\n".join((folder / f"{d}_{n}.md").read_text() for d, n in cases))
     with open(out / f"{stem}.csv", "w", newline="") as handle:
         handle.write("data,noise,method,psnr_db,ssim,seconds_per_slice\n")
@@ -238,8 +256,8 @@ def main() -> None:
             rows, notes = run_case(clean, noise, args.preset, args.seed, args.ablations, case_checkpoints)
             print(write_case(folder, data, clean.shape, noise, rows, notes), flush=True)
             shutil.rmtree(case_checkpoints, ignore_errors=True)
-            combine(folder, args.out, stem, header)
-    combine(folder, args.out, stem, header)
+            combine(folder, args.out, stem, header, args.preset)
+    combine(folder, args.out, stem, header, args.preset)
 
 
 if __name__ == "__main__":
