@@ -254,10 +254,9 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
                                     leading=predictions if distillation.from_bsn else None)
             timings["nafnet_inference_s"] = time.perf_counter() - clock
 
-    stages = _unbiased(noise_model, {"output": output, "bsn": predictions, "srds": targets})
-    denoised = scaling.denormalise(from_slices(stages.pop("output"), image.shape, axis))
-    stages["uncertainty"] = uncertainty
-    extras = _extras(image, denoised, tuple(outputs), stages, scaling, axis)
+    denoised = scaling.denormalise(from_slices(_unbiased(noise_model, output), image.shape, axis))
+    stages = {"bsn": predictions, "srds": targets, "uncertainty": uncertainty}
+    extras = _extras(image, denoised, tuple(outputs), stages, scaling, axis, noise_model)
     bundle = ModelBundle(method=method, networks=networks, inference_network=INFERENCE_NETWORK[method], metadata={
         "normalization": {"mode": "robust_percentiles", "low_percentile": LOW_PERCENTILE,
                           "high_percentile": HIGH_PERCENTILE, "training_range": [scaling.low, scaling.high]},
@@ -288,13 +287,11 @@ def _fitted_noise(slices: np.ndarray, bsn_output: np.ndarray, noise_kind: str, n
     return with_family(fitted, _family_request(noise), scaling.normalise(np.zeros(1))[0])
 
 
-def _unbiased(noise_model: NoiseModel | None, stages: dict[str, np.ndarray | None]) -> dict[str, np.ndarray | None]:
-    """Each stage's output with the noise's bias taken out (Rician noise; see :meth:`NoiseModel.unbiased`).
+def _unbiased(noise_model: NoiseModel | None, estimate: np.ndarray) -> np.ndarray:
+    """A stage's output with the noise's bias taken out (Rician noise; see :meth:`NoiseModel.unbiased`).
     The networks learn the noisy image's mean, and the later stages are trained on the earlier ones' biased
     outputs, so only what is handed to the user is corrected."""
-    if noise_model is None:
-        return dict(stages)
-    return {name: None if output is None else noise_model.unbiased(output) for name, output in stages.items()}
+    return estimate if noise_model is None else noise_model.unbiased(estimate)
 
 
 def _spacing_ratio(spacing: tuple[float, ...] | None, axis: int) -> float | None:
@@ -309,9 +306,10 @@ def _batch(device: torch.device) -> int:
     return 8 if device.type == "cuda" else 2
 
 
-def _extras(image: np.ndarray, denoised: np.ndarray, outputs: tuple[str, ...],
-            stages: dict[str, np.ndarray | None], scaling: IntensityScaling, axis: int) -> dict[str, np.ndarray]:
-    """The requested extra outputs in the input's units; ``stages`` holds normalised (N, 1, H, W) slices."""
+def _extras(image: np.ndarray, denoised: np.ndarray, outputs: tuple[str, ...], stages: dict[str, np.ndarray | None],
+            scaling: IntensityScaling, axis: int, noise_model: NoiseModel | None) -> dict[str, np.ndarray]:
+    """The requested extra outputs in the input's units, the stage outputs with the noise's bias taken out;
+    ``stages`` holds normalised (N, 1, H, W) slices."""
     extras = {}
     for name in outputs:
         if name == "residual":
@@ -319,9 +317,11 @@ def _extras(image: np.ndarray, denoised: np.ndarray, outputs: tuple[str, ...],
             continue
         if stages.get(name) is None:
             raise InputError(f"this run has no '{name}' output (a distilled bundle runs only its BSN and NAFNet)")
-        volume = from_slices(stages[name], image.shape, axis)
-        extras[name] = (volume * (scaling.high - scaling.low)).astype(np.float32) if name == "uncertainty" \
-            else scaling.denormalise(volume)
+        if name == "uncertainty":
+            extras[name] = (from_slices(stages[name], image.shape, axis) * (scaling.high - scaling.low)
+                            ).astype(np.float32)
+        else:
+            extras[name] = scaling.denormalise(from_slices(_unbiased(noise_model, stages[name]), image.shape, axis))
     return extras
 
 
@@ -392,8 +392,7 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
         output = predict_slices(bundle.networks[bundle.inference_network], slices, torch_device, _batch(torch_device),
                                 progress=progress, cancel=cancel, context=half_width,
                                 leading=stages["bsn"] if from_bsn else None)
-    unbiased = _unbiased(noise_model, {"output": output, "bsn": stages.get("bsn"), "srds": stages.get("srds")})
-    denoised = scaling.denormalise(from_slices(unbiased.pop("output"), image.shape, axis))
-    extras = _extras(image, denoised, tuple(outputs), stages | unbiased, scaling, axis)
+    denoised = scaling.denormalise(from_slices(_unbiased(noise_model, output), image.shape, axis))
+    extras = _extras(image, denoised, tuple(outputs), stages, scaling, axis, noise_model)
     return Denoised(denoised, extras, {"total_s": round(time.perf_counter() - started, 3)},
                     residual_outliers(slices[:, 0], output[:, 0]))

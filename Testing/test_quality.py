@@ -15,10 +15,10 @@ import pytest
 from scipy import ndimage
 
 from benchmarks.datasets import DATASETS, SHARED
+from benchmarks.scalar import noisy_case
 from benchmarks.suites import with_steps
 from DiffDenoiseLib.denoise import apply_bundle, denoise
 from DiffDenoiseLib.metrics import psnr, ssim
-from DiffDenoiseLib.noise import add_noise, robust_range
 from DiffDenoiseLib.presets import PRESETS
 
 pytestmark = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
@@ -31,9 +31,7 @@ class Case:
 
     def __init__(self) -> None:
         self.clean = DATASETS["mni"].central_slices(12)
-        self.noisy = add_noise(self.clean, "gaussian", 0.1, seed=0)
-        low, high = robust_range(self.clean)
-        self.data_range = high - low
+        self.noisy, self.data_range, _ = noisy_case(self.clean, "gaussian", 0.1, 0)
         blurs = [ndimage.gaussian_filter(self.noisy, sigma) for sigma in (0.6, 0.8, 1.0, 1.3, 1.6, 2.0)]
         self.blur_psnr = max(self.psnr(blur) for blur in blurs)
         self.blur_ssim = max(self.ssim(blur) for blur in blurs)
