@@ -13,9 +13,17 @@ from conftest import make_tiny_settings
 
 from benchmarks.__main__ import run
 from benchmarks.datasets import SHARED
-from benchmarks.diffdenoise_benchmark import FORCED_PUCA, combine, run_case, target_table, write_case
+from benchmarks.diffdenoise_benchmark import (
+    FORCED_PUCA,
+    benchmark_cases,
+    combine,
+    peer_scores,
+    run_case,
+    target_table,
+    write_case,
+)
 from benchmarks.report import replace_section
-from benchmarks.scalar import DISTILLED, SUPERVISED
+from benchmarks.scalar import DISTILLED, SUPERVISED, Score
 from benchmarks.suites import SUITES, with_steps
 from DiffDenoiseLib.presets import PRESETS
 
@@ -66,44 +74,66 @@ def test_readme_without_markers_is_refused_with_the_fix(tmp_path):
         replace_section(readme, "quick", "table")
 
 
-def test_target_table_judges_each_case_against_the_issue_targets():
-    rows = [["knee", "gaussian", name, psnr_db, ssim_value, "0.1"] for name, psnr_db, ssim_value in
-            (("noisy", "20.00", "0.30"), ("NLM, estimated sigma (h 0.8 sigma)", "29.50", "0.80"),
-             ("BM3D (true sigma)", "31.00", "0.86"), ("BM4D (true sigma)", "31.50", "0.88"),
-             ("BSN (PUCA)", "30.60", "0.85"), ("diffusion + SRDS (1 pair(s), 1 steps)", "30.70", "0.84"),
-             ("DiffDenoise (distilled NAFNet)", "31.20", "0.87"))]
-    rows += [["knee", "correlated", name, psnr_db, "0.5", "0.1"] for name, psnr_db in
-             (("NLM (h 1.2 sigma)", "26.00"), ("BSN (LG-BPN)", "24.00"), ("DiffDenoise (distilled NAFNet)", "24.30"),
-              ("BSN (PUCA, forced)", "20.00"))]
-    gaussian, correlated = target_table(rows, "quick").splitlines()[2:]
-    assert gaussian == ("| knee, gaussian | 30.60 / 0.850 (PUCA) | 30.70 / 0.840 | 31.20 / 0.870 | +0.20 met "
-                        "| +1.70 met | +0.02 met | +0.10 met | - |")
-    assert correlated == ("| knee, correlated | 24.00 / 0.500 (LG-BPN) | - | 24.30 / 0.500 | - | - | +0.00 met | - "
-                          "| +4.00 met |")
-    standard = target_table(rows, "standard").splitlines()
+def _scores(data: str, noise: str, table: tuple) -> dict[str, Score]:
+    return {method: Score(data, noise, method, setting, psnr_db, ssim_value, 0.0, 0.1, 1.0)
+            for method, setting, psnr_db, ssim_value in table}
+
+
+def test_target_table_judges_each_case_against_the_issue_targets_over_the_seeds():
+    gaussian = [_scores("knee", "gaussian", (
+        ("noisy", "", 20.0, 0.30), ("NLM, estimated sigma", "h 0.8 sigma", 29.5 + shift, 0.80),
+        ("BM3D", "true sigma", 31.0, 0.86), ("BM4D", "true sigma", 31.5, 0.88), ("BSN", "PUCA", 30.6, 0.85),
+        ("diffusion + SRDS", "1 pair(s)", 30.7, 0.84), (DISTILLED, "", 31.2 + shift, 0.87)))
+        for shift in (-0.1, 0.1)]  # two noise seeds
+    correlated = [_scores("knee", "correlated", (
+        ("NLM", "h 1.2 sigma", 26.0, 0.5), ("BSN", "LG-BPN", 24.0, 0.5), (DISTILLED, "", 24.3, 0.5),
+        (FORCED_PUCA, "", 20.0, 0.5)))]
+    cases = {("knee", "gaussian"): gaussian, ("knee", "correlated"): correlated}
+    first, second = target_table(cases, "quick").splitlines()[2:]
+    assert first == ("| knee, gaussian | 2 | 30.60 / 0.850 (PUCA) | 30.70 / 0.840 | 31.20 / 0.870 "
+                     "| +0.20 [+0.10, +0.30] met | +1.70 [+1.70, +1.70] met | +0.020 [+0.020, +0.020] met "
+                     "| +0.10 [+0.10, +0.10] met; SSIM -0.010 [-0.010, -0.010] missed by 0.010 | - |")
+    assert second == ("| knee, correlated | 1 | 24.00 / 0.500 (LG-BPN) | - | 24.30 / 0.500 | - | - | +0.000 met | - "
+                      "| +4.00 met |")
+    standard = target_table(cases, "standard").splitlines()
     assert "distilled - BM3D (>= +1.0, SSIM >=)" in standard[0]
-    assert standard[2].split(" | ")[4:6] == ["+0.20 missed by 0.80; SSIM +0.01 met",
-                                             "-0.30 missed by 0.80; SSIM -0.01 missed by 0.01"]
+    assert standard[2].split(" | ")[5:7] == ["+0.20 [+0.10, +0.30] missed by 0.80; SSIM +0.010 [+0.010, +0.010] met",
+                                             "-0.30 [-0.40, -0.20] missed by 0.80; "
+                                             "SSIM -0.010 [-0.010, -0.010] missed by 0.010"]
+
+
+def test_benchmark_cases_give_rician_noise_to_magnitude_mr_only():
+    cases = benchmark_cases(["knee", "t1", "lidc", "ct"], ["gaussian", "rician"])
+    assert cases == [("knee", "gaussian"), ("knee", "rician"), ("lidc", "gaussian"), ("t1", "gaussian"),
+                     ("t1", "rician"), ("ct", "gaussian")]
 
 
 def test_diffdenoise_case_scores_pipeline_peers_forced_puca_and_ablations(tmp_path, monkeypatch, knee_crop):
     monkeypatch.setitem(PRESETS, "tiny", make_tiny_settings())
-    rows, notes = run_case(knee_crop, "correlated", "tiny", 0, True, tmp_path / "checkpoints")
+    peers = peer_scores(tmp_path / "peers", "knee", "correlated", 0, knee_crop)
+    cached = (tmp_path / "peers" / "knee_correlated_seed0.csv").stat().st_mtime_ns
+    assert peer_scores(tmp_path / "peers", "knee", "correlated", 0, knee_crop) == peers  # read back, not rerun
+    assert (tmp_path / "peers" / "knee_correlated_seed0.csv").stat().st_mtime_ns == cached
+    ours, notes = run_case("knee", knee_crop, "correlated", "tiny", 0, True, tmp_path / "checkpoints")
 
-    names = [row[0] for row in rows]
-    assert names[0] == "noisy" and {"BSN (LG-BPN)", FORCED_PUCA, DISTILLED, "ablation: single DDIM run",
-                                     "ablation: paper's pairs (BSN(y) -> y, no recorruption)",
-                                     "ablation: diffusion conditioned on noisy (no BSN)"} <= set(names)
-    assert any(name.startswith("NLM") for name in names) and any(name.startswith("diffusion + SRDS") for name in names)
-    assert all(np.isfinite(p) and -1 <= s <= 1 and seconds >= 0 for _, p, s, seconds in rows)
-    assert notes[0].startswith("noise analysis: correlated")
+    methods = {s.method: s for s in peers + ours}
+    assert {"noisy", "NLM", "NLM, estimated sigma", "BSN", FORCED_PUCA, "diffusion + SRDS", DISTILLED,
+            "ablation: single DDIM run", "ablation: paper's pairs (BSN(y) -> y, no recorruption)",
+            "ablation: diffusion conditioned on noisy (no BSN)"} <= set(methods)
+    assert methods["BSN"].setting == "LG-BPN" and notes[0].startswith("noise analysis: correlated")
+    assert all(np.isfinite([s.psnr_db, s.detail_psnr_db]).all() and -1 <= s.ssim <= 1 and s.seconds_per_slice >= 0
+               for s in methods.values())
+    assert methods["NLM"].psnr_db > methods["noisy"].psnr_db
 
     cases = tmp_path / "cases"
     cases.mkdir()
-    write_case(cases, "knee", knee_crop.shape, "correlated", rows, notes)
-    assert sorted(f.name for f in cases.iterdir()) == ["knee_correlated.csv", "knee_correlated.md"]
+    write_case(cases, 0, knee_crop.shape, peers + ours, notes)
+    assert sorted(f.name for f in cases.iterdir()) == ["knee_correlated_seed0.csv", "knee_correlated_seed0.md"]
     combine(cases, tmp_path, "diffdenoise_tiny", "header", "tiny")
-    assert "| knee, correlated | " in (tmp_path / "diffdenoise_tiny.md").read_text()
+    assert "| knee, correlated | 1 | " in (tmp_path / "diffdenoise_tiny.md").read_text()
+    with open(tmp_path / "diffdenoise_tiny.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(peers + ours) and {r["seed"] for r in rows} == {"0"}
 
 
 def test_recorruption_check_gaussian_twin_has_the_poisson_variance_and_no_skew():

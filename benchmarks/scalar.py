@@ -85,6 +85,14 @@ def our_methods(noisy: np.ndarray, settings: PipelineSettings, seed: int, checkp
             MethodOutput(DISTILLED, "", result.denoised, t["nafnet_inference_s"] / n, t["total_s"])], result
 
 
+def score(data: str, noise: str, output: MethodOutput, clean: np.ndarray, data_range: float) -> Score:
+    """``output`` scored against ``clean``: PSNR, SSIM and detail PSNR with ``data_range``."""
+    image = output.image
+    return Score(data, noise, output.method, output.setting, psnr(clean, image, data_range),
+                 ssim(clean, image, data_range), detail_psnr(clean, image, data_range), output.seconds_per_slice,
+                 output.total_seconds)
+
+
 def noisy_case(clean: np.ndarray, kind: str, level: float, seed: int) -> tuple[np.ndarray, float, TrueNoise]:
     """``clean`` with noise ``kind`` at ``level`` added (seed ``seed``); the clean image's robust range (the data
     range of PSNR and SSIM); and the added noise as the oracle peers are told it."""
@@ -103,9 +111,7 @@ def run_case(data: str, clean: np.ndarray, noise: str, settings: PipelineSetting
     outputs = [MethodOutput("noisy", "", noisy, 0.0, 0.0), *classical_peers(noisy, clean, data_range, truth)]
     outputs += our_methods(noisy, settings, seed, checkpoints, progress)[0]
     outputs.append(supervised_ceiling(noisy, clean, settings.distillation, seed, progress))
-    scores = [Score(data, noise, o.method, o.setting, psnr(clean, o.image, data_range),
-                    ssim(clean, o.image, data_range), detail_psnr(clean, o.image, data_range), o.seconds_per_slice,
-                    o.total_seconds) for o in outputs]
+    scores = [score(data, noise, o, clean, data_range) for o in outputs]
     middle = len(clean) // 2
     images = {"clean": clean[middle], **{o.method: o.image[middle] for o in outputs}}
     return scores, images
