@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TextIO
@@ -98,12 +99,16 @@ class WorkerProcess:
 
     def __init__(self, arguments: list[str], python: str | None = None) -> None:
         library_parent = str(Path(__file__).resolve().parents[1])  # bundled next to the Slicer module
-        environment = dict(os.environ, PYTHONUNBUFFERED="1",
+        # UTF-8 both ways: on Windows the locale's code page cannot print every path or message
+        environment = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8",
                            PYTHONPATH=os.pathsep.join(filter(None, [library_parent, os.environ.get("PYTHONPATH")])))
         self.command = [python or default_python(), "-m", "DiffDenoiseLib.cli", "--machine-progress", *arguments]
         self.process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-            bufsize=1, env=environment, start_new_session=os.name == "posix")
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            encoding="utf-8", errors="replace", bufsize=1, env=environment,
+            # POSIX: a process group of its own, so cancel reaches the launcher and the interpreter it starts;
+            # Windows: no console window popping up for the run (and closing it would kill the run)
+            start_new_session=os.name == "posix", creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
         self._lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -140,23 +145,45 @@ class WorkerProcess:
         return code
 
     def cancel(self, grace_seconds: float = 5.0) -> None:
-        """Stop the worker: terminate its process group, then kill it if it has not ended after the grace."""
+        """Stop the worker and everything it started: terminate, then kill what is left after the grace."""
         self.cancelled = True
-        if self.process.poll() is not None:
+        if self._ended(0.0):
             return
         self._stop(force=False)
-        try:
-            self.process.wait(grace_seconds)
-        except subprocess.TimeoutExpired:
+        if not self._ended(grace_seconds):
             self._stop(force=True)
-            self.process.wait()
+            self._ended(grace_seconds)
         self._reader.join(grace_seconds)
 
+    def _ended(self, timeout: float) -> bool:
+        """Whether the worker and (POSIX) every other process of its group have exited, waiting up to
+        ``timeout`` seconds: the launcher can end before the interpreter it started."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None and not self._group_alive():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def _group_alive(self) -> bool:
+        if os.name != "posix":
+            return False  # taskkill /T has ended the tree, or reports what it could not end
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # a member that changed user: still there
+            return True
+        return True
+
     def _stop(self, force: bool) -> None:
+        """End the worker's whole process tree: Slicer's ``PythonSlicer`` is a launcher whose child
+        (``python-real``) does the work, and the run may have DataLoader or torch helper processes too."""
         with contextlib.suppress(ProcessLookupError):  # it may have ended in the meantime
-            if os.name == "posix":  # the whole group: DataLoader or torch helper processes too
+            if os.name == "posix":
                 os.killpg(self.process.pid, signal.SIGKILL if force else signal.SIGTERM)
-            elif force:
-                self.process.kill()
-            else:
-                self.process.terminate()
+            else:  # Windows: taskkill walks the tree from the launcher; a windowless process only ends by /F
+                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+                               check=False)

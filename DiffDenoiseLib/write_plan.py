@@ -60,8 +60,11 @@ def _existing_ancestor(path: Path) -> Path:
 class WritePlan:
     """Collects a run's inputs and writes, then checks them all at once (:meth:`check`)."""
 
-    def __init__(self, overwrite: bool = False) -> None:
+    def __init__(self, overwrite: bool = False, overwrite_option: str | None = OVERWRITE_FLAG) -> None:
+        """``overwrite``: existing outputs may be replaced; ``overwrite_option``: how the caller's user asks for
+        that, named in the refusal (None where there is no such choice, as in the Slicer panel)."""
         self.overwrite = overwrite
+        self.overwrite_option = overwrite_option
         self.inputs: list[Path] = []
         self.writes: list[PlannedWrite] = []
 
@@ -163,8 +166,8 @@ class WritePlan:
             raise InputError(f"the {write.what} {path} is an existing file, not a DICOM series folder: choose a "
                              "new folder name")
         if not self.overwrite:
-            raise InputError(f"the {write.what} {path} already exists: choose a new name, or pass "
-                             f"{OVERWRITE_FLAG} to replace it")
+            fix = f", or pass {self.overwrite_option} to replace it" if self.overwrite_option else ""
+            raise InputError(f"the {write.what} {path} already exists: choose a new name{fix}")
 
     def _check_nesting(self) -> None:
         """A file cannot be written inside a series folder of the same run (the series replaces the folder)."""

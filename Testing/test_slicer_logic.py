@@ -1,5 +1,6 @@
 """The Slicer module's logic on a real MRML scene from slicer-core (no mocks)."""
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -218,6 +219,28 @@ def test_background_cancel_kills_the_worker_and_leaves_no_output(scene_with_volu
     with pytest.raises(RuntimeError, match="cancelled"):
         run.finish()
     assert scene.GetNumberOfNodes() == nodes_before
+
+
+def test_background_cancel_ends_a_launcher_and_the_interpreter_it_started(scene_with_volume, tmp_path):
+    """Slicer's PythonSlicer is a launcher whose child interpreter does the work: cancel must end both."""
+    _, node = scene_with_volume
+    launcher = tmp_path / "PythonSlicer"
+    launcher.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\necho launcher done\n')  # a parent, not an exec
+    launcher.chmod(0o755)
+    run = DiffDenoiseLogic().startBackground(node, method="bsn", steps=100000, device="cpu", python=str(launcher))
+    started = time.monotonic()
+    while not any(m.kind == "progress" for m in run.messages()):
+        assert run.running and time.monotonic() - started < 120
+        time.sleep(0.1)
+    children = [int(pid) for pid in
+                Path(f"/proc/{run.worker.process.pid}/task/{run.worker.process.pid}/children").read_text().split()]
+    assert children, "the launcher runs the interpreter as its child"
+    run.cancel()
+    for pid in (run.worker.process.pid, *children):
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", pid
+    with pytest.raises(ProcessLookupError):
+        os.killpg(run.worker.process.pid, 0)
+    assert not Path(run.folder).exists()
 
 
 def test_background_failure_reports_the_worker_error(scene_with_volume, tmp_path):
