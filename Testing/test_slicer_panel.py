@@ -1,5 +1,7 @@
 """The Slicer panel's contract without the application: its parameters, dependency check and batch script."""
 
+import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -113,6 +115,23 @@ def test_batch_script_denoises_a_folder_with_slicer_core(knee_crop, tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == written
 
 
+def test_batch_script_exits_1_with_the_fix_when_it_cannot_import_or_packages_are_missing(tmp_path):
+    """Under Slicer --no-main-window --python-script an uncaught error would hang: every failure must exit."""
+    started = time.monotonic()
+    bare = subprocess.run([sys.executable, "-S", str(BATCH), "--input", "x", "--output", "y"], capture_output=True,
+                          text=True, timeout=120)  # -S: no site-packages, so no slicer to import
+    assert bare.returncode == 1 and "cannot import slicer" in bare.stderr and "Traceback" not in bare.stderr
+    module = tmp_path / "DiffDenoise"  # the module as installed, with a requirement this Python lacks
+    shutil.copytree(ROOT / "DiffDenoise", module)
+    requirements = module / "Resources" / "requirements.txt"
+    requirements.write_text(requirements.read_text() + "diffdenoise-absent-package>=1\n")
+    missing = subprocess.run([sys.executable, str(module / "Resources" / "Scripts" / "DiffDenoiseBatch.py"),
+                              "--input", "x", "--output", "y"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "Python packages missing: diffdenoise-absent-package>=1" in missing.stderr
+    assert "press Apply once" in missing.stderr and "Traceback" not in missing.stderr
+    assert time.monotonic() - started < 100
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--input", "/no/such/folder", "--output", "out"], "input /no/such/folder does not exist"),
     (["--output", "out"], "the following arguments are required: --input"),
@@ -123,3 +142,163 @@ def test_batch_script_exits_nonzero_with_a_clear_message(arguments, message, tmp
                             timeout=120)
     assert result.returncode == 2 and message in result.stderr
     assert time.monotonic() - started < 60 and not (tmp_path / "out").exists()
+
+
+# What the parameter node wrapper connects, from Slicer 5.10's
+# Base/Python/slicer/parameterNodeWrapper/guiConnectors.py (Slicer/Slicer 66f3d12, the canRepresent of each
+# connector class): widget class -> the annotation types it represents. "node": a MRML node class or a
+# typing.Union of them (util.isNodeOrUnionOfNodes); "Choice": a str / int / float / bool with a Choice annotation
+# (QComboBoxToStringableConnector fills the items from it).
+SLICER_CONNECTORS = {
+    "QCheckBox": {bool}, "ctkCheckBox": {bool}, "QPushButton": {bool}, "ctkCheckablePushButton": {bool},
+    "QSlider": {int}, "QSpinBox": {int},
+    "QDoubleSpinBox": {float, int}, "ctkSliderWidget": {float, int}, "qMRMLSliderWidget": {float, int},
+    "ctkDoubleSlider": {float, int}, "ctkDoubleSpinBox": {float, int}, "qMRMLSpinBox": {float, int},
+    "QComboBox": {"Choice"}, "ctkComboBox": {"Choice"},
+    "QLineEdit": {str}, "QLabel": {str}, "QTextEdit": {str},
+    "ctkPathLineEdit": {pathlib.Path}, "ctkDirectoryButton": {pathlib.Path},
+    "qMRMLNodeComboBox": {"node"},
+}
+# The designer properties the .ui sets, per class: Qt's own (QWidget: toolTip, enabled, styleSheet) and the
+# Q_PROPERTYs of qMRMLNodeComboBox.h (Slicer 66f3d12) and ctkPathLineEdit.h / ctkCollapsibleButton.h (CTK).
+WIDGET_PROPERTIES = {
+    "qMRMLNodeComboBox": {"nodeTypes", "showHidden", "showChildNodeTypes", "hideChildNodeTypes", "baseName",
+                          "noneEnabled", "addEnabled", "removeEnabled", "editEnabled", "renameEnabled",
+                          "selectNodeUponCreation", "noneDisplay"},
+    "ctkPathLineEdit": {"label", "filters", "currentPath", "options", "settingKey", "showBrowseButton",
+                        "showHistoryButton", "sizeAdjustPolicy", "minimumContentsLength", "nameFilters"},
+    "ctkCollapsibleButton": {"text", "collapsed", "collapsedHeight", "flat"},
+    "QLabel": {"text", "wordWrap"}, "QCheckBox": {"text", "checked"}, "QPushButton": {"text"},
+    "QComboBox": set(), "QSpinBox": {"specialValueText", "minimum", "maximum", "value"},
+    "QProgressBar": {"value"}, "QPlainTextEdit": {"readOnly", "maximumBlockCount", "placeholderText"},
+    "qMRMLWidget": set(),
+}
+QWIDGET_PROPERTIES = {"toolTip", "enabled", "styleSheet", "SlicerParameterName"}
+PATH_FILTER_FLAGS = {"Dirs", "Files", "Drives", "NoSymLinks", "AllEntries", "Readable", "Writable", "Executable",
+                     "Hidden", "System"}  # ctkPathLineEdit::Filter (CTK ctkPathLineEdit.h)
+
+
+def _ui_widgets():
+    tree = ElementTree.parse(ROOT / "DiffDenoise" / "Resources" / "UI" / "DiffDenoise.ui")
+    return list(tree.iter("widget"))
+
+
+def _kind(hint) -> object:
+    """The connector key of a parameter's annotation (see SLICER_CONNECTORS)."""
+    base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+    if typing.get_origin(base) is typing.Union:
+        assert all(a is type(None) or issubclass(a, slicer.vtkMRMLNode) for a in typing.get_args(base))
+        return "node"
+    if isinstance(base, type) and issubclass(base, slicer.vtkMRMLNode):
+        return "node"
+    if any(hasattr(meta, "choices") for meta in getattr(hint, "__metadata__", ())):
+        return "Choice"
+    return base
+
+
+def test_every_bound_widget_has_the_connector_of_its_parameter_type_in_slicer():
+    parameters = _parameters()
+    for widget in _ui_widgets():
+        properties = {prop.get("name"): prop for prop in widget.findall("property")}
+        cls = widget.get("class")
+        assert set(properties) <= WIDGET_PROPERTIES[cls] | QWIDGET_PROPERTIES, (widget.get("name"), cls)
+        if "filters" in properties:
+            flags = {flag.split("::")[-1] for flag in properties["filters"].find("set").text.split("|")}
+            assert flags <= PATH_FILTER_FLAGS, widget.get("name")
+        if "SlicerParameterName" in properties:
+            name = properties["SlicerParameterName"].find("string").text
+            assert _kind(parameters[name][0]) in SLICER_CONNECTORS[cls], (name, cls)
+
+
+def test_volume_selectors_list_the_node_classes_of_their_parameters_so_dwi_and_sequences_show():
+    """The connector sets the combo box's node types from the annotation (guiConnectors.py
+    qMRMLNodeComboBoxToNodeConnector); with showChildNodeTypes false only the listed classes appear."""
+    parameters = _parameters()
+    for widget in _ui_widgets():
+        properties = {prop.get("name"): prop for prop in widget.findall("property")}
+        if widget.get("class") != "qMRMLNodeComboBox":
+            continue
+        name = properties["SlicerParameterName"].find("string").text
+        classes = [a().GetClassName() for a in typing.get_args(parameters[name][0]) if a is not type(None)]
+        assert classes == ["vtkMRMLScalarVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode", "vtkMRMLSequenceNode"]
+        assert [s.text for s in properties["nodeTypes"].iter("string")] == classes
+        assert properties["showChildNodeTypes"].find("bool").text == "false"  # label maps stay out
+        assert type(None) in typing.get_args(parameters[name][0])  # the empty selection
+
+
+def test_version_guard_names_the_supported_slicer_and_matches_the_library():
+    import tomllib
+
+    from DiffDenoise import MINIMUM_PYTHON, unsupportedPython
+
+    message = unsupportedPython((3, 9, 10))
+    assert "Slicer 5.10 or newer" in message and "Python 3.9" in message and "download.slicer.org" in message
+    assert unsupportedPython((3, 12, 10)) is None and unsupportedPython((3, 11, 0)) is None
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=" + ".".join(map(str, MINIMUM_PYTHON))
+
+
+def test_dependency_plan_gives_pip_nothing_when_only_torch_is_missing():
+    from DiffDenoise import dependencyPlan
+
+    assert dependencyPlan(["torch>=2.4,<3"], pytorchExtension=True) == ("torch>=2.4,<3", [])
+    assert dependencyPlan(["torch>=2.4,<3"], pytorchExtension=False) == (None, ["torch>=2.4,<3"])
+    assert dependencyPlan(["torch>=2.4,<3", "tqdm>=4.60"], True) == ("torch>=2.4,<3", ["tqdm>=4.60"])
+    assert dependencyPlan(["tqdm>=4.60"], True) == (None, ["tqdm>=4.60"])
+
+
+def test_a_missing_device_is_refused_with_the_fix():
+    import torch
+
+    from DiffDenoise import deviceProblem
+
+    assert deviceProblem("auto") is None and deviceProblem("cpu") is None
+    if not torch.cuda.is_available():
+        assert "Choose Device auto or cpu" in deviceProblem("cuda") and "PyTorch extension" in deviceProblem("cuda")
+
+
+def test_panel_paths_are_used_only_where_switched_on_and_checked_before_a_run(knee_crop, tmp_path):
+    slicer.mrmlScene = slicer.vtkMRMLScene()
+    node = slicer.util.addVolumeFromArray(knee_crop, name="knee")
+    panel = type("Panel", (), {name: default for name, (_, default) in _parameters().items()})()
+    panel.method = "bsn"
+    assert runOptions(panel, "a.safetensors", "b.safetensors", str(tmp_path))["saveModelPath"] is None  # off
+    panel.saveModel = panel.keepCheckpoints = True
+    options = runOptions(panel, "a.safetensors", " ", "")
+    assert options["modelPath"] is None and options["saveModelPath"] == "" and options["checkpointDir"] == ""
+    logic = DiffDenoiseLogic()
+    with pytest.raises(ValueError, match="Choose where to save"):
+        logic.startBackground(node, **options)
+    existing = tmp_path / "kept.safetensors"
+    existing.write_bytes(b"a user's model")
+    with pytest.raises(Exception, match="already exists: choose a new name$"):  # no CLI flag named in the panel
+        logic.startBackground(node, **runOptions(panel, "", str(existing), str(tmp_path / "checkpoints")))
+    assert existing.read_bytes() == b"a user's model"
+    panel.method = "apply"
+    with pytest.raises(ValueError, match="Choose the model bundle"):
+        logic.startBackground(node, **runOptions(panel, "", "", ""))
+    with pytest.raises(ValueError, match="apply trains nothing"):
+        logic.startBackground(node, **{**runOptions(panel, str(existing)), "saveModelPath": "new.safetensors"})
+    dwi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLDiffusionWeightedVolumeNode", "dwi")
+    with pytest.raises(ValueError, match="choose '\\(create new\\)' or a node of the input's kind"):
+        DiffDenoiseLogic._checkOutput(node, dwi)
+
+
+def test_extra_outputs_get_a_centred_residual_window_and_an_uncertainty_window_from_zero():
+    from DiffDenoise import showResult
+
+    scene = slicer.mrmlScene = slicer.vtkMRMLScene()
+    values = np.linspace(-3, 1, 4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8)
+    extras = {name: slicer.util.addVolumeFromArray(data, name=name)
+              for name, data in (("residual", values), ("uncertainty", np.abs(values)))}
+    output = slicer.util.addVolumeFromArray(values, name="denoised")
+    for node in extras.values():
+        node.CreateDefaultDisplayNodes()
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    showResult(output, extras, showUncertainty=False)
+    residual, uncertainty = (extras[n].GetDisplayNode() for n in ("residual", "uncertainty"))
+    assert residual.GetAutoWindowLevel() == 0 and residual.GetLevel() == 0
+    assert residual.GetWindowLevelMax() == pytest.approx(np.percentile(np.abs(values), 99.5), rel=1e-5)
+    assert uncertainty.GetWindowLevelMin() == 0
+    assert composite.GetBackgroundVolumeID() == output.GetID()
+    assert composite.GetForegroundVolumeID() == extras["uncertainty"].GetID() and composite.GetForegroundOpacity() == 0

@@ -15,21 +15,45 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the module folder (Resources/Scripts/..)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MODULE_FOLDER = Path(__file__).resolve().parents[2]  # Resources/Scripts/..
 
-import slicer  # noqa: E402
 
-from DiffDenoise import DiffDenoiseLogic, node_geometry  # noqa: E402
-from DiffDenoiseLib.cli import TqdmProgress, extra_output_path  # noqa: E402
-from DiffDenoiseLib.errors import InputError  # noqa: E402
-from DiffDenoiseLib.io import Volume, write_volume  # noqa: E402
-from DiffDenoiseLib.options import DEVICE_CHOICES, EXTRA_OUTPUTS, METHODS, NOISE_CHOICES, PRESETS  # noqa: E402
-from DiffDenoiseLib.write_plan import WritePlan  # noqa: E402
+def _fail(message: str) -> None:
+    """One line naming the problem and the fix, then exit 1. Under ``Slicer --no-main-window --python-script``
+    an uncaught exception does not end Slicer (its event loop runs on with no window to close), so every
+    failure has to end in ``sys.exit``."""
+    print(f"DiffDenoiseBatch: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_FAILED)
+
+
+try:
+    sys.path.insert(0, str(MODULE_FOLDER))
+    import slicer
+
+    from DiffDenoise import missingRequirements, unsupportedPython
+
+    if unsupportedPython():
+        _fail(unsupportedPython())
+    if missingRequirements():
+        _fail("Python packages missing: " + ", ".join(missingRequirements()) + ". Open the DiffDenoise module in "
+              "Slicer and press Apply once (it installs them), or run: PythonSlicer -m pip install -r "
+              f"{MODULE_FOLDER / 'Resources' / 'requirements.txt'}")
+    from DiffDenoise import DiffDenoiseLogic, node_geometry
+    from DiffDenoiseLib.cli import TqdmProgress, extra_output_path
+    from DiffDenoiseLib.errors import InputError
+    from DiffDenoiseLib.io import Volume, write_volume
+    from DiffDenoiseLib.options import DEVICE_CHOICES, EXTRA_OUTPUTS, METHODS, NOISE_CHOICES, PRESETS
+    from DiffDenoiseLib.progress import ProgressEvent
+    from DiffDenoiseLib.write_plan import WritePlan
+except ImportError as error:
+    _fail(f"cannot import {error.name or error}: run this script with Slicer (Slicer --no-main-window "
+          "--python-script DiffDenoiseBatch.py ...) or a Python with slicer-core and DiffDenoise installed")
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")  # what the volume storage node reads
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -69,11 +93,35 @@ def plan_writes(jobs: list[tuple[Path, Path]], args: argparse.Namespace) -> None
     plan.check()
 
 
+class CoarseProgress:
+    """Progress as a line per stage and per tenth of it: inside Slicer, whose console turns every redraw of a
+    progress bar into a log entry of its own."""
+
+    def __init__(self) -> None:
+        self.shown: tuple[str, int] | None = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        tenth = 10 * event.step // max(event.total, 1)
+        if (event.stage, tenth) != self.shown:
+            self.shown = event.stage, tenth
+            print(f"  {event.stage}: {10 * tenth}%", flush=True)
+
+    def close(self) -> None:
+        """Nothing to close (the same interface as the progress bars)."""
+
+
+def make_progress(args: argparse.Namespace):
+    """tqdm bars in a terminal, coarse lines inside Slicer (which has ``slicer.app``), nothing with --no-progress."""
+    if args.no_progress or not hasattr(slicer, "app"):
+        return TqdmProgress(enabled=not args.no_progress)
+    return CoarseProgress()
+
+
 def denoise_file(source: Path, target: Path, args: argparse.Namespace) -> None:
     scene = slicer.vtkMRMLScene()
     try:
         node = read_node(scene, source)
-        progress = TqdmProgress(enabled=not args.no_progress)
+        progress = make_progress(args)
         options = {"device": args.device, "extraOutputs": tuple(args.extra), "progressCallback": progress}
         logic = DiffDenoiseLogic()
         if args.model:
@@ -151,5 +199,16 @@ def main(argv: list[str]) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def run(argv: list[str]) -> int:
+    """``main``, with anything it did not foresee reported as a failure (exit 1) instead of left to Slicer."""
+    try:
+        return main(argv)
+    except Exception:
+        traceback.print_exc()
+        print("DiffDenoiseBatch: error: the run stopped on the error above; outputs already written are complete",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run(sys.argv[1:]))
