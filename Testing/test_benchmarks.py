@@ -216,3 +216,14 @@ def test_rician_bias_benchmark_scores_the_biased_and_the_corrected_output(tmp_pa
     assert [r["requested"] for r in rows] == ["gaussian", "auto"] and rows[0]["family"] == "gaussian"
     assert rows[1]["family"] in FAMILIES and all(np.isfinite(float(r["psnr_db"])) for r in rows)
     assert "| mni | rician 0.05 | 0 | 2 |" in (tmp_path / "rician_bias.md").read_text()
+
+
+def test_panel_figure_draws_the_four_images_and_the_overlay(tmp_path):
+    from benchmarks.panel_figure import draw
+
+    rng = np.random.default_rng(0)
+    images = {name: rng.normal(size=(32, 32)).astype(np.float32) for name in ("input", "result", "residual")}
+    images["uncertainty"] = np.abs(images["residual"])
+    draw(tmp_path / "panel.png", images, {"residual": (-2.0, 2.0), "uncertainty": (0.0, 2.0)},
+         {"Method": "diffdenoise"}, "note")
+    assert (tmp_path / "panel.png").stat().st_size > 10_000

@@ -194,8 +194,8 @@ def _finish(run, timeout=300.0):
 def test_background_run_matches_the_input_and_leaves_no_temporary_files(scene_with_volume, tmp_path):
     scene, node = scene_with_volume
     before = slicer.util.arrayFromVolume(node).copy()
-    run = DiffDenoiseLogic().startBackground(node, method="bsn", steps=2, device="cpu",
-                                             extraOutputs=("residual",), modelPath=str(tmp_path / "bsn.safetensors"))
+    run = DiffDenoiseLogic().startBackground(node, method="bsn", steps=2, device="cpu", extraOutputs=("residual",),
+                                             saveModelPath=str(tmp_path / "bsn.safetensors"))
     output, events = _finish(run)
     assert output.GetName() == "knee denoised" and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 3
     assert events and events[-1].step == events[-1].total

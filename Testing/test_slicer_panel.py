@@ -302,3 +302,11 @@ def test_extra_outputs_get_a_centred_residual_window_and_an_uncertainty_window_f
     assert uncertainty.GetWindowLevelMin() == 0
     assert composite.GetBackgroundVolumeID() == output.GetID()
     assert composite.GetForegroundVolumeID() == extras["uncertainty"].GetID() and composite.GetForegroundOpacity() == 0
+
+
+def test_every_widget_the_panel_code_uses_is_in_the_ui():
+    """The widget class cannot run without Slicer's Qt: at least each self.ui.<name> it touches must exist."""
+    import re
+
+    used = set(re.findall(r"self\.ui\.(\w+)", (ROOT / "DiffDenoise" / "DiffDenoise.py").read_text()))
+    assert used and used <= {widget.get("name") for widget in _ui_widgets()}
