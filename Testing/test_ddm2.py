@@ -174,6 +174,43 @@ def test_stage3_loss_trains_against_the_noisy_slice_with_its_weight():
     assert stage3_loss(schedule)(network, batch) == 0
 
 
+class _Recorder(torch.nn.Module):
+    """A fixed clean estimate that records what the loss hands it (the loss's contract, not our network)."""
+
+    def __init__(self, estimate: torch.Tensor) -> None:
+        super().__init__()
+        self.estimate = estimate
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, inputs: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        self.seen.append((inputs, timesteps))
+        return self.estimate
+
+
+def test_stage3_loss_targets_the_noisy_slice_from_a_state_without_its_noise():
+    """A wrong target (the matched signal y, or x_t itself) or a state built from the unshuffled noise fails."""
+    torch.manual_seed(0)
+    schedule = NoiseSchedule("reverse_warmup", 100, 5e-5, 1e-2, 30)
+    x, y, noise = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
+    matched = torch.tensor([0.0, 12.0, 40.0])
+    weights = torch.tensor([1.0, 2.0, 0.5]).view(3, 1, 1, 1).expand(3, 1, 8, 8)
+    condition = torch.randn(3, 2, 8, 8)
+    batch = torch.cat([x, y, noise, matched.view(3, 1, 1, 1).expand(3, 1, 8, 8), weights, condition], dim=1)
+
+    exact = _Recorder(x)
+    assert stage3_loss(schedule)(exact, batch) == 0  # the target is the noisy slice x
+    (inputs, timesteps), = exact.seen
+    assert torch.equal(inputs[:, 1:], condition) and (timesteps <= matched.long()).all() and (timesteps >= 0).all()
+    abar = schedule.alphas_cumprod()[timesteps].float().view(3, 1, 1, 1)
+    drawn = (inputs[:, :1] - abar.sqrt() * y) / (1 - abar).sqrt()  # the noise x_t was built with
+    for item in range(3):  # a pixel shuffle of the matched noise: the same values, not in the same places
+        assert torch.allclose(drawn[item].flatten().sort().values, noise[item].flatten().sort().values, atol=1e-4)
+        assert not torch.allclose(drawn[item], noise[item], atol=1e-3)
+    wrong = _Recorder(y)
+    expected = (((y - x) ** 2) * weights).mean()
+    assert torch.isclose(stage3_loss(schedule)(wrong, batch), expected)  # weighted MSE against x
+
+
 def test_stage1_network_starts_as_the_mean_of_its_neighbours():
     network = NAFNet(NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,), in_channels=2,
                                   residual="mean"))
