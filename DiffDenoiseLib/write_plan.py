@@ -95,7 +95,7 @@ class WritePlan:
         """The model bundle a run saves (``.safetensors`` appended if missing); returns that path."""
         path = Path(path)
         if path.is_dir():
-            raise InputError(f"--save-model {path} is a folder: give a file name such as {path / 'model'}"
+            raise InputError(f"the model bundle path {path} is a folder: give a file name such as {path / 'model'}"
                              f"{_BUNDLE_SUFFIX}")
         if path.suffix != _BUNDLE_SUFFIX:
             path = path.with_name(path.name + _BUNDLE_SUFFIX)
