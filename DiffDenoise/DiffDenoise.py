@@ -706,7 +706,8 @@ def installDependencies(missing: list[str]) -> None:
     if torchLine is not None:
         PyTorchUtils.PyTorchUtilsLogic().installTorch(
             askConfirmation=False, torchVersionRequirement=str(Requirement(torchLine).specifier))
-        rest = [line for line in rest if line in missingRequirements()]  # torch may have brought numpy
+        stillMissing = missingRequirements()  # torch may have brought numpy
+        rest = [line for line in rest if line in stillMissing]
     if not rest:  # pip refuses an install without requirements
         return
     try:
@@ -735,8 +736,9 @@ def deviceProblem(device: str) -> str | None:
     return None
 
 
-RESIDUAL_COLORS = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"  # signed: blue below 0, red above
-UNCERTAINTY_COLORS = "vtkMRMLColorTableNodeFileInferno.txt"  # 0 dark, high bright
+# Slicer's colour tables of the extra outputs (IDs as vtkMRMLColorLogic.h lists them)
+EXTRA_COLORS = {"residual": "vtkMRMLColorTableNodeFileDivergingBlueRed.txt",  # signed: blue below 0, red above
+                "uncertainty": "vtkMRMLColorTableNodeFileInferno.txt"}  # 0 dark, high bright
 UNCERTAINTY_OPACITY = 0.4
 
 
@@ -747,9 +749,6 @@ def displayRange(name: str, values: np.ndarray) -> tuple[float, float]:
         extent = float(np.percentile(np.abs(values), 99.5))
         return -extent, extent
     return 0.0, float(np.percentile(values, 99.5))
-
-
-EXTRA_COLORS = {"residual": RESIDUAL_COLORS, "uncertainty": UNCERTAINTY_COLORS}
 
 
 def styleExtraOutputs(extras: dict) -> None:
@@ -767,6 +766,11 @@ def styleExtraOutputs(extras: dict) -> None:
         display.SetWindowLevelMinMax(low, max(high, low + 1e-6))  # a constant map still gets a valid window
 
 
+def uncertaintyOpacity(shown: bool) -> float:
+    """The slice views' foreground opacity of the uncertainty overlay, shown or hidden."""
+    return UNCERTAINTY_OPACITY if shown else 0.0
+
+
 def showResult(output, extras: dict, showUncertainty: bool) -> None:
     """The result in the slice views (a sequence is left to the Sequences module), the extra outputs styled,
     and the uncertainty map, when there is one, as an overlay on the result (opacity 0 when not shown)."""
@@ -774,7 +778,7 @@ def showResult(output, extras: dict, showUncertainty: bool) -> None:
     if output.IsA("vtkMRMLSequenceNode"):
         return
     uncertainty = extras.get("uncertainty")
-    opacity = (UNCERTAINTY_OPACITY if showUncertainty else 0.0) if uncertainty is not None else None
+    opacity = uncertaintyOpacity(showUncertainty) if uncertainty is not None else None
     slicer.util.setSliceViewerLayers(background=output, foreground=uncertainty, foregroundOpacity=opacity,
                                      fit=hasattr(slicer, "app"))  # fitting needs the application's views
 
@@ -955,8 +959,7 @@ class DiffDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Show or hide the last run's uncertainty overlay (when it is still the slice views' foreground)."""
         uncertainty = self.logic.lastExtraNodes.get("uncertainty")
         if uncertainty is not None and uncertainty.GetScene() is not None:
-            slicer.util.setSliceViewerLayers(foreground=uncertainty,
-                                             foregroundOpacity=UNCERTAINTY_OPACITY if shown else 0.0)
+            slicer.util.setSliceViewerLayers(foreground=uncertainty, foregroundOpacity=uncertaintyOpacity(shown))
 
     def onCancelButton(self):
         self.timer.stop()

@@ -39,7 +39,7 @@ import torch
 from benchmarks.datasets import DATASETS as SHARED_DATASETS
 from benchmarks.datasets import NOISES as NOISE_LEVELS
 from benchmarks.datasets import SHARED
-from benchmarks.peers import MethodOutput, classical_peers
+from benchmarks.peers import MethodOutput, classical_peers, method_label
 from benchmarks.scalar import CSV_FIELDS, DISTILLED, Score, noisy_case, our_methods, read_case, score, write_scores
 from benchmarks.volume_ablation import cpu_model
 from DiffDenoiseLib.cli import TqdmProgress
@@ -189,17 +189,13 @@ def write_case(folder: Path, seed: int, shape: tuple, scores: list[Score], notes
     name = case_name(data, noise, seed)
     table = [f"**{data}** {shape}, {noise} noise, seed {seed}. " + " ".join(notes),
              "", "| method | PSNR (dB) | SSIM | detail PSNR (dB) | s/slice |", "|---|---|---|---|---|",
-             *(f"| {_label(s)} | {s.psnr_db:.2f} | {s.ssim:.4f} | {s.detail_psnr_db:.2f} | {s.seconds_per_slice:.3f} |"
-               for s in scores), ""]
+             *(f"| {method_label(s.method, s.setting)} | {s.psnr_db:.2f} | {s.ssim:.4f} | {s.detail_psnr_db:.2f} "
+               f"| {s.seconds_per_slice:.3f} |" for s in scores), ""]
     write_scores(folder / f"{name}.csv.part", scores)
     (folder / f"{name}.md.part").write_text("\n".join(table) + "\n")
     for suffix in ("csv", "md"):  # the .md last: its presence marks the case as done
         (folder / f"{name}.{suffix}.part").replace(folder / f"{name}.{suffix}")
     return "\n".join(table)
-
-
-def _label(s: Score) -> str:
-    return f"{s.method} ({s.setting})" if s.setting else s.method
 
 
 def _spread(values: list[float], digits: int = 2) -> str:

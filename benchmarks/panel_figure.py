@@ -22,6 +22,7 @@ from DiffDenoiseLib.io import read_volume
 from .volume_ablation import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "DiffDenoise"))  # the Slicer module (imported where used: it needs slicer-core)
 # Slicer's colour tables for the maps, as matplotlib names them (DivergingBlueRed: blue below 0, red above)
 COLORMAPS = {"residual": "RdBu_r", "uncertainty": "inferno"}
 
@@ -31,7 +32,6 @@ def run_panel(preset: str) -> tuple[dict[str, np.ndarray], dict[str, tuple[float
     the windows the panel sets, the panel's options, and the run's seconds."""
     import slicer
 
-    sys.path.insert(0, str(ROOT / "DiffDenoise"))
     from DiffDenoise import DiffDenoiseLogic, displayRange, runOptions
 
     slicer.mrmlScene = slicer.vtkMRMLScene()
@@ -61,6 +61,8 @@ def run_panel(preset: str) -> tuple[dict[str, np.ndarray], dict[str, tuple[float
 def draw(path: Path, images: dict[str, np.ndarray], windows: dict[str, tuple[float, float]],
          options: dict[str, str], note: str) -> None:
     """Input | result | residual | uncertainty, and result with the uncertainty overlay, options underneath."""
+    from DiffDenoise import UNCERTAINTY_OPACITY
+
     low, high = np.percentile(images["input"], (0.5, 99.5))
     panels = [("input", images["input"], "gray", (low, high)), ("result", images["result"], "gray", (low, high)),
               *((name, images[name], COLORMAPS[name], windows[name]) for name in ("residual", "uncertainty"))]
@@ -72,7 +74,7 @@ def draw(path: Path, images: dict[str, np.ndarray], windows: dict[str, tuple[flo
             figure.colorbar(shown, ax=axis, fraction=0.046)
     axes[4].imshow(images["result"], cmap="gray", vmin=low, vmax=high)
     axes[4].imshow(images["uncertainty"], cmap="inferno", vmin=windows["uncertainty"][0],
-                   vmax=windows["uncertainty"][1], alpha=0.4)  # the panel's UNCERTAINTY_OPACITY
+                   vmax=windows["uncertainty"][1], alpha=UNCERTAINTY_OPACITY)
     axes[4].set_title("result + uncertainty overlay")
     for axis in axes:
         axis.axis("off")

@@ -34,6 +34,11 @@ from DiffDenoiseLib.noise import correlated_gaussian
 BM4D_MIN_SLICES = 8
 
 
+def method_label(method: str, setting: str) -> str:
+    """A method as the tables name it: "BM3D (true sigma)", or the bare name without a setting."""
+    return f"{method} ({setting})" if setting else method
+
+
 @dataclass
 class MethodOutput:
     """One method's result on one image: ``seconds_per_slice`` is inference, ``total_seconds`` everything a user
@@ -47,7 +52,7 @@ class MethodOutput:
 
     @property
     def label(self) -> str:
-        return f"{self.method} ({self.setting})" if self.setting else self.method
+        return method_label(self.method, self.setting)
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,10 @@ try:
 
     from DiffDenoise import missingRequirements, unsupportedPython
 
-    if unsupportedPython():
-        _fail(unsupportedPython())
-    if missingRequirements():
-        _fail("Python packages missing: " + ", ".join(missingRequirements()) + ". Open the DiffDenoise module in "
+    if problem := unsupportedPython():
+        _fail(problem)
+    if missing := missingRequirements():
+        _fail("Python packages missing: " + ", ".join(missing) + ". Open the DiffDenoise module in "
               "Slicer and press Apply once (it installs them), or run: PythonSlicer -m pip install -r "
               f"{MODULE_FOLDER / 'Resources' / 'requirements.txt'}")
     from DiffDenoise import DiffDenoiseLogic, node_geometry
