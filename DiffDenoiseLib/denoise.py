@@ -25,7 +25,7 @@ from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
 from .inference import predict_slices
 from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise, residual_outliers
-from .noise_model import FAMILIES, NoiseModel, fit_noise_model, with_family
+from .noise_model import FAMILIES, NoiseModel, exact_floor, fit_noise_model, with_family
 from .noise_normalisation import NoiseNormaliser
 from .options import EXTRA_OUTPUTS, METHODS, NOISE_CHOICES
 from .pipelines.bsn import train_bsn
@@ -284,7 +284,7 @@ def _fitted_noise(slices: np.ndarray, bsn_output: np.ndarray, noise_kind: str, n
     """The noise model of normalised (N, 1, H, W) slices, fitted with the (blind) BSN output as the signal
     estimate; ``noise`` is the requested noise (it may name the family)."""
     fitted = fit_noise_model(slices[:, 0], bsn_output[:, 0], noise_kind == "correlated")
-    return with_family(fitted, _family_request(noise), scaling.normalise(np.zeros(1))[0])
+    return with_family(fitted, _family_request(noise), scaling.normalise(np.zeros(1))[0], exact_floor(slices))
 
 
 def _unbiased(noise_model: NoiseModel | None, estimate: np.ndarray) -> np.ndarray:

@@ -25,6 +25,8 @@ from benchmarks.diffdenoise_benchmark import (
 from benchmarks.report import replace_section
 from benchmarks.scalar import DISTILLED, SUPERVISED, Score
 from benchmarks.suites import SUITES, with_steps
+from DiffDenoiseLib.data import SAMPLE_KNEE
+from DiffDenoiseLib.io import read_volume
 from DiffDenoiseLib.presets import PRESETS
 
 
@@ -114,13 +116,15 @@ def test_diffdenoise_case_scores_pipeline_peers_forced_puca_and_ablations(tmp_pa
     cached = (tmp_path / "peers" / "knee_correlated_seed0.csv").stat().st_mtime_ns
     assert peer_scores(tmp_path / "peers", "knee", "correlated", 0, knee_crop) == peers  # read back, not rerun
     assert (tmp_path / "peers" / "knee_correlated_seed0.csv").stat().st_mtime_ns == cached
-    ours, notes = run_case("knee", knee_crop, "correlated", "tiny", 0, True, tmp_path / "checkpoints")
+    spacing = tuple(read_volume(SAMPLE_KNEE).geometry.spacing)[::-1]  # numpy axis order, as the benchmark gives it
+    ours, notes = run_case("knee", knee_crop, "correlated", "tiny", 0, True, tmp_path / "checkpoints", spacing)
 
     methods = {s.method: s for s in peers + ours}
     assert {"noisy", "NLM", "NLM, estimated sigma", "BSN", FORCED_PUCA, "diffusion + SRDS", DISTILLED,
             "ablation: single DDIM run", "ablation: paper's pairs (BSN(y) -> y, no recorruption)",
             "ablation: diffusion conditioned on noisy (no BSN)"} <= set(methods)
     assert methods["BSN"].setting == "LG-BPN" and notes[0].startswith("noise analysis: correlated")
+    assert "context: 0 slice(s) per side (slices 6.4x thicker than the pixels" in notes[0]  # the spacing reached it
     assert all(np.isfinite([s.psnr_db, s.detail_psnr_db]).all() and -1 <= s.ssim <= 1 and s.seconds_per_slice >= 0
                for s in methods.values())
     assert methods["NLM"].psnr_db > methods["noisy"].psnr_db

@@ -56,16 +56,18 @@ def _randomised(network: torch.nn.Module) -> torch.nn.Module:
 
 @pytest.mark.parametrize("architecture", ["puca", "lgbpn"])
 @pytest.mark.parametrize("blind", [False, True])
-def test_3d_receptive_field(architecture, blind):
+@pytest.mark.parametrize("self_ensemble", [1, 8])
+def test_3d_receptive_field(architecture, blind, self_ensemble):
     """The output never sees its own voxel; it sees the neighbours' voxel at the same position unless their
-    blind spot is masked (noise shared between slices)."""
+    blind spot is masked (noise shared between slices); the same with the flips and turns averaged."""
     if architecture == "puca":
         network = BlindSpotDenoiser(PUCAConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,),
-                                               context_slices=2, blind_context=blind))
+                                               context_slices=2, blind_context=blind, self_ensemble=self_ensemble))
     else:
-        network = LGBPN(LGBPNConfig(width=8, local_blocks=1, global_blocks=1, context_slices=2, blind_context=blind))
+        network = LGBPN(LGBPNConfig(width=8, local_blocks=1, global_blocks=1, context_slices=2, blind_context=blind,
+                                    self_ensemble=self_ensemble))
     network = _randomised(network)
-    image = torch.randn(1, 5, 40, 40, requires_grad=True)
+    image = torch.randn(1, 5, 40, 36, requires_grad=True)
     network(image)[0, 0, 20, 21].backward()
     at_pixel = image.grad[0, :, 20, 21].abs()
     assert at_pixel[0] == 0

@@ -38,6 +38,19 @@ def test_output_never_sees_the_blind_diamond(pd):
             assert changed_outside, "the network should use pixels just outside the blind patch"
 
 
+def test_the_self_ensemble_keeps_the_diamond_blind():
+    network = _random_network(1)
+    network.config.self_ensemble = 8
+    image = torch.randn(1, 1, 37, 41, requires_grad=True)
+    network(image)[0, 0, 18, 20].backward()
+    reach = image.grad[0, 0].abs()
+    radius = network.config.radius
+    diamond = [(18 + dy, 20 + dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
+               if abs(dy) + abs(dx) <= radius]
+    assert all(reach[p] == 0 for p in diamond)
+    assert reach[18 - radius - 1, 20] > 0 and reach[18, 20 + radius + 1] > 0  # just outside, on both axes
+
+
 def test_a_network_without_the_mask_fails_the_same_check():
     network = _random_network(1)
     network.net.local_head.mask.fill_(1.0)

@@ -1,10 +1,12 @@
 """The recorruption noise model: fitted level function and colouring match the noise they were fitted to."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from DiffDenoiseLib.noise import correlated_gaussian
-from DiffDenoiseLib.noise_model import NoiseModel, fit_noise_model, with_family
+from DiffDenoiseLib.noise_model import NoiseModel, exact_floor, fit_noise_model, with_family
 from DiffDenoiseLib.pipelines.diffdenoise import recorrupt
 
 SHAPE = (8, 160, 160)
@@ -88,6 +90,26 @@ def test_the_family_is_read_from_the_shape_of_the_level_function(family, expecte
         assert model.gain == pytest.approx(1 / 40, rel=0.15) and abs(model.offset) < 0.05
     if expected == "gamma":
         assert model.gain == pytest.approx(1 / 4, rel=0.15)
+
+
+def test_poisson_counts_start_at_an_exact_floor_and_a_noise_free_background_stays_noise_free():
+    """An empty background has exactly zero counts: the zero count lies there, whatever the intercept of the
+    level function says, and the split adds no noise to it."""
+    clean = smooth_phantom()
+    clean[:, :, :48] = 0.0  # an empty background: zero counts, no noise
+    noisy = _phantom_noise(clean, "poisson", np.random.default_rng(0))
+    floor = exact_floor(noisy)
+    assert floor == 0.0
+    assert exact_floor(_phantom_noise(smooth_phantom(), "gaussian", np.random.default_rng(0))) is None
+    measured = fit_noise_model(noisy, clean, correlated=False)
+    # the level function's lowest bin measured too much: its intercept would put the zero count elsewhere
+    measured = replace(measured, variances=measured.variances + 0.002 * (measured.variances > 0))
+    for floor_given, exact in ((None, False), (floor, True)):
+        model = with_family(measured, "poisson", zero=0.0, floor=floor_given)
+        first, second = model.split(noisy, clean, 0.5, np.random.default_rng(1))
+        background = noisy == 0
+        assert (model.offset == 0.0) is exact
+        assert bool(np.all(first[background] == 0) and np.all(second[background] == 0)) is exact
 
 
 @pytest.mark.parametrize("family", ["poisson", "gamma"])

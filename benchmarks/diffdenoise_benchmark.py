@@ -154,23 +154,26 @@ def peer_scores(folder: Path, data: str, noise: str, seed: int, clean: np.ndarra
 
 
 def run_case(data: str, clean: np.ndarray, noise: str, preset: str, seed: int, ablations: bool,
-             checkpoints: Path | None) -> tuple[list[Score], list[str]]:
+             checkpoints: Path | None, spacing: tuple[float, ...]) -> tuple[list[Score], list[str]]:
     """Our rows of one case (the pipeline's stages, forced PUCA on correlated noise, the ablations) and its
-    notes; with ``checkpoints`` (a folder), a killed case resumes its training stages from there when run again."""
+    notes; ``spacing`` is the volume's voxel spacing (numpy axis order), from which the default context is
+    chosen as for a user's file; with ``checkpoints`` (a folder), a killed case resumes its training stages
+    from there when run again."""
     noisy, data_range, _ = noisy_case(clean, *NOISE_LEVELS[NOISES[noise]], seed)
     progress = TqdmProgress()
 
     def folder(run: str) -> Path | None:
         return None if checkpoints is None else checkpoints / run
 
-    outputs, result = our_methods(noisy, PRESETS[preset], seed, folder("pipeline"), progress)
-    t = result.timings
+    outputs, result = our_methods(noisy, PRESETS[preset], seed, folder("pipeline"), progress, spacing)
+    t, context = result.timings, result.bundle.metadata["context"]
     notes = [f"noise analysis: {result.noise.kind} (correlation {result.noise.neighbour_correlation:+.3f}); "
+             f"context: {context['half_width']} slice(s) per side ({context['reason']}); "
              f"training s: BSN {t['train_bsn_s']:.0f}, diffusion {t['train_diffusion_s']:.0f}, "
              f"NAFNet {t['train_nafnet_s']:.0f}; SRDS {t['srds_s']:.0f}; total {t['total_s']:.0f}"]
     if result.noise.kind == "correlated":
         puca = denoise(noisy, method="bsn", noise="iid", preset=preset, seed=seed, checkpoint_dir=folder("puca"),
-                       progress=progress)
+                       progress=progress, spacing=spacing)
         outputs.append(MethodOutput(FORCED_PUCA, "", puca.denoised, puca.timings["bsn_inference_s"] / len(noisy),
                                     puca.timings["total_s"]))
     if ablations:
@@ -312,7 +315,8 @@ def main() -> None:
                 continue
             clean = clean_volume(data)
             peers = peer_scores(args.out / "peer_cases", data, noise, seed, clean)
-            ours, notes = run_case(data, clean, noise, args.preset, seed, args.ablations, checkpoints / name)
+            ours, notes = run_case(data, clean, noise, args.preset, seed, args.ablations, checkpoints / name,
+                                   SHARED_DATASETS[data].spacing)
             print(write_case(folder, seed, clean.shape, peers + ours, notes), flush=True)
             shutil.rmtree(checkpoints / name, ignore_errors=True)
             combine(folder, args.out, stem, header, args.preset)

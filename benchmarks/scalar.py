@@ -25,7 +25,7 @@ from DiffDenoiseLib.preprocessing import IntensityScaling, to_slices
 from DiffDenoiseLib.presets import PipelineSettings
 from DiffDenoiseLib.progress import ProgressCallback
 
-from .datasets import NOISES
+from .datasets import DATASETS, NOISES
 from .peers import MethodOutput, TrueNoise, classical_peers
 
 DISTILLED = "DiffDenoise (distilled NAFNet)"
@@ -71,11 +71,13 @@ def bsn_label(result: DenoiseResult) -> str:
 
 
 def our_methods(noisy: np.ndarray, settings: PipelineSettings, seed: int, checkpoints: Path | None,
-                progress: ProgressCallback | None) -> tuple[list[MethodOutput], DenoiseResult]:
+                progress: ProgressCallback | None,
+                spacing: tuple[float, ...]) -> tuple[list[MethodOutput], DenoiseResult]:
     """BSN, diffusion + SRDS and the distilled NAFNet of one ``denoise`` run (SRDS on every slice), and the run
-    itself (its bundle, noise analysis and timings)."""
+    itself (its bundle, noise analysis and timings). ``spacing`` is the volume's, as a user's file gives it: the
+    default context reads the neighbouring slices only where the slices are thin."""
     result = denoise(noisy, preset=settings, seed=seed, outputs=("bsn", "srds"), checkpoint_dir=checkpoints,
-                     progress=progress)
+                     progress=progress, spacing=spacing)
     t, n = result.timings, len(noisy)
     bsn = bsn_label(result)
     bsn_total = t["train_bsn_s"] + t["bsn_inference_s"]
@@ -109,7 +111,7 @@ def run_case(data: str, clean: np.ndarray, noise: str, settings: PipelineSetting
     kind, level = NOISES[noise]
     noisy, data_range, truth = noisy_case(clean, kind, level, seed)
     outputs = [MethodOutput("noisy", "", noisy, 0.0, 0.0), *classical_peers(noisy, clean, data_range, truth)]
-    outputs += our_methods(noisy, settings, seed, checkpoints, progress)[0]
+    outputs += our_methods(noisy, settings, seed, checkpoints, progress, DATASETS[data].spacing)[0]
     outputs.append(supervised_ceiling(noisy, clean, settings.distillation, seed, progress))
     scores = [score(data, noise, o, clean, data_range) for o in outputs]
     middle = len(clean) // 2

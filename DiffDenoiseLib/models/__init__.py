@@ -28,7 +28,7 @@ def build_network(architecture: str, config: dict) -> nn.Module:
 
 
 # counts and factors that must be at least 1 (every other whole-number field may be 0)
-_AT_LEAST_ONE = ("width", "heads", "radius", "in_channels", "out_channels", "pd_train", "pd_infer")
+_AT_LEAST_ONE = ("width", "heads", "radius", "in_channels", "out_channels", "pd_train", "pd_infer", "self_ensemble")
 
 
 def _check_config_values(config_class: type, config: dict) -> None:

@@ -1,10 +1,42 @@
-"""Small building blocks shared by the networks (NAFNet-style gated blocks, per-pixel layer norm)."""
+"""Small building blocks shared by the networks (NAFNet-style gated blocks, per-pixel layer norm, the
+dihedral self-ensemble)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+SELF_ENSEMBLE_SIZES = (1, 2, 4, 8)  # identity; + left-right flip; + up-down flip and half turn; + transposes
+
+
+def check_self_ensemble(count: int) -> None:
+    """Raise ValueError unless ``count`` is a self-ensemble size :func:`dihedral_average` supports."""
+    if count not in SELF_ENSEMBLE_SIZES:
+        raise ValueError(f"self_ensemble must be one of {', '.join(map(str, SELF_ENSEMBLE_SIZES))}, not {count!r}")
+
+
+def dihedral_average(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, count: int) -> torch.Tensor:
+    """The mean of ``forward`` over the first ``count`` (1, 2, 4 or 8) symmetries of the square, each applied
+    to the (N, C, H, W) input and undone on the output (a self-ensemble, as in Lim et al. 2017, EDSR).
+
+    Every symmetry only permutes pixels, so an output pixel of the average depends on exactly the input pixels
+    that one run reads at that pixel: a blind spot stays blind.
+    """
+    check_self_ensemble(count)
+    total = None
+    for index in range(count):
+        transpose, flip_rows, flip_columns = index >= 4, index % 4 >= 2, index % 2 == 1
+        dims = [d for d, flip in ((-2, flip_rows), (-1, flip_columns)) if flip]
+        view = x.transpose(-2, -1) if transpose else x
+        view = view.flip(dims) if dims else view
+        out = forward(view)
+        out = out.flip(dims) if dims else out
+        out = out.transpose(-2, -1) if transpose else out
+        total = out if total is None else total + out
+    return total / count
 
 
 class LayerNorm2d(nn.Module):

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .blocks import GatedBlock, pad_to_multiple
+from .blocks import GatedBlock, check_self_ensemble, dihedral_average, pad_to_multiple
 
 PATCH = 2  # patch-unshuffle groups 2x2 patches, matching the dilation of the blocks
 
@@ -93,6 +93,7 @@ class PUCAConfig:
     r3_probability: float = 0.16
     context_slices: int = 0  # neighbouring slices per side also read (a :mod:`..context` stack; 0 = 2D)
     blind_context: bool = False  # mask the neighbours' blind spot too (noise correlated between slices)
+    self_ensemble: int = 1  # flips and turns averaged at inference (1, 2, 4 or 8; blocks.dihedral_average)
 
     def __post_init__(self) -> None:
         self.encoder_blocks = tuple(self.encoder_blocks)
@@ -101,6 +102,7 @@ class PUCAConfig:
             raise ValueError("encoder_blocks and decoder_blocks need the same number of levels")
         if self.width % 2:
             raise ValueError("width must be even (downsampling halves it first)")
+        check_self_ensemble(self.self_ensemble)
 
     @property
     def min_size(self) -> int:
@@ -157,7 +159,8 @@ class BlindSpotDenoiser(nn.Module):
 
     Takes (N, C, H, W) images (C: :attr:`PUCAConfig.input_channels`, the slice and its neighbours) of any size
     at least :attr:`min_size` on each side and returns the denoised slice, (N, 1, H, W). Uses
-    ``pd_train`` in training mode and ``pd_infer`` (plus R3 when configured) in eval mode. This class runs a
+    ``pd_train`` in training mode and ``pd_infer`` (plus R3 when configured) in eval mode, averaged over
+    ``self_ensemble`` flips and turns of the input (each of them blind at every pixel). This class runs a
     :class:`PUCANet`; subclasses set another ``net`` (whose sub-image padding is ``inner_padding``).
     """
 
@@ -193,6 +196,9 @@ class BlindSpotDenoiser(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self.blind_spot_forward(x, self.config.pd_train)
+        return dihedral_average(self._infer, x, self.config.self_ensemble)
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
         out = self.blind_spot_forward(x, self.config.pd_infer)
         if self.config.r3_passes:
             out = self.refine_r3(x, out)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import GatedBlock, LayerNorm2d, SimpleGate
+from .blocks import GatedBlock, LayerNorm2d, SimpleGate, check_self_ensemble
 from .bsn import BlindSpotDenoiser, PUCAConfig
 
 
@@ -113,6 +113,7 @@ class LGBPNConfig:
         r3_passes, r3_probability: R3 refinement at inference, as in :class:`PUCAConfig`.
         context_slices, blind_context: neighbouring slices read, and whether their blind patch is masked too,
             as in :class:`PUCAConfig`.
+        self_ensemble: flips and turns averaged at inference, as in :class:`PUCAConfig`.
     """
 
     width: int = 32
@@ -127,10 +128,12 @@ class LGBPNConfig:
     r3_probability: float = 0.16
     context_slices: int = 0
     blind_context: bool = False
+    self_ensemble: int = 1
 
     def __post_init__(self) -> None:
         if self.radius < 1:
             raise ValueError("the blind patch radius must be at least 1")
+        check_self_ensemble(self.self_ensemble)
 
     input_channels = PUCAConfig.input_channels
     blind_channels = PUCAConfig.blind_channels

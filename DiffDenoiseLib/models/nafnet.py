@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .blocks import GatedBlock, pad_to_multiple
+from .blocks import GatedBlock, check_self_ensemble, dihedral_average, pad_to_multiple
 
 
 @dataclass
@@ -37,6 +37,7 @@ class NAFNetConfig:
             input channels (DDM2 Stage I predicts a slice from other volumes; with the last convolution zeroed,
             training starts from their plain mean instead of from noise) or ``none``.
         time_conditioned: take a diffusion timestep as second argument of ``forward``.
+        self_ensemble: flips and turns averaged in eval mode (1, 2, 4 or 8; :func:`.blocks.dihedral_average`).
     """
 
     width: int = 32
@@ -47,10 +48,12 @@ class NAFNetConfig:
     out_channels: int = 1
     residual: Literal["none", "first", "mean"] = "first"
     time_conditioned: bool = False
+    self_ensemble: int = 1
 
     def __post_init__(self) -> None:
         self.encoder_blocks = tuple(self.encoder_blocks)
         self.decoder_blocks = tuple(self.decoder_blocks)
+        check_self_ensemble(self.self_ensemble)
         if self.residual not in ("none", "first", "mean"):
             raise ValueError(f"unknown NAFNet residual '{self.residual}': use none, first or mean")
         if len(self.encoder_blocks) != len(self.decoder_blocks):
@@ -121,6 +124,11 @@ class NAFNet(nn.Module):
             time = self.time_mlp(timestep_embedding(timesteps.reshape(-1), self.config.width).to(x.dtype))
         else:
             time = None
+        if self.training:
+            return self._forward(x, time)
+        return dihedral_average(lambda view: self._forward(view, time), x, self.config.self_ensemble)
+
+    def _forward(self, x: torch.Tensor, time: torch.Tensor | None) -> torch.Tensor:
         padded, (height, width) = pad_to_multiple(x, self.multiple)
         features = self.intro(padded)
         skips = []

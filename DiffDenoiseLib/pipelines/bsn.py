@@ -46,7 +46,8 @@ def for_noise(settings: BsnSettings, noise_kind: str) -> BsnSettings:
     depth = sum(network.encoder_blocks) + network.middle_blocks
     lgbpn = LGBPNConfig(width=network.width, local_blocks=max(1, depth // 2), global_blocks=max(1, depth // 3),
                         in_channels=network.in_channels, context_slices=network.context_slices,
-                        blind_context=network.blind_context, **LGBPN_CORRELATED)
+                        blind_context=network.blind_context, self_ensemble=network.self_ensemble,
+                        **LGBPN_CORRELATED)
     return replace(settings, network=lgbpn)
 
 
