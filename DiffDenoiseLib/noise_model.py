@@ -148,8 +148,8 @@ def with_family(model: NoiseModel, requested: str, zero: float, floor: float | N
         return model if requested == "auto" else _forced(model, requested, zero, floor)
     x, v = intensities[usable], variances[usable]
     fits = {"gaussian": (np.full_like(v, np.exp(np.mean(np.log(v)))), 0.0, 0.0)}
-    above = x > floor if floor is not None else np.zeros_like(x, dtype=bool)
-    if above.sum() >= 2:  # counts start at the floor: fit the slope through it
+    if floor is not None and np.count_nonzero(x > floor) >= 2:  # counts start at the floor: slope through it
+        above = x > floor
         excess = x[above] - floor
         slope, offset = float(np.sum(v[above] * excess) / np.sum(excess**2)), floor
     else:
