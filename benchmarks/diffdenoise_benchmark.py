@@ -68,6 +68,8 @@ NOISES = {"gaussian": "gaussian 0.1", "rician": "rician 0.05", "poisson": "poiss
 DATASETS = ("knee", "mni", "lidc", "t1", "ct")
 SRDS = "diffusion + SRDS"
 FORCED_PUCA = "BSN (PUCA, forced)"  # the row that shows what LG-BPN buys on correlated noise
+# the CPU of the cases written before the case notes named theirs (the header of that run said so)
+LEGACY_CPU = "Intel(R) Xeon(R) Processor (AMX), 2 threads"
 
 
 def clean_volume(data: str) -> np.ndarray:
@@ -170,7 +172,8 @@ def run_case(data: str, clean: np.ndarray, noise: str, preset: str, seed: int, a
     notes = [f"noise analysis: {result.noise.kind} (correlation {result.noise.neighbour_correlation:+.3f}); "
              f"context: {context['half_width']} slice(s) per side ({context['reason']}); "
              f"training s: BSN {t['train_bsn_s']:.0f}, diffusion {t['train_diffusion_s']:.0f}, "
-             f"NAFNet {t['train_nafnet_s']:.0f}; SRDS {t['srds_s']:.0f}; total {t['total_s']:.0f}"]
+             f"NAFNet {t['train_nafnet_s']:.0f}; SRDS {t['srds_s']:.0f}; total {t['total_s']:.0f}; "
+             f"CPU: {cpu_model()}, {torch.get_num_threads()} threads"]
     if result.noise.kind == "correlated":
         puca = denoise(noisy, method="bsn", noise="iid", preset=preset, seed=seed, checkpoint_dir=folder("puca"),
                        progress=progress, spacing=spacing)
@@ -305,8 +308,9 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(checkpoints, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
-    header = (f"Preset {args.preset}, noise seeds {' '.join(map(str, args.seeds))}; {cpu_model()}, "
-              f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    # A grid may outlive a session and the CPU differ between sessions: each case's note names its own.
+    header = (f"Preset {args.preset}, noise seeds {' '.join(map(str, args.seeds))}; torch {torch.__version__}; "
+              f"the CPU of each case is in its note (cases whose note names none ran on {LEGACY_CPU})")
     for seed in args.seeds:  # every case at one seed before the next seed: a run cut short still covers them all
         for data, noise in benchmark_cases(args.data, args.noise):
             name = case_name(data, noise, seed)
