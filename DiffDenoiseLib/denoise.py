@@ -11,6 +11,7 @@ This is the function the CLI, the Slicer logic and the batch script all call::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -55,6 +56,7 @@ from .preprocessing import (
 from .presets import PipelineSettings, pipeline_settings
 from .progress import CancelCheck, ProgressCallback
 from .training import TrainConfig, checkpointed, training_record
+from .wiener import blend, blend_weight, wiener_filter
 
 
 @dataclass
@@ -201,17 +203,20 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         training[name] = training_record(config, summary)
         timings[f"train_{name}_s"] = summary.seconds
 
-    predictions = targets = uncertainty = noise_model = None
+    predictions = targets = uncertainty = noise_model = estimates = None
     conditioning = settings.diffusion.conditioning
     if method == "bsn" or conditioning != "identity":
         bsn, summary = train_bsn(slices, settings.bsn, progress, cancel)
         stage_done("bsn", bsn, settings.bsn.training, summary)
         clock = time.perf_counter()
-        predictions = predict_slices(bsn, slices, torch_device, _batch(torch_device), progress=progress,
-                                     cancel=cancel, stage="bsn inference", context=half_width)
-        noise_model = _fitted_noise(slices, predictions, noise_kind, noise, scaling)
-        if settings.bsn.posterior:
-            predictions = combine_with_noisy(slices, predictions, noise_model)
+
+        def run_bsn(images: np.ndarray) -> np.ndarray:
+            return predict_slices(bsn, images, torch_device, _batch(torch_device), progress=progress, cancel=cancel,
+                                  stage="bsn inference", context=half_width)
+
+        estimates = bsn_estimates(run_bsn, slices, settings, noise_kind, noise, scaling, seed,
+                                  recorrupted=method != "bsn" and conditioning == "recorrupted")
+        predictions, noise_model = estimates.output, estimates.noise_model
         timings["bsn_inference_s"] = time.perf_counter() - clock
     output = predictions if predictions is not None else slices
     if method != "bsn":
@@ -219,14 +224,8 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         condition = diffusion_condition(conditioning, slices, predictions, normaliser, half_width)
         diffusion_targets, diffusion_training_condition, training_signal = slices, condition, predictions
         if conditioning == "recorrupted":
-            recorrupted, diffusion_targets = recorrupt(slices, noise_model, predictions,
-                                                       settings.diffusion.recorruption_alpha, seed)
-            training_signal = predict_slices(bsn, recorrupted, torch_device, _batch(torch_device), progress=progress,
-                                             cancel=cancel, stage="bsn inference", context=half_width)
-            if settings.bsn.posterior:  # the recorrupted copy carries 1 + alpha^2 times the noise variance
-                training_signal = combine_with_noisy(recorrupted, training_signal, noise_model,
-                                                     1 + settings.diffusion.recorruption_alpha**2)
-            diffusion_training_condition = diffusion_condition(conditioning, recorrupted, training_signal,
+            diffusion_targets, training_signal = estimates.twin, estimates.recorrupted_output
+            diffusion_training_condition = diffusion_condition(conditioning, estimates.recorrupted, training_signal,
                                                                normaliser, half_width)
         diffusion_targets = to_diffusion_data(diffusion_targets, training_signal, normaliser)
         diffusion, summary = train_diffusion(diffusion_targets, diffusion_training_condition, settings.diffusion,
@@ -262,7 +261,8 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
                           "high_percentile": HIGH_PERCENTILE, "training_range": [scaling.low, scaling.high]},
         "noise": {"requested": noise, "used": noise_kind, **asdict(analysis),
                   **({"model": noise_model.describe()} if noise_model else {})},
-        **({"bsn": {"posterior": settings.bsn.posterior}} if predictions is not None else {}),
+        **({"bsn": {"posterior": settings.bsn.posterior, "wiener_weight": estimates.wiener_weight}}
+           if estimates is not None else {}),
         "preset": preset if isinstance(preset, str) else "custom",
         "slice_axis": slice_axis,
         "context": asdict(slice_context),
@@ -277,6 +277,46 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
     timings["total_s"] = time.perf_counter() - started
     return DenoiseResult(denoised, extras, {k: round(v, 3) for k, v in timings.items()},
                          residual_outliers(slices[:, 0], output[:, 0]), bundle, analysis)
+
+
+@dataclass
+class BsnEstimates:
+    """What the BSN stage hands on: its estimate of the slices (combined with the noisy pixel and blended with
+    its Wiener filtering, as the settings ask), the fitted noise model, and with a recorrupted copy (the
+    diffusion stage's training pairs) that copy, its independent twin and the same estimate of the copy."""
+
+    output: np.ndarray
+    noise_model: NoiseModel
+    wiener_weight: float | None = None  # the estimate's share in its blend with the Wiener filtering
+    recorrupted: np.ndarray | None = None
+    twin: np.ndarray | None = None
+    recorrupted_output: np.ndarray | None = None
+
+
+def bsn_estimates(run_bsn: Callable[[np.ndarray], np.ndarray], slices: np.ndarray, settings: PipelineSettings,
+                  noise_kind: str, noise: str, scaling: IntensityScaling, seed: int,
+                  recorrupted: bool) -> BsnEstimates:
+    """The BSN stage's estimates of (N, 1, H, W) normalised slices, ``run_bsn`` being the trained network's
+    inference. A recorrupted copy is made when ``recorrupted`` asks for it or the Wiener blend needs it to fit
+    its weight (:mod:`.wiener`); the copy carries 1 + alpha^2 times the noise variance."""
+    raw = run_bsn(slices)
+    noise_model = _fitted_noise(slices, raw, noise_kind, noise, scaling)
+    posterior, use_wiener = settings.bsn.posterior, settings.bsn.wiener
+    output = combine_with_noisy(slices, raw, noise_model) if posterior else raw
+    if not (recorrupted or use_wiener):
+        return BsnEstimates(output, noise_model)
+    alpha = settings.diffusion.recorruption_alpha
+    copy, twin = recorrupt(slices, noise_model, output, alpha, seed)
+    factor = 1 + alpha**2
+    copy_output = run_bsn(copy)
+    copy_output = combine_with_noisy(copy, copy_output, noise_model, factor) if posterior else copy_output
+    weight = None
+    if use_wiener:
+        copy_filtered = wiener_filter(copy, copy_output, noise_model, factor)
+        weight = blend_weight(copy_output, copy_filtered, twin)
+        output = blend(output, wiener_filter(slices, output, noise_model), weight)
+        copy_output = blend(copy_output, copy_filtered, weight)
+    return BsnEstimates(output, noise_model, weight, copy, twin, copy_output)
 
 
 def _fitted_noise(slices: np.ndarray, bsn_output: np.ndarray, noise_kind: str, noise: str,
@@ -367,12 +407,18 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
                                                          and diffusion["conditioning"] != "identity"):
         stages["bsn"] = predict_slices(bundle.networks["bsn"], slices, torch_device, _batch(torch_device),
                                        progress=progress, cancel=cancel, stage="bsn inference", context=half_width)
-        if bundle.metadata.get("bsn", {}).get("posterior", False):  # bundles before it: the BSN output alone
+        # bundles before these settings: the BSN output alone, or without the Wiener blend
+        stage = bundle.metadata.get("bsn", {})
+        weight = stage.get("wiener_weight")
+        if stage.get("posterior", False) or weight is not None:
             noise = bundle.metadata.get("noise", {})
             # the noise of this image, not of the training image: a cohort's scans differ in noise level
             noise_model = _fitted_noise(slices, stages["bsn"], noise.get("used", "iid"), noise.get("requested", "auto"),
                                         scaling)
-            stages["bsn"] = combine_with_noisy(slices, stages["bsn"], noise_model)
+            if stage.get("posterior", False):
+                stages["bsn"] = combine_with_noisy(slices, stages["bsn"], noise_model)
+            if weight is not None:  # the training image's weight: refitting it would cost another BSN pass
+                stages["bsn"] = blend(stages["bsn"], wiener_filter(slices, stages["bsn"], noise_model), weight)
     if bundle.inference_network == "diffusion":
         normaliser = diffusion.get("noise_normalisation")
         normaliser = NoiseNormaliser.from_metadata(normaliser) if normaliser else None

@@ -209,6 +209,20 @@ def test_bsn_posterior_benchmark_scores_both_outputs_and_resumes(tmp_path):
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+def test_bsn_wiener_benchmark_scores_both_outputs_with_the_fitted_weight(tmp_path):
+    from benchmarks.bsn_wiener import main
+
+    main(["--data", "knee", "--noise", "gaussian 0.1", "--steps", "2", "--slices", "3", "--out", str(tmp_path)])
+    finished = sorted(tmp_path.glob("*.csv"))
+    assert [path.name for path in finished] == ["knee_gaussian_0.1_seed0_steps2.csv"]
+    rows = list(csv.DictReader(finished[0].open(newline="")))
+    assert [r["wiener"] for r in rows] == ["False", "True"]
+    assert rows[0]["weight"] == "" and 0 <= float(rows[1]["weight"]) <= 1
+    assert all(np.isfinite(float(r["psnr_db"])) and -1 <= float(r["ssim"]) <= 1 for r in rows)
+    assert "| knee | gaussian 0.1 | 0 | 2 |" in (tmp_path / "bsn_wiener.md").read_text()
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
 def test_rician_bias_benchmark_scores_the_biased_and_the_corrected_output(tmp_path):
     from benchmarks.rician_bias import main
     from DiffDenoiseLib.noise_model import FAMILIES

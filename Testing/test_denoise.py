@@ -46,6 +46,27 @@ def test_unknown_options_are_refused(knee_crop):
         denoise(knee_crop, noise="pink")
 
 
+@pytest.mark.parametrize("option, message", [({"srds_pairs": 0}, "srds_pairs"), ({"ddim_steps": 0}, "ddim_steps"),
+                                             ({"distill_slices": 0}, "distill_slices")])
+def test_out_of_range_options_are_input_errors_before_any_training(knee_crop, tiny_settings, option, message):
+    events = []
+    with pytest.raises(InputError, match=message):
+        denoise(knee_crop, preset=tiny_settings, device="cpu", progress=events.append, **option)
+    assert events == []
+
+
+def test_out_of_range_ddm2_options_are_input_errors_before_any_training(small_dwi):
+    from DiffDenoiseLib.denoise_dwi import denoise_dwi
+
+    series, bvals = small_dwi.volume.array, small_dwi.bvals
+    for option, message in (({"neighbours": 0}, "neighbours"), ({"sampler": "fast"}, "unknown DDM2 sampler"),
+                            ({"sampler_steps": 0}, "sampler_steps")):
+        events = []
+        with pytest.raises(InputError, match=message):
+            denoise_dwi(series, bvals, device="cpu", progress=events.append, **option)
+        assert events == []
+
+
 def test_cancel_stops_the_run(knee_crop, tiny_settings):
     with pytest.raises(Cancelled):
         denoise(knee_crop, preset=tiny_settings, cancel=lambda: True)

@@ -84,13 +84,13 @@ def test_correlated_noise_raises_the_threshold():
 def test_denoise_records_the_combination_and_apply_repeats_it(knee_crop, tiny_settings):
     noisy = add_noise(knee_crop, "gaussian", 0.1, seed=0)
     result = denoise(noisy, method="bsn", preset=tiny_settings, device="cpu", seed=0)
-    assert result.bundle.metadata["bsn"] == {"posterior": True}
+    assert result.bundle.metadata["bsn"]["posterior"] is True
     assert result.bundle.metadata["noise"]["model"]["family"] == "gaussian"
     np.testing.assert_allclose(apply_bundle(result.bundle, noisy, device="cpu").denoised, result.denoised,
                                atol=1e-4)
-    without = replace(tiny_settings, bsn=replace(tiny_settings.bsn, posterior=False))
+    without = replace(tiny_settings, bsn=replace(tiny_settings.bsn, posterior=False, wiener=False))
     plain = denoise(noisy, method="bsn", preset=without, device="cpu", seed=0)
-    assert plain.bundle.metadata["bsn"] == {"posterior": False}
+    assert plain.bundle.metadata["bsn"] == {"posterior": False, "wiener_weight": None}
     assert not np.allclose(plain.denoised, result.denoised)
     # a bundle from before the combination (no "bsn" entry) applies its BSN alone, as it was trained
     del result.bundle.metadata["bsn"]

@@ -8,6 +8,8 @@ from typing import Literal
 
 import torch
 
+from ..errors import InputError
+
 ScheduleKind = Literal["linear", "cosine", "reverse_warmup"]
 
 
@@ -32,9 +34,9 @@ class NoiseSchedule:
 
     def __post_init__(self) -> None:
         if self.kind not in ("linear", "cosine", "reverse_warmup"):
-            raise ValueError(f"unknown noise schedule '{self.kind}': use linear, cosine or reverse_warmup")
+            raise InputError(f"unknown noise schedule '{self.kind}': use linear, cosine or reverse_warmup")
         if self.steps < 2:
-            raise ValueError("a noise schedule needs at least 2 timesteps")
+            raise InputError("a noise schedule needs at least 2 timesteps")
 
     def betas(self) -> torch.Tensor:
         """beta_t for t = 0..T-1 (float64)."""

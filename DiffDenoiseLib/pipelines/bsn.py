@@ -22,11 +22,14 @@ from ..training import TrainConfig, TrainSummary, fit_patch_size, train
 @dataclass
 class BsnSettings:
     """Network and training settings of the BSN stage (a PUCA or an LG-BPN config); with ``posterior`` its
-    output is combined with the noisy pixel the blind spot left out (:mod:`..posterior`)."""
+    output is combined with the noisy pixel the blind spot left out (:mod:`..posterior`), and with ``wiener``
+    that estimate is blended with its empirical Wiener filtering, the weight fitted on a recorrupted copy
+    (:mod:`..wiener`)."""
 
     network: PUCAConfig | LGBPNConfig
     training: TrainConfig
     posterior: bool = True
+    wiener: bool = True
 
 
 # Pixel-shuffle factors (train, inference) and R3 passes for PUCA on i.i.d. noise. For correlated noise the

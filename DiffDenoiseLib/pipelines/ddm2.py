@@ -64,11 +64,11 @@ class DDM2Settings:
 
     def __post_init__(self) -> None:
         if self.neighbours < 1:
-            raise ValueError("DDM2 needs at least 1 neighbouring volume per slice")
+            raise InputError("DDM2 needs at least 1 neighbouring volume per slice: use neighbours of 1 or more")
         if self.sampler not in ("full", "accelerated"):
-            raise ValueError(f"unknown DDM2 sampler '{self.sampler}': use full or accelerated")
+            raise InputError(f"unknown DDM2 sampler '{self.sampler}': use full or accelerated")
         if self.sampler_steps < 1:
-            raise ValueError("the accelerated sampler needs at least 1 step")
+            raise InputError("the accelerated sampler needs at least 1 step: use sampler_steps of 1 or more")
         self.stage1_network = replace(self.stage1_network, in_channels=self.neighbours, out_channels=1,
                                       residual="mean", time_conditioned=False)
         # Residual on x_t: at DDM2's low matched noise levels the clean estimate is x_t plus a small correction.

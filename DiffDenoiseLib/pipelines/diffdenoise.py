@@ -20,6 +20,7 @@ from ..context import context_channels, stack_context
 from ..devices import choose_precision
 from ..diffusion import PREDICTIONS, NoiseSchedule, prediction_target, srds_sample
 from ..diffusion.ddim import DenoisingModel, Prediction
+from ..errors import InputError
 from ..inference import TILE_SIZE, MemoryPlan, run_in_chunks, tiled
 from ..models import NAFNet, NAFNetConfig
 from ..noise_model import NoiseModel
@@ -81,9 +82,9 @@ class DiffusionSettings:
 
     def __post_init__(self) -> None:
         if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"unknown conditioning '{self.conditioning}': use recorrupted, bsn or identity")
+            raise InputError(f"unknown conditioning '{self.conditioning}': use recorrupted, bsn or identity")
         if self.prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction '{self.prediction}': use one of {', '.join(PREDICTIONS)}")
+            raise InputError(f"unknown prediction '{self.prediction}': use one of {', '.join(PREDICTIONS)}")
         channels = condition_channels(self.conditioning, self.context_slices)
         self.network = replace(self.network, in_channels=1 + channels, out_channels=1, residual="none",
                                time_conditioned=True)
@@ -110,9 +111,9 @@ class SamplingSettings:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.pairs < 1:
-            raise ValueError("SRDS needs at least 1 DDIM step and 1 pair")
+            raise InputError("SRDS needs at least 1 DDIM step and 1 pair: use srds_pairs and ddim_steps of 1 or more")
         if self.distill_slices is not None and self.distill_slices < 1:
-            raise ValueError("distill_slices must be at least 1 (or None for every slice)")
+            raise InputError("distill_slices must be at least 1: use 1 or more, or None for every slice")
 
 
 @dataclass
