@@ -56,7 +56,7 @@ from .preprocessing import (
 from .presets import PipelineSettings, pipeline_settings
 from .progress import CancelCheck, ProgressCallback
 from .training import TrainConfig, checkpointed, training_record
-from .wiener import blend, blend_weight, wiener_filter
+from .wiener import blend, blend_weight, blend_with_filtering, wiener_filter
 
 
 @dataclass
@@ -314,7 +314,7 @@ def bsn_estimates(run_bsn: Callable[[np.ndarray], np.ndarray], slices: np.ndarra
     if use_wiener:
         copy_filtered = wiener_filter(copy, copy_output, noise_model, factor)
         weight = blend_weight(copy_output, copy_filtered, twin)
-        output = blend(output, wiener_filter(slices, output, noise_model), weight)
+        output = blend_with_filtering(slices, output, noise_model, weight)
         copy_output = blend(copy_output, copy_filtered, weight)
     return BsnEstimates(output, noise_model, weight, copy, twin, copy_output)
 
@@ -409,16 +409,16 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
                                        progress=progress, cancel=cancel, stage="bsn inference", context=half_width)
         # bundles before these settings: the BSN output alone, or without the Wiener blend
         stage = bundle.metadata.get("bsn", {})
-        weight = stage.get("wiener_weight")
-        if stage.get("posterior", False) or weight is not None:
+        posterior, weight = stage.get("posterior", False), stage.get("wiener_weight")
+        if posterior or weight is not None:
             noise = bundle.metadata.get("noise", {})
             # the noise of this image, not of the training image: a cohort's scans differ in noise level
             noise_model = _fitted_noise(slices, stages["bsn"], noise.get("used", "iid"), noise.get("requested", "auto"),
                                         scaling)
-            if stage.get("posterior", False):
+            if posterior:
                 stages["bsn"] = combine_with_noisy(slices, stages["bsn"], noise_model)
             if weight is not None:  # the training image's weight: refitting it would cost another BSN pass
-                stages["bsn"] = blend(stages["bsn"], wiener_filter(slices, stages["bsn"], noise_model), weight)
+                stages["bsn"] = blend_with_filtering(slices, stages["bsn"], noise_model, weight)
     if bundle.inference_network == "diffusion":
         normaliser = diffusion.get("noise_normalisation")
         normaliser = NoiseNormaliser.from_metadata(normaliser) if normaliser else None

@@ -93,3 +93,9 @@ def blend_weight(estimate: np.ndarray, filtered: np.ndarray, target: np.ndarray)
 def blend(estimate: np.ndarray, filtered: np.ndarray, weight: float) -> np.ndarray:
     """``weight * estimate + (1 - weight) * filtered`` (float32)."""
     return (weight * estimate + (1 - weight) * filtered).astype(np.float32)
+
+
+def blend_with_filtering(noisy: np.ndarray, estimate: np.ndarray, noise: NoiseModel, weight: float) -> np.ndarray:
+    """``estimate`` of (N, 1, H, W) ``noisy`` slices blended by ``weight`` with its Wiener filtering
+    (:func:`wiener_filter` with ``estimate`` as the pilot)."""
+    return blend(estimate, wiener_filter(noisy, estimate, noise), weight)
