@@ -261,7 +261,8 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
                           "high_percentile": HIGH_PERCENTILE, "training_range": [scaling.low, scaling.high]},
         "noise": {"requested": noise, "used": noise_kind, **asdict(analysis),
                   **({"model": noise_model.describe()} if noise_model else {})},
-        **({"bsn": {"posterior": settings.bsn.posterior, "wiener_weight": estimates.wiener_weight}}
+        **({"bsn": {"posterior": settings.bsn.posterior, "wiener_weight": estimates.wiener_weight,
+                    "wiener_depth": estimates.wiener_depth}}
            if estimates is not None else {}),
         "preset": preset if isinstance(preset, str) else "custom",
         "slice_axis": slice_axis,
@@ -288,6 +289,7 @@ class BsnEstimates:
     output: np.ndarray
     noise_model: NoiseModel
     wiener_weight: float | None = None  # the estimate's share in its blend with the Wiener filtering
+    wiener_depth: int = 1  # slices the Wiener patches span
     recorrupted: np.ndarray | None = None
     twin: np.ndarray | None = None
     recorrupted_output: np.ndarray | None = None
@@ -310,13 +312,13 @@ def bsn_estimates(run_bsn: Callable[[np.ndarray], np.ndarray], slices: np.ndarra
     factor = 1 + alpha**2
     copy_output = run_bsn(copy)
     copy_output = combine_with_noisy(copy, copy_output, noise_model, factor) if posterior else copy_output
-    weight = None
+    weight, depth = None, settings.bsn.wiener_patch_depth(len(slices))
     if use_wiener:
-        copy_filtered = wiener_filter(copy, copy_output, noise_model, factor)
+        copy_filtered = wiener_filter(copy, copy_output, noise_model, factor, depth=depth)
         weight = blend_weight(copy_output, copy_filtered, twin)
-        output = blend_with_filtering(slices, output, noise_model, weight)
+        output = blend_with_filtering(slices, output, noise_model, weight, depth)
         copy_output = blend(copy_output, copy_filtered, weight)
-    return BsnEstimates(output, noise_model, weight, copy, twin, copy_output)
+    return BsnEstimates(output, noise_model, weight, depth, copy, twin, copy_output)
 
 
 def _fitted_noise(slices: np.ndarray, bsn_output: np.ndarray, noise_kind: str, noise: str,
@@ -418,7 +420,8 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
             if posterior:
                 stages["bsn"] = combine_with_noisy(slices, stages["bsn"], noise_model)
             if weight is not None:  # the training image's weight: refitting it would cost another BSN pass
-                stages["bsn"] = blend_with_filtering(slices, stages["bsn"], noise_model, weight)
+                depth = min(stage.get("wiener_depth", 1), len(slices))  # bundles before 3D patches: 2D ones
+                stages["bsn"] = blend_with_filtering(slices, stages["bsn"], noise_model, weight, depth)
     if bundle.inference_network == "diffusion":
         normaliser = diffusion.get("noise_normalisation")
         normaliser = NoiseNormaliser.from_metadata(normaliser) if normaliser else None

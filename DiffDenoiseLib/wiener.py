@@ -4,11 +4,13 @@ The combination with the noisy pixel (:mod:`.posterior`) puts back each pixel's 
 time. A Wiener filter in a local transform puts back what the whole patch measured: BM3D's second stage (Dabov
 et al. 2007, "Image denoising by sparse 3-D transform-domain collaborative filtering") shrinks each transform
 coefficient of the noisy patch by ``P^2 / (P^2 + S)``, with ``P`` the coefficient of a pilot estimate and
-``S`` the noise variance of that coefficient. Here the pilot is the BSN estimate and the transform the 2D
-DCT of every 8 x 8 patch (stride 1, no block matching); each pixel is the average of the patch estimates that
-cover it, weighted as in BM3D by ``1 / sum(W^2 S)``, so patches whose noise was kept weigh less. ``S`` is the
-noise model's variance at the pilot's mean over the patch (signal-dependent noise), times the coefficient's
-variance under the noise's colouring kernel (1 for white noise).
+``S`` the noise variance of that coefficient. Here the pilot is the BSN estimate and the transform the DCT
+of every 8 x 8 patch (stride 1, no block matching), or of every patch of 8 x 8 pixels across a few adjacent
+slices of a volume whose slices share anatomy and not noise (what BM4D's 3D blocks gain from); each pixel is
+the average of the patch estimates that cover it, weighted as in BM3D by ``1 / sum(W^2 S)``, so patches whose
+noise was kept weigh less. ``S`` is the noise model's variance at the pilot's mean over the patch
+(signal-dependent noise), times the coefficient's variance under the noise's in-plane colouring kernel (1 for
+white noise).
 
 The patch mean (the DC coefficient) is the pilot's, not a shrunk noisy one: its gain ``P^2 / (P^2 + S)`` is
 about 1 wherever the image is not near 0 in the normalised units, so the noisy patch mean would pass whole,
@@ -38,45 +40,63 @@ PATCH = 8  # BM3D's Wiener-stage block size
 
 
 @functools.cache
-def dct_basis(size: int) -> np.ndarray:
-    """The (size^2, size, size) orthonormal 2D DCT-II basis images."""
-    n = np.arange(size)
-    cosines = np.sqrt(2 / size) * np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * size))
-    cosines[0] /= np.sqrt(2)
-    return np.einsum("ui,vj->uvij", cosines, cosines).reshape(size * size, size, size)
+def dct_basis(size: int, depth: int = 1) -> np.ndarray:
+    """The (depth * size^2, depth, size, size) orthonormal DCT-II basis of depth x size x size patches (the 2D
+    basis for ``depth`` 1); element 0 is the patch mean."""
+
+    def cosines(n: int) -> np.ndarray:
+        k = np.arange(n)
+        matrix = np.sqrt(2 / n) * np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n))
+        matrix[0] /= np.sqrt(2)
+        return matrix
+
+    through, in_plane = cosines(depth), cosines(size)
+    basis = np.einsum("ti,uj,vk->tuvijk", through, in_plane, in_plane)
+    return basis.reshape(depth * size * size, depth, size, size)
 
 
-def coefficient_variances(kernel: np.ndarray, size: int = PATCH) -> np.ndarray:
-    """The variance of each DCT coefficient of unit-variance noise coloured by ``kernel`` (unit L2 norm):
-    the squared norm of the basis image convolved with the kernel (all 1 for white noise)."""
-    return np.array([np.sum(fftconvolve(kernel, image, mode="full") ** 2) for image in dct_basis(size)])
+def coefficient_variances(kernel: np.ndarray, size: int = PATCH, depth: int = 1) -> np.ndarray:
+    """The variance of each DCT coefficient of unit-variance noise coloured in-plane by ``kernel`` (unit L2
+    norm) and independent between slices: the squared norm of the basis patch convolved with the kernel (all 1
+    for white noise)."""
+    return np.array([np.sum(fftconvolve(kernel[None], patch, mode="full") ** 2)
+                     for patch in dct_basis(size, depth)])
 
 
 def wiener_filter(noisy: np.ndarray, pilot: np.ndarray, noise: NoiseModel, variance_factor: float = 1.0,
-                  size: int = PATCH) -> np.ndarray:
+                  size: int = PATCH, depth: int = 1) -> np.ndarray:
     """The empirical Wiener estimate of (N, 1, H, W) noisy slices given a (N, 1, H, W) ``pilot`` estimate of
     the same slices, for the noise of ``noise`` times ``variance_factor`` in variance (for a recorrupted
-    copy). Slices smaller than ``size`` are returned as the pilot."""
+    copy). Patches span ``depth`` adjacent slices (1: each slice alone; more only for noise independent between
+    slices, at most N). Slices smaller than ``size`` are returned as the pilot."""
     if min(noisy.shape[-2:]) < size:
         return pilot.astype(np.float32)
-    basis = torch.from_numpy(dct_basis(size)).float()[:, None]
-    gains = torch.from_numpy(coefficient_variances(noise.kernel, size)).float()[None, :, None, None]
-    ones = torch.ones(1, 1, size, size)
-    filtered = np.empty(noisy.shape, np.float32)
-    for index in range(len(noisy)):  # one slice at a time: the coefficients take size^2 times its memory
-        y = torch.from_numpy(np.ascontiguousarray(noisy[index:index + 1], np.float32))
-        p = torch.from_numpy(np.ascontiguousarray(pilot[index:index + 1], np.float32))
-        level = torch.from_numpy(noise.std(pilot[index:index + 1]) ** 2 * np.float32(variance_factor))
-        variance = gains * F.avg_pool2d(level, size, stride=1)
-        pilot_coefficients = F.conv2d(p, basis)
+    if not 1 <= depth <= len(noisy):
+        raise ValueError(f"patch depth {depth} needs 1 to {len(noisy)} slices")
+    basis = torch.from_numpy(dct_basis(size, depth)).float()[:, None]
+    gains = torch.from_numpy(coefficient_variances(noise.kernel, size, depth)).float()[None, :, None, None, None]
+    ones = torch.ones(1, 1, depth, size, size)
+
+    def volume(values: np.ndarray) -> torch.Tensor:  # (N, 1, H, W) -> (1, 1, N, H, W)
+        return torch.from_numpy(np.ascontiguousarray(values[:, 0], np.float32))[None, None]
+
+    y, p = volume(noisy), volume(pilot)
+    level = volume(noise.std(pilot) ** 2 * np.float32(variance_factor))
+    total = torch.zeros_like(y, dtype=torch.float64)
+    weights = torch.zeros_like(total)
+    # one patch position along the slices at a time: the coefficients take depth * size^2 times its memory
+    for first in range(len(noisy) - depth + 1):
+        window = np.s_[:, :, first:first + depth]
+        variance = gains * F.avg_pool3d(level[window], (depth, size, size), stride=1)
+        pilot_coefficients = F.conv3d(p[window], basis)
         shrink = pilot_coefficients**2 / (pilot_coefficients**2 + variance).clamp_min(torch.finfo(torch.float32).tiny)
         shrink[:, 0] = 0  # the patch mean comes from the pilot (module docstring)
-        coefficients = shrink * F.conv2d(y, basis)
+        coefficients = shrink * F.conv3d(y[window], basis)
         coefficients[:, 0] = pilot_coefficients[:, 0]
         patch_weight = 1 / (torch.sum(shrink**2 * variance, dim=1, keepdim=True) + torch.finfo(torch.float32).eps)
-        estimate = F.conv_transpose2d(coefficients * patch_weight, basis)
-        filtered[index] = (estimate / F.conv_transpose2d(patch_weight, ones)).numpy()
-    return filtered
+        total[window] += F.conv_transpose3d(coefficients * patch_weight, basis)
+        weights[window] += F.conv_transpose3d(patch_weight, ones)
+    return (total / weights)[0, 0, :, None].numpy().astype(np.float32)
 
 
 def blend_weight(estimate: np.ndarray, filtered: np.ndarray, target: np.ndarray) -> float:
@@ -95,7 +115,8 @@ def blend(estimate: np.ndarray, filtered: np.ndarray, weight: float) -> np.ndarr
     return (weight * estimate + (1 - weight) * filtered).astype(np.float32)
 
 
-def blend_with_filtering(noisy: np.ndarray, estimate: np.ndarray, noise: NoiseModel, weight: float) -> np.ndarray:
+def blend_with_filtering(noisy: np.ndarray, estimate: np.ndarray, noise: NoiseModel, weight: float,
+                         depth: int = 1) -> np.ndarray:
     """``estimate`` of (N, 1, H, W) ``noisy`` slices blended by ``weight`` with its Wiener filtering
-    (:func:`wiener_filter` with ``estimate`` as the pilot)."""
-    return blend(estimate, wiener_filter(noisy, estimate, noise), weight)
+    (:func:`wiener_filter` with ``estimate`` as the pilot, patches ``depth`` slices deep)."""
+    return blend(estimate, wiener_filter(noisy, estimate, noise, depth=depth), weight)

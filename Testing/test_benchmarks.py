@@ -223,6 +223,20 @@ def test_bsn_wiener_benchmark_scores_both_outputs_with_the_fitted_weight(tmp_pat
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+def test_bsn_wiener_depth_benchmark_compares_2d_patches_with_patches_across_slices(tmp_path):
+    from benchmarks.bsn_wiener_depth import main
+
+    main(["--data", "mni", "--noise", "gaussian 0.1", "--steps", "2", "--slices", "3", "--out", str(tmp_path)])
+    finished = sorted(tmp_path.glob("*.csv"))
+    rows = list(csv.DictReader(finished[0].open(newline="")))
+    # the 1 mm MNI reads its neighbours whole; the patches span the 3 slices there are
+    assert [r["wiener_depth"] for r in rows] == ["1", "3"]
+    assert all(0 <= float(r["weight"]) <= 1 and np.isfinite(float(r["psnr_db"])) for r in rows)
+    assert rows[0]["psnr_db"] != rows[1]["psnr_db"]
+    assert "| mni | gaussian 0.1 | 0 | 2 |" in (tmp_path / "bsn_wiener_depth.md").read_text()
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
 def test_rician_bias_benchmark_scores_the_biased_and_the_corrected_output(tmp_path):
     from benchmarks.rician_bias import main
     from DiffDenoiseLib.noise_model import FAMILIES

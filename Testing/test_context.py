@@ -114,6 +114,7 @@ def test_denoise_reads_the_context_and_apply_uses_it(knee_crop, tiny_settings, t
     assert result.bundle.networks["bsn"].config.context_slices == 1
     assert result.bundle.networks["nafnet"].config.in_channels == 1 + 3  # BSN output, noisy stack
     assert result.bundle.networks["diffusion"].config.in_channels == 1 + 1 + 3  # x_t, BSN output, noisy stack
+    assert result.bundle.metadata["bsn"]["wiener_depth"] == 4  # Wiener patches across all 4 slices
     save_bundle(tmp_path / "model.safetensors", result.bundle)
     bundle = load_bundle(tmp_path / "model.safetensors")
     applied = apply_bundle(bundle, noisy)
@@ -123,6 +124,7 @@ def test_denoise_reads_the_context_and_apply_uses_it(knee_crop, tiny_settings, t
     flat = denoise(noisy, preset=tiny_settings, context=0)
     assert flat.bundle.metadata["context"]["half_width"] == 0
     assert flat.bundle.networks["nafnet"].config.in_channels == 2
+    assert flat.bundle.metadata["bsn"]["wiener_depth"] == 1
 
 
 def test_2d_images_keep_the_2d_path(knee_crop, tiny_settings):

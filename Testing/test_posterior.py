@@ -90,7 +90,7 @@ def test_denoise_records_the_combination_and_apply_repeats_it(knee_crop, tiny_se
                                atol=1e-4)
     without = replace(tiny_settings, bsn=replace(tiny_settings.bsn, posterior=False, wiener=False))
     plain = denoise(noisy, method="bsn", preset=without, device="cpu", seed=0)
-    assert plain.bundle.metadata["bsn"] == {"posterior": False, "wiener_weight": None}
+    assert plain.bundle.metadata["bsn"] == {"posterior": False, "wiener_weight": None, "wiener_depth": 1}
     assert not np.allclose(plain.denoised, result.denoised)
     # a bundle from before the combination (no "bsn" entry) applies its BSN alone, as it was trained
     del result.bundle.metadata["bsn"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from DiffDenoiseLib.denoise import apply_bundle, denoise
+from DiffDenoiseLib.errors import InputError
 from DiffDenoiseLib.noise import add_noise
 from DiffDenoiseLib.noise_model import NoiseModel
 from DiffDenoiseLib.wiener import blend, blend_weight, coefficient_variances, dct_basis, wiener_filter
@@ -39,6 +42,37 @@ def test_the_dct_basis_is_orthonormal_and_white_noise_spreads_evenly():
     coloured = ndimage.gaussian_filter(delta, 1.0)
     variances = coefficient_variances(coloured / np.linalg.norm(coloured))
     assert variances[0] > 3 and variances[-1] < 0.01
+
+
+def test_the_dct_basis_across_slices_is_orthonormal_and_white_noise_spreads_evenly():
+    basis = dct_basis(8, 4).reshape(256, 256)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(256), atol=1e-10)
+    np.testing.assert_allclose(basis[0], 1 / 16)  # element 0 is the patch mean
+    np.testing.assert_allclose(coefficient_variances(np.ones((1, 1)), depth=4), 1.0)
+
+
+def test_patches_across_slices_that_share_the_anatomy_remove_more_noise():
+    # 8 slices of the same texture, noise independent between them: the mean across slices is signal
+    clean = np.repeat(_texture()[:1], 8, axis=0)
+    noisy = clean + np.random.default_rng(7).normal(0, SIGMA, clean.shape).astype(np.float32)
+    pilot = clean + np.random.default_rng(8).normal(0, SIGMA / 3, clean.shape).astype(np.float32)
+    flat = _rms(wiener_filter(noisy, pilot, NoiseModel.white(SIGMA)), clean)
+    deep = _rms(wiener_filter(noisy, pilot, NoiseModel.white(SIGMA), depth=4), clean)
+    assert deep < 0.8 * flat
+    with pytest.raises(ValueError, match="patch depth"):
+        wiener_filter(noisy[:3], pilot[:3], NoiseModel.white(SIGMA), depth=4)
+
+
+def test_the_patch_depth_follows_how_the_network_reads_the_neighbours(tiny_settings):
+    settings = tiny_settings.bsn
+    read_whole = replace(settings, network=replace(settings.network, context_slices=2, blind_context=False))
+    assert read_whole.wiener_patch_depth(24) == settings.wiener_depth
+    assert read_whole.wiener_patch_depth(3) == min(3, settings.wiener_depth)  # never more than the volume
+    shared_noise = replace(read_whole, network=replace(read_whole.network, blind_context=True))
+    assert shared_noise.wiener_patch_depth(24) == 1
+    assert settings.wiener_patch_depth(24) == 1  # the 2D path
+    with pytest.raises(InputError, match="patch depth"):
+        replace(settings, wiener_depth=0)
 
 
 def test_a_good_pilot_removes_the_noise_and_keeps_the_detail():

@@ -1,8 +1,8 @@
 """What the two-way BSN benchmarks share (``bsn_posterior``, ``rician_bias``, ``self_ensemble``,
-``bsn_wiener``): per volume, noise and seed, the quick BSN run two ways on the same seeded noisy volume (the
-same seed trains the same network); each finished case kept as ``<case>.csv``, so an interrupted run started
-again with the same folder goes on where it stopped; and a markdown table of every finished case with the
-gain of the second way over the first."""
+``bsn_wiener``, ``bsn_wiener_depth``): per volume, noise and seed, the quick BSN run two ways on the same
+seeded noisy volume (the same seed trains the same network); each finished case kept as ``<case>.csv``, so an
+interrupted run started again with the same folder goes on where it stopped; and a markdown table of every
+finished case with the gain of the second way over the first."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..context import stack_context
+from ..errors import InputError
 from ..models import LGBPN, BlindSpotDenoiser, LGBPNConfig, PUCAConfig
 from ..progress import CancelCheck, ProgressCallback
 from ..training import TrainConfig, TrainSummary, fit_patch_size, train
@@ -24,12 +25,26 @@ class BsnSettings:
     """Network and training settings of the BSN stage (a PUCA or an LG-BPN config); with ``posterior`` its
     output is combined with the noisy pixel the blind spot left out (:mod:`..posterior`), and with ``wiener``
     that estimate is blended with its empirical Wiener filtering, the weight fitted on a recorrupted copy
-    (:mod:`..wiener`)."""
+    (:mod:`..wiener`), whose patches span ``wiener_depth`` slices where the network reads its neighbouring
+    slices whole (measured in the README, "Wiener filtering")."""
 
     network: PUCAConfig | LGBPNConfig
     training: TrainConfig
     posterior: bool = True
     wiener: bool = True
+    wiener_depth: int = 4
+
+    def __post_init__(self) -> None:
+        if self.wiener_depth < 1:
+            raise InputError(f"the Wiener patch depth must be at least 1 slice, got {self.wiener_depth}")
+
+    def wiener_patch_depth(self, slice_count: int) -> int:
+        """Slices the Wiener patches of a volume of ``slice_count`` slices span: ``wiener_depth`` (at most the
+        volume) where the network reads its neighbours whole; 1 for 2D images, the 2D path, and noise shared
+        between slices, whose coefficients across slices the noise model does not describe."""
+        if self.network.context_slices == 0 or self.network.blind_context:
+            return 1
+        return min(self.wiener_depth, slice_count)
 
 
 # Pixel-shuffle factors (train, inference) and R3 passes for PUCA on i.i.d. noise. For correlated noise the
