@@ -126,11 +126,12 @@ def _with_overrides(settings: PipelineSettings, seed: int, device: str, steps: i
     def stage_training(config: TrainConfig, stage: str) -> TrainConfig:
         return checkpointed(replace(config, **training), checkpoint_dir, stage)
 
-    return PipelineSettings(
-        replace(settings.bsn, training=stage_training(settings.bsn.training, "bsn")),
-        replace(settings.diffusion, training=stage_training(settings.diffusion.training, "diffusion")),
-        replace(settings.sampling, **sampling),
-        replace(settings.distillation, training=stage_training(settings.distillation.training, "nafnet")),
+    return replace(
+        settings,
+        bsn=replace(settings.bsn, training=stage_training(settings.bsn.training, "bsn")),
+        diffusion=replace(settings.diffusion, training=stage_training(settings.diffusion.training, "diffusion")),
+        sampling=replace(settings.sampling, **sampling),
+        distillation=replace(settings.distillation, training=stage_training(settings.distillation.training, "nafnet")),
     )
 
 
@@ -203,7 +204,7 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         training[name] = training_record(config, summary)
         timings[f"train_{name}_s"] = summary.seconds
 
-    predictions = targets = uncertainty = noise_model = estimates = None
+    predictions = targets = uncertainty = noise_model = estimates = output_weight = None
     conditioning = settings.diffusion.conditioning
     if method == "bsn" or conditioning != "identity":
         bsn, summary = train_bsn(slices, settings.bsn, progress, cancel)
@@ -240,6 +241,13 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
                                            settings.diffusion.prediction)
         timings["srds_s"] = time.perf_counter() - clock
         output = targets
+
+        def run_srds(noisy: np.ndarray, signal: np.ndarray) -> np.ndarray:
+            return sample_srds(diffusion, diffusion_condition(conditioning, noisy, signal, normaliser, half_width),
+                               settings.diffusion.schedule, settings.sampling, torch_device, seed, progress, cancel,
+                               normaliser, signal, settings.diffusion.prediction)[0]
+
+        final_stage = run_srds
         if method == "diffdenoise":
             # without a BSN (the identity-conditioning ablation) the NAFNet corrects the noisy slice
             distillation = settings.distillation if predictions is not None else replace(settings.distillation,
@@ -248,10 +256,19 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
                                                  targets, distillation, progress, cancel)
             stage_done("nafnet", nafnet, distillation.training, summary)
             clock = time.perf_counter()
-            output = predict_slices(nafnet, slices, torch_device, _batch(torch_device), progress=progress,
-                                    cancel=cancel, context=half_width,
-                                    leading=predictions if distillation.from_bsn else None)
+
+            def run_nafnet(noisy: np.ndarray, signal: np.ndarray | None) -> np.ndarray:
+                return predict_slices(nafnet, noisy, torch_device, _batch(torch_device), progress=progress,
+                                      cancel=cancel, context=half_width,
+                                      leading=signal if distillation.from_bsn else None)
+
+            output, final_stage = run_nafnet(slices, predictions), run_nafnet
             timings["nafnet_inference_s"] = time.perf_counter() - clock
+        if settings.blend_with_bsn and estimates is not None and estimates.recorrupted is not None:
+            clock = time.perf_counter()
+            output_weight = output_blend_weight(final_stage, estimates)
+            output = blend(output, predictions, output_weight)
+            timings["output_blend_s"] = time.perf_counter() - clock
 
     denoised = scaling.denormalise(from_slices(_unbiased(noise_model, output), image.shape, axis))
     stages = {"bsn": predictions, "srds": targets, "uncertainty": uncertainty}
@@ -268,6 +285,7 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
         "slice_axis": slice_axis,
         "context": asdict(slice_context),
         **({"distillation": {"from_bsn": distillation.from_bsn}} if method == "diffdenoise" else {}),
+        **({"output_blend": {"weight": output_weight}} if output_weight is not None else {}),
         "training": training,
         **({} if method == "bsn" else {
             "diffusion": {"schedule": asdict(settings.diffusion.schedule), "prediction": settings.diffusion.prediction,
@@ -319,6 +337,16 @@ def bsn_estimates(run_bsn: Callable[[np.ndarray], np.ndarray], slices: np.ndarra
         output = blend_with_filtering(slices, output, noise_model, weight, depth)
         copy_output = blend(copy_output, copy_filtered, weight)
     return BsnEstimates(output, noise_model, weight, depth, copy, twin, copy_output)
+
+
+def output_blend_weight(run_stage: Callable[[np.ndarray, np.ndarray], np.ndarray], estimates: BsnEstimates) -> float:
+    """The share of a later stage in its blend with the BSN estimate, ``w * stage + (1 - w) * estimate``: fitted
+    as the Wiener blend's weight is, on the recorrupted copy against its twin, with ``run_stage`` mapping
+    noisy slices and their BSN estimate to that stage's output. The later stages see the noisy slice beside
+    the estimate, so their errors differ from the estimate's, and a mix beats both where neither is better
+    everywhere. The whole copy runs (not a subset of slices): the networks read each slice's neighbours."""
+    signal = estimates.recorrupted_output
+    return blend_weight(run_stage(estimates.recorrupted, signal), signal, estimates.twin)
 
 
 def _fitted_noise(slices: np.ndarray, bsn_output: np.ndarray, noise_kind: str, noise: str,
@@ -441,6 +469,9 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
         output = predict_slices(bundle.networks[bundle.inference_network], slices, torch_device, _batch(torch_device),
                                 progress=progress, cancel=cancel, context=half_width,
                                 leading=stages["bsn"] if from_bsn else None)
+    output_weight = bundle.metadata.get("output_blend", {}).get("weight")  # bundles before the blend: none
+    if output_weight is not None:
+        output = blend(output, stages["bsn"], output_weight)
     denoised = scaling.denormalise(from_slices(_unbiased(noise_model, output), image.shape, axis))
     extras = _extras(image, denoised, tuple(outputs), stages, scaling, axis, noise_model)
     return Denoised(denoised, extras, {"total_s": round(time.perf_counter() - started, 3)},

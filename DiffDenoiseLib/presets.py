@@ -21,20 +21,23 @@ from .training import TrainConfig
 
 @dataclass
 class PipelineSettings:
-    """Settings of every stage of DiffDenoise."""
+    """Settings of every stage of DiffDenoise; with ``blend_with_bsn`` the output of the last stage (SRDS or the
+    distilled NAFNet) is blended with the BSN estimate, the weight fitted on the recorrupted copy as the
+    Wiener blend's (:mod:`.wiener`), so the pipeline keeps what its first stage got right."""
 
     bsn: BsnSettings
     diffusion: DiffusionSettings
     sampling: SamplingSettings
     distillation: DistillationSettings
+    blend_with_bsn: bool = True
 
     def with_context(self, context: SliceContext) -> PipelineSettings:
         """These settings with every network reading ``context``'s neighbouring slices (:mod:`.context`)."""
         half_width = context.half_width
         bsn = replace(self.bsn, network=replace(self.bsn.network, context_slices=half_width,
                                                 blind_context=context.blind))
-        return PipelineSettings(bsn, replace(self.diffusion, context_slices=half_width), self.sampling,
-                                replace(self.distillation, context_slices=half_width))
+        return replace(self, bsn=bsn, diffusion=replace(self.diffusion, context_slices=half_width),
+                       distillation=replace(self.distillation, context_slices=half_width))
 
 
 def _nafnet(width: int, encoder: tuple[int, ...], middle: int, decoder: tuple[int, ...],
@@ -93,8 +96,7 @@ def pipeline_settings(preset: str | PipelineSettings, noise_kind: str) -> Pipeli
         settings = PRESETS[preset]
     else:
         raise InputError(f"unknown preset '{preset}': use one of {', '.join(PRESETS)}")
-    return PipelineSettings(for_noise(settings.bsn, noise_kind), settings.diffusion, settings.sampling,
-                            settings.distillation)
+    return replace(settings, bsn=for_noise(settings.bsn, noise_kind))
 
 
 # DDM2 for 4D diffusion MRI (budgets for a 104x104 x 2 slices x 97 volumes series in the README).

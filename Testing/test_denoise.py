@@ -1,6 +1,7 @@
 """The library's main call: input checks, shape/dtype contract, determinism, and the input left untouched."""
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -113,15 +114,23 @@ def test_methods_train_their_stages_and_give_extra_outputs(knee_crop, tiny_setti
     for image in result.extras.values():
         assert image.shape == knee_crop.shape and image.dtype == np.float32
     np.testing.assert_allclose(result.extras["residual"], knee_crop - result.denoised, atol=1e-3)
+    if method != "bsn":  # the last stage's output blended with the BSN estimate, the weight fitted
+        weight = result.bundle.metadata["output_blend"]["weight"]
+        assert 0 <= weight <= 1
+        np.testing.assert_allclose(apply_bundle(result.bundle, knee_crop, device="cpu").denoised, result.denoised,
+                                   atol=1e-4)
     if method == "diffusion":
-        np.testing.assert_array_equal(result.extras["srds"], result.denoised)
+        blended = weight * result.extras["srds"] + (1 - weight) * result.extras["bsn"]
+        np.testing.assert_allclose(result.denoised, blended, atol=1e-3)
+        unblended = denoise(knee_crop, method=method, preset=replace(tiny_settings, blend_with_bsn=False),
+                            device="cpu", outputs=outputs)
+        assert "output_blend" not in unblended.bundle.metadata
+        np.testing.assert_array_equal(unblended.extras["srds"], unblended.denoised)
     if "uncertainty" in outputs:
         assert (result.extras["uncertainty"] >= 0).all()
 
 
 def test_srds_options_and_identity_conditioning(knee_crop, tiny_settings):
-    from dataclasses import replace
-
     result = denoise(knee_crop, method="diffusion", preset=tiny_settings, device="cpu", srds_pairs=2, ddim_steps=3)
     assert result.bundle.metadata["sampling"]["pairs"] == 2 and result.bundle.metadata["sampling"]["steps"] == 3
     # recorrupted (default): [x_t, BSN output, noisy slice]; the ablations: [x_t, BSN output] and [x_t, noisy]

@@ -168,9 +168,13 @@ def run_case(data: str, clean: np.ndarray, noise: str, preset: str, seed: int, a
         return None if checkpoints is None else checkpoints / run
 
     outputs, result = our_methods(noisy, PRESETS[preset], seed, folder("pipeline"), progress, spacing)
-    t, context = result.timings, result.bundle.metadata["context"]
+    t, metadata = result.timings, result.bundle.metadata
+    context, bsn, blend = metadata["context"], metadata["bsn"], metadata.get("output_blend")
     notes = [f"noise analysis: {result.noise.kind} (correlation {result.noise.neighbour_correlation:+.3f}); "
              f"context: {context['half_width']} slice(s) per side ({context['reason']}); "
+             f"BSN estimate's share in its Wiener blend {bsn['wiener_weight']:.2f} (patches "
+             f"{bsn['wiener_depth']} slice(s) deep); distilled NAFNet's share in its blend with the BSN estimate "
+             + (f"{blend['weight']:.2f}; " if blend else "none (no blend); ") +
              f"training s: BSN {t['train_bsn_s']:.0f}, diffusion {t['train_diffusion_s']:.0f}, "
              f"NAFNet {t['train_nafnet_s']:.0f}; SRDS {t['srds_s']:.0f}; total {t['total_s']:.0f}; "
              f"CPU: {cpu_model()}, {torch.get_num_threads()} threads"]

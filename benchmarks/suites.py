@@ -43,11 +43,11 @@ class Suite:
 
 def with_steps(settings: PipelineSettings, bsn: int, diffusion: int, distillation: int) -> PipelineSettings:
     """``settings`` with other training step counts for its three stages."""
-    return PipelineSettings(replace(settings.bsn, training=replace(settings.bsn.training, steps=bsn)),
-                            replace(settings.diffusion, training=replace(settings.diffusion.training, steps=diffusion)),
-                            settings.sampling,
-                            replace(settings.distillation,
-                                    training=replace(settings.distillation.training, steps=distillation)))
+    def stage(config, steps: int):  # a stage's settings with its training at ``steps``
+        return replace(config, training=replace(config.training, steps=steps))
+
+    return replace(settings, bsn=stage(settings.bsn, bsn), diffusion=stage(settings.diffusion, diffusion),
+                   distillation=stage(settings.distillation, distillation))
 
 
 def describe(settings: PipelineSettings) -> str:
