@@ -6,8 +6,9 @@ noise of 0.1 of the range, seed 0; the quick networks at 300 / 800 / 300 trainin
 the quick preset's). Measured on an AMD EPYC (2 cores, AVX2): noisy 19.99 dB / SSIM 0.290; best blur 29.60 dB
 (sigma 0.8 px), best-SSIM blur 0.805 (sigma 1.6 px); BSN 31.74 / 0.914 (each slice alone: 30.97 / 0.914);
 SRDS 31.54 / 0.865; distilled NAFNet 31.13 / 0.837 (before the 8-way self-ensemble of the BSN and the
-distilled NAFNet, commit a666510, and the Wiener blend of the BSN estimate, which these margins still hold
-with). About 4 minutes on an AMX machine, 9 on an AVX2 one.
+distilled NAFNet, commit a666510, the Wiener blend of the BSN estimate, its patches across slices, and the
+distilled output's blend with the BSN estimate, which these margins still hold with). About 4 minutes on an
+AMX machine, 9 on an AVX2 one.
 """
 
 from __future__ import annotations
