@@ -241,14 +241,14 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
                                            settings.diffusion.prediction)
         timings["srds_s"] = time.perf_counter() - clock
         output = targets
+        if method == "diffusion":
 
-        def run_srds(noisy: np.ndarray, signal: np.ndarray) -> np.ndarray:
-            return sample_srds(diffusion, diffusion_condition(conditioning, noisy, signal, normaliser, half_width),
-                               settings.diffusion.schedule, settings.sampling, torch_device, seed, progress, cancel,
-                               normaliser, signal, settings.diffusion.prediction)[0]
+            def final_stage(noisy: np.ndarray, signal: np.ndarray) -> np.ndarray:  # SRDS of the output blend's copy
+                return sample_srds(diffusion, diffusion_condition(conditioning, noisy, signal, normaliser, half_width),
+                                   settings.diffusion.schedule, settings.sampling, torch_device, seed, progress,
+                                   cancel, normaliser, signal, settings.diffusion.prediction)[0]
 
-        final_stage = run_srds
-        if method == "diffdenoise":
+        else:
             # without a BSN (the identity-conditioning ablation) the NAFNet corrects the noisy slice
             distillation = settings.distillation if predictions is not None else replace(settings.distillation,
                                                                                          from_bsn=False)
