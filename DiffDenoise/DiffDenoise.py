@@ -115,7 +115,7 @@ def _checkModelPath(saveModelPath: str | None) -> None:
 
 _addLibraryToPath()
 # torch-free and importable on any Python 3, so the panel loads and can say what is missing
-from DiffDenoiseLib.options import DEVICE_CHOICES, METHODS, NOISE_CHOICES, PRESETS  # noqa: E402
+from DiffDenoiseLib.options import METHODS, DenoiseOptions, DWIOptions, panel_parameters, specs  # noqa: E402
 
 PANEL_METHODS = ("auto", *METHODS, "ddm2", "apply")
 
@@ -186,6 +186,20 @@ VolumeOrSeries = typing.Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLDiff
                               slicer.vtkMRMLSequenceNode, None]
 
 
+# The library's options on the panel (noise, preset, device, SRDS pairs, DDIM steps) with their choices, ranges
+# and defaults, declared once in DiffDenoiseLib.options; a spin box's 0 is "the preset's".
+PANEL_OPTIONS = panel_parameters(DenoiseOptions, Choice, WithinRange)
+
+
+def _withPanelOptions(parameterNode: type) -> type:
+    """The parameter node declaration with a field for each of :data:`PANEL_OPTIONS`."""
+    for name, (annotation, default) in PANEL_OPTIONS.items():
+        parameterNode.__annotations__[name] = annotation
+        setattr(parameterNode, name, default)
+    return parameterNode
+
+
+@_withPanelOptions
 class DiffDenoiseParameterNode:
     """What the panel shows, saved with the scene. Each name is a widget's ``SlicerParameterName`` in the .ui.
 
@@ -197,13 +211,8 @@ class DiffDenoiseParameterNode:
     inputVolume: VolumeOrSeries
     outputVolume: VolumeOrSeries  # none: a new node
     method: Annotated[str, Choice(PANEL_METHODS)] = "auto"
-    noise: Annotated[str, Choice(NOISE_CHOICES)] = "auto"
-    preset: Annotated[str, Choice(PRESETS)] = "quick"
-    device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
     saveModel: bool = False  # save the trained bundle (to the save field's path)
     keepCheckpoints: bool = False  # checkpoints in the folder field's path: a stopped run resumes there
-    srdsPairs: Annotated[int, WithinRange(0, 16)] = 0  # 0: the preset's
-    ddimSteps: Annotated[int, WithinRange(0, 1000)] = 0
     residualOutput: bool = False
     uncertaintyOutput: bool = False
     showUncertainty: bool = True  # the uncertainty map as an overlay on the result
@@ -218,12 +227,22 @@ def runOptions(parameters, applyModelPath: str = "", saveModelPath: str = "", ch
     (each used only where the method or its switch asks for it)."""
     method = parameters.method
     extras = {"residual": parameters.residualOutput, "uncertainty": parameters.uncertaintyOutput}
-    return {"outputNode": parameters.outputVolume, "method": method, "noise": parameters.noise,
-            "preset": parameters.preset, "device": parameters.device, "srdsPairs": parameters.srdsPairs or None,
-            "ddimSteps": parameters.ddimSteps or None, "extraOutputs": tuple(name for name, on in extras.items() if on),
+    return {"outputNode": parameters.outputVolume, "method": method,
+            **{name: getattr(parameters, name) for name in PANEL_OPTIONS},
+            "extraOutputs": tuple(name for name, on in extras.items() if on),
             "modelPath": applyModelPath.strip() if method == "apply" else None,
             "saveModelPath": saveModelPath.strip() if parameters.saveModel and method != "apply" else None,
             "checkpointDir": checkpointDir.strip() if parameters.keepCheckpoints and method != "apply" else None}
+
+
+def _panelOptions(options: type, values: dict, kept: tuple[str, ...] | None):
+    """The job's options from panel-named ``values``: those it has (all of them, or the names in ``kept``);
+    the panel passes all of its own to every job. A name no job has is a TypeError, as for any keyword."""
+    known = {spec.panel for job in (DenoiseOptions, DWIOptions) for spec in specs(job).values()}
+    if set(values) - known:
+        raise TypeError(f"no option {', '.join(sorted(set(values) - known))}; options: {', '.join(sorted(known))}")
+    names = {spec.panel for spec in specs(options).values()} if kept is None else set(kept)
+    return options.from_panel_names({name: value for name, value in values.items() if name in names})
 
 
 #
@@ -333,18 +352,17 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         self._recordProvenance([outputVolumeNode, *self.lastExtraNodes.values()], provenance)
         return outputVolumeNode
 
-    def process(self, inputVolumeNode, outputVolumeNode=None, method: str = "diffdenoise", noise: str = "auto",
-                preset: str = "quick", device: str = "auto", steps: int | None = None, seed: int = 0,
-                srdsPairs: int | None = None, ddimSteps: int | None = None, distillSlices: int | None = None,
-                extraOutputs: tuple[str, ...] = (), saveModelPath: str | None = None, checkpointDir: str | None = None,
-                progressCallback: Callable | None = None, cancelCallback: Callable[[], bool] | None = None):
+    def process(self, inputVolumeNode, outputVolumeNode=None, saveModelPath: str | None = None,
+                checkpointDir: str | None = None, progressCallback: Callable | None = None,
+                cancelCallback: Callable[[], bool] | None = None, **options):
         """Denoise ``inputVolumeNode`` by training on it; returns the output node (new unless one is given).
 
-        Options are those of ``DiffDenoiseLib.denoise.denoise`` (method, noise, preset, device, steps, seed,
-        SRDS pairs, DDIM steps, distillation slices). ``extraOutputs`` (``residual``, ``uncertainty``, ``bsn``,
-        ``srds``) become new volume nodes, listed in ``self.lastExtraNodes``. ``saveModelPath`` also saves the
-        trained bundle for ``apply`` on other volumes. With ``checkpointDir`` each training stage keeps a
-        checkpoint there, and a run cancelled or killed before the end resumes from it when started again.
+        ``options`` are those of ``DiffDenoiseLib.options.DenoiseOptions`` by their camelCase names:
+        ``method``, ``noise``, ``preset``, ``device``, ``seed``, ``steps``, ``srdsPairs``, ``ddimSteps``,
+        ``distillSlices``, ``context`` and ``extraOutputs`` (``residual``, ``uncertainty``, ``bsn``, ``srds``:
+        new volume nodes, listed in ``self.lastExtraNodes``). ``saveModelPath`` also saves the trained bundle
+        for ``apply`` on other volumes. With ``checkpointDir`` each training stage keeps a checkpoint there,
+        and a run cancelled or killed before the end resumes from it when started again.
         """
         self._checkInput(inputVolumeNode, outputVolumeNode)
         _import_library()
@@ -352,14 +370,12 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         from DiffDenoiseLib.denoise import denoise
         from DiffDenoiseLib.provenance import Provenance
 
+        chosen = DenoiseOptions.from_panel_names(options)
         _checkModelPath(saveModelPath)
         array = slicer.util.arrayFromVolume(inputVolumeNode).copy()  # (k, j, i) = (z, y, x), like the library
         geometry = node_geometry(inputVolumeNode)
-        result = denoise(array, method=method, noise=noise, preset=preset, device=device,
-                         slice_axis=geometry.slice_axis(), seed=seed, steps=steps, srds_pairs=srdsPairs,
-                         ddim_steps=ddimSteps, distill_slices=distillSlices, outputs=tuple(extraOutputs),
-                         spacing=tuple(reversed(geometry.spacing)), checkpoint_dir=checkpointDir,
-                         progress=progressCallback, cancel=cancelCallback)
+        result = denoise(array, chosen, slice_axis=geometry.slice_axis(), spacing=tuple(reversed(geometry.spacing)),
+                         checkpoint_dir=checkpointDir, progress=progressCallback, cancel=cancelCallback)
         if saveModelPath:
             save_bundle(saveModelPath, result.bundle, overwrite=True)  # a chosen path
         logging.info(f"DiffDenoise: noise {result.noise.kind}, timings {result.timings}")
@@ -474,20 +490,19 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         slicer.util.updateVolumeFromArray(outputNode, np.ascontiguousarray(np.moveaxis(series, 0, -1), np.float32))
         return outputNode
 
-    def processDWI(self, dwiNode, outputNode=None, method: str = "ddm2", preset: str = "quick", device: str = "auto",
-                   steps: int | None = None, seed: int = 0, neighbours: int | None = None, sampler: str | None = None,
-                   samplerSteps: int | None = None, saveModelPath: str | None = None, bvals=None,
+    def processDWI(self, dwiNode, outputNode=None, saveModelPath: str | None = None, bvals=None,
                    checkpointDir: str | None = None, progressCallback: Callable | None = None,
-                   cancelCallback: Callable[[], bool] | None = None):
+                   cancelCallback: Callable[[], bool] | None = None, **options):
         """Denoise a diffusion-weighted volume node with DDM2 trained on it; returns a new DWI node (or
         ``outputNode``) with every volume, the same gradients, b-values, measurement frame and geometry.
 
         A ``vtkMRMLSequenceNode`` of scalar volumes (a 4D series) works too and gives a new sequence; its
         b-values are ``bvals`` (one per volume) or the sequence's index values when the index is "b-value".
 
-        Options are those of ``DiffDenoiseLib.denoise_dwi.denoise_dwi`` (``checkpointDir`` as in
-        :meth:`process`); the per-slice summary (matched
-        steps, untouched and outlier slices) is kept in ``self.lastSummary``.
+        ``options`` are those of ``DiffDenoiseLib.options.DWIOptions`` by their camelCase names (``method``,
+        ``preset``, ``device``, ``seed``, ``steps``, ``neighbours``, ``sampler``, ``samplerSteps``);
+        ``checkpointDir`` as in :meth:`process`. The per-slice summary (matched steps, untouched and outlier
+        slices) is kept in ``self.lastSummary``.
         """
         series, bvals = self._dwiArrays(dwiNode, outputNode, bvals)
         _import_library()
@@ -495,10 +510,10 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         from DiffDenoiseLib.denoise_dwi import denoise_dwi
         from DiffDenoiseLib.provenance import Provenance
 
+        chosen = DWIOptions.from_panel_names(options)
         _checkModelPath(saveModelPath)
-        result = denoise_dwi(series, bvals, method=method, preset=preset, device=device, seed=seed, steps=steps,
-                             neighbours=neighbours, sampler=sampler, sampler_steps=samplerSteps,
-                             checkpoint_dir=checkpointDir, progress=progressCallback, cancel=cancelCallback)
+        result = denoise_dwi(series, bvals, chosen, checkpoint_dir=checkpointDir, progress=progressCallback,
+                             cancel=cancelCallback)
         if saveModelPath:
             save_bundle(saveModelPath, result.bundle, overwrite=True)  # a chosen path
         self.lastSummary = result.summary()
@@ -521,20 +536,19 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         self.lastSummary = result.summary()
         return self._writeSeries(dwiNode, outputNode, result.denoised, Provenance.of(result.bundle, False))
 
-    def startBackground(self, inputNode, outputNode=None, method: str = "auto", noise: str = "auto",
-                        preset: str = "quick", device: str = "auto", srdsPairs: int | None = None,
-                        ddimSteps: int | None = None, steps: int | None = None, extraOutputs: tuple[str, ...] = (),
-                        modelPath: str | None = None, saveModelPath: str | None = None, bvals=None,
-                        checkpointDir: str | None = None, python: str | None = None) -> BackgroundRun:
+    def startBackground(self, inputNode, outputNode=None, method: str = "auto", modelPath: str | None = None,
+                        saveModelPath: str | None = None, bvals=None, checkpointDir: str | None = None,
+                        python: str | None = None, **options) -> BackgroundRun:
         """Start the same run as :meth:`process` / :meth:`apply` / :meth:`processDWI` in a worker process (the
         ``diffdenoise`` CLI with Slicer's Python, on temporary files) and return at once; the panel's way.
 
         ``method``: ``auto`` (DDM2 for a DWI node or a sequence, ``diffdenoise`` otherwise), ``diffdenoise``,
-        ``diffusion``, ``bsn``, ``ddm2``, or ``apply`` (``modelPath`` is the bundle to apply). A training
-        method saves its bundle to ``saveModelPath`` when given: a new file, never one that exists (the
-        check is made here, before anything runs). ``bvals`` as in :meth:`processDWI`; ``steps`` overrides
-        the preset's training steps; ``checkpointDir`` as in :meth:`process`. Poll the returned
-        :class:`BackgroundRun` from a timer; ``run.wait()`` blocks instead.
+        ``diffusion``, ``bsn``, ``ddm2``, or ``apply`` (``modelPath`` is the bundle to apply). ``options`` as in
+        :meth:`process` (or :meth:`processDWI` for a series, which uses those of its options that are given:
+        the panel passes all of its own). A training method saves its bundle to ``saveModelPath`` when given: a
+        new file, never one that exists (the check is made here, before anything runs). ``bvals`` as in
+        :meth:`processDWI`; ``checkpointDir`` as in :meth:`process`. Poll the returned :class:`BackgroundRun`
+        from a timer; ``run.wait()`` blocks instead.
         """
         _import_library()
         from DiffDenoiseLib.io import DiffusionVolume, Volume, write_dwi, write_volume
@@ -543,10 +557,19 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
                                               or inputNode.IsA("vtkMRMLSequenceNode"))
         if method == "auto":
             method = "ddm2" if isSeries else "diffdenoise"
+        if isSeries and method not in ("ddm2", "apply"):
+            raise ValueError(f"'{inputNode.GetName()}' is a diffusion series: use method ddm2 or apply")
+        if not isSeries and method == "ddm2":
+            raise ValueError(f"'{inputNode.GetName()}' is a scalar volume: DDM2 needs a diffusion series")
         self._checkRunPaths(method, modelPath, saveModelPath, checkpointDir)
+        kept = ("device",) if method == "apply" else None  # applying a bundle trains nothing
+        if isSeries:
+            chosen = _panelOptions(DWIOptions, options, kept)
+        else:
+            chosen = _panelOptions(DenoiseOptions, {**options, **({} if method == "apply" else {"method": method})},
+                                   None if kept is None else (*kept, "extraOutputs"))
         folder = tempfile.mkdtemp(prefix="DiffDenoise-", dir=_temporaryFolder())
         output = os.path.join(folder, "output.nii.gz" if isSeries else "output.nrrd")  # 4D: NIfTI + .bval
-        device = ["--device", device]
         try:
             if isSeries:
                 series, bvals = self._dwiArrays(inputNode, outputNode, bvals)
@@ -555,29 +578,16 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
                 # DDM2 uses the b-values only; the output node gets the input's own gradients back
                 write_dwi(source, DiffusionVolume(Volume(series, node_geometry(reference).with_series_axis()),
                                                   bvals, np.zeros((len(bvals), 3))))
-                arguments = ["ddm2", source, output, "--preset", preset, *device]
-                if method == "apply":
-                    arguments += ["--model", modelPath]
-                elif method != "ddm2":
-                    raise ValueError(f"'{inputNode.GetName()}' is a diffusion series: use method ddm2 or apply")
+                arguments = ["ddm2", source, output]
             else:
                 self._checkInput(inputNode, outputNode)
-                if method == "ddm2":
-                    raise ValueError(f"'{inputNode.GetName()}' is a scalar volume: DDM2 needs a diffusion series")
                 source = os.path.join(folder, "input.nrrd")
                 write_volume(source, Volume(slicer.util.arrayFromVolume(inputNode), node_geometry(inputNode)))
-                extras = ["--extra", *extraOutputs] if extraOutputs else []
-                if method == "apply":
-                    arguments = ["apply", "--model", modelPath, source, output, *device, *extras]
-                else:
-                    arguments = ["denoise", source, output, "--method", method, "--noise", noise, "--preset", preset,
-                                 *device, *extras]
-                    arguments += ["--srds-pairs", str(srdsPairs)] if srdsPairs else []
-                    arguments += ["--ddim-steps", str(ddimSteps)] if ddimSteps else []
-            if method != "apply":
-                arguments += ["--steps", str(steps)] if steps else []
-                arguments += ["--save-model", saveModelPath] if saveModelPath else []
-                arguments += ["--checkpoint-dir", checkpointDir] if checkpointDir else []
+                arguments = ["apply", source, output] if method == "apply" else ["denoise", source, output]
+            arguments += chosen.to_cli_args()
+            arguments += ["--model", modelPath] if method == "apply" else []
+            arguments += ["--save-model", saveModelPath] if saveModelPath else []
+            arguments += ["--checkpoint-dir", checkpointDir] if checkpointDir else []
             arguments += ["--output-dtype", "float32"]
             return BackgroundRun(self, inputNode, outputNode, folder, arguments, python)
         except Exception:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import Cancelled, DiffDenoiseError, InputError
+from .options import DenoiseOptions, DWIOptions, add_arguments
 from .progress import ProgressEvent
 from .worker import JsonLinesProgress
 
@@ -39,24 +40,6 @@ EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 Written = dict[str, Path]  # what a command wrote, by name (denoised, residual, model, ...)
 CHECKPOINT_HELP = ("keep a checkpoint of each training stage in this folder; run the same command again after a "
                    "crash or Ctrl-C to resume where it stopped (delete the folder when done)")
-
-
-def _whole_number(minimum: int | None, maximum: int | None = None):
-    """An argparse type: a whole number in [minimum, maximum], or a one-line usage error saying the range."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            bounds = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-            raise argparse.ArgumentTypeError(f"{value} is out of range: use a whole number {bounds}")
-        return value
-    return parse
-
-
-POSITIVE = _whole_number(1)
-SEED = _whole_number(-(2 ** 63), 2 ** 63 - 1)  # what torch.manual_seed accepts
 
 
 class UsageError(Exception):
@@ -117,7 +100,7 @@ def _image_outputs(output: Path, args: argparse.Namespace,
 
     kept = volume.array.dtype if volume is not None else None
     outputs = [("denoised", output, kept if args.output_dtype == "input" else np.dtype(np.float32))]
-    return outputs + [(name, extra_output_path(output, name), np.dtype(np.float32)) for name in args.extra]
+    return outputs + [(name, extra_output_path(output, name), np.dtype(np.float32)) for name in args.outputs]
 
 
 def _plan_images(plan: WritePlan, output: Path, args: argparse.Namespace, volume: Volume | None,
@@ -193,10 +176,6 @@ def _slice_axis(volume: Volume, choice: str) -> int:
     return volume.geometry.slice_axis() if choice == "auto" else int(choice)
 
 
-def _context(choice: str) -> int | str:
-    return choice if choice == "auto" else int(choice)
-
-
 def _numpy_spacing(volume: Volume) -> tuple[float, ...]:
     """The voxel spacing in numpy axis order (the geometry's is x, y, z)."""
     return tuple(reversed(volume.geometry.spacing[:volume.array.ndim]))
@@ -209,17 +188,15 @@ def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     from .provenance import Provenance
     from .write_plan import WritePlan
 
+    options = DenoiseOptions.from_namespace(args)  # values allowed alone may not be together
     plan = WritePlan(args.overwrite)
     plan.read(args.input)
     volume = read_volume(args.input, args.series)
     _plan_images(plan, args.output, args, volume)
     model_path = _plan_training(plan, args)
     plan.check()
-    result = denoise(volume.array, method=args.method, noise=args.noise, preset=args.preset, device=args.device,
-                     slice_axis=_slice_axis(volume, args.slice_axis), seed=args.seed, steps=args.steps,
-                     srds_pairs=args.srds_pairs, ddim_steps=args.ddim_steps, distill_slices=args.distill_slices,
-                     outputs=tuple(args.extra), context=_context(args.context), spacing=_numpy_spacing(volume),
-                     checkpoint_dir=args.checkpoint_dir, progress=progress)
+    result = denoise(volume.array, options, slice_axis=_slice_axis(volume, args.slice_axis),
+                     spacing=_numpy_spacing(volume), checkpoint_dir=args.checkpoint_dir, progress=progress)
     progress.close()
     if not distributed.is_main():  # under torchrun every process trains; one writes
         return {}
@@ -241,7 +218,7 @@ def _apply_to_volume(bundle: ModelBundle, volume: Volume, output: Path, args: ar
     from .provenance import Provenance
 
     axis = None if args.slice_axis == "bundle" else _slice_axis(volume, args.slice_axis)
-    result = apply_bundle(bundle, volume.array, device=args.device, slice_axis=axis, outputs=tuple(args.extra),
+    result = apply_bundle(bundle, volume.array, device=args.device, slice_axis=axis, outputs=tuple(args.outputs),
                           progress=progress)
     progress.close()
     print(result.summary())
@@ -275,6 +252,7 @@ def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
     from .provenance import Provenance
     from .write_plan import WritePlan
 
+    options = DWIOptions.from_namespace(args)
     plan = WritePlan(args.overwrite)
     for path in (args.input, args.bval, args.bvec, args.model):
         if path is not None:
@@ -286,12 +264,10 @@ def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
     model_path = None if args.model else _plan_training(plan, args)
     plan.check()
     if args.model:
-        result = apply_dwi_bundle(load_bundle(args.model), series, dwi.bvals, device=args.device,
-                                  sampler=args.sampler, sampler_steps=args.sampler_steps, progress=progress)
+        result = apply_dwi_bundle(load_bundle(args.model), series, dwi.bvals, device=options.device,
+                                  sampler=options.sampler, sampler_steps=options.sampler_steps, progress=progress)
     else:
-        result = denoise_dwi(series, dwi.bvals, method=args.method, preset=args.preset, device=args.device,
-                             seed=args.seed, steps=args.steps, neighbours=args.neighbours, sampler=args.sampler,
-                             sampler_steps=args.sampler_steps, checkpoint_dir=args.checkpoint_dir,
+        result = denoise_dwi(series, dwi.bvals, options, checkpoint_dir=args.checkpoint_dir,
                              progress=progress)
     progress.close()
     if not distributed.is_main():
@@ -416,8 +392,7 @@ def cmd_demo(args: argparse.Namespace, progress: Progress) -> Written:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .options import CONTEXT_CHOICES, DEVICE_CHOICES, EXTRA_OUTPUTS, METHODS, NOISE_CHOICES, PRESETS
-
+    """The command line; the options of each job come from :mod:`.options`."""
     parser = _Parser(prog="diffdenoise", description="Self-supervised denoising of medical images: it learns "
                      "from the noisy scan itself, no clean data needed.")
     parser.add_argument("--version", action="version", version=f"diffdenoise {__version__}")
@@ -433,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "nothing but a DICOM series); without it an existing output is refused")
 
     def add_common(sub: argparse.ArgumentParser, axis_choices: tuple[str, ...]) -> None:
-        sub.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
+        """The arguments of every job on scalar images besides its options: how the files are read and written."""
         sub.add_argument("--slice-axis", default="auto", choices=axis_choices,
                          help="numpy axis of 3D volumes to slice along; auto = the input's coarsest spacing (the "
                               "acquisition plane; default)" + ("; bundle = the axis the bundle was trained along"
@@ -441,34 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--series", metavar="SERIES_UID",
                          help="the DICOM series to read when an input folder holds several")
         add_overwrite(sub)
+        add_output_dtype(sub)
+
+    def add_output_dtype(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--output-dtype", default="input", choices=("input", "float32"),
                          help="data type of the output file (default: the input's, rounded for integers)")
-        sub.add_argument("--extra", nargs="+", default=[], choices=EXTRA_OUTPUTS, metavar="OUTPUT",
-                         help="also write OUTPUT_<name> float32 files: residual (input - output), uncertainty "
-                              "(SRDS pair disagreement), bsn (BSN output), srds (SRDS output)")
 
     denoise = commands.add_parser("denoise", help="train on the input itself and denoise it")
     denoise.add_argument("input", type=Path, help="image file (NIfTI, NRRD, MHA, DICOM, PNG, TIFF) or DICOM folder")
     denoise.add_argument("output", type=Path, help="output file (format from the extension) or DICOM folder")
-    denoise.add_argument("--method", default="diffdenoise", choices=METHODS,
-                         help="diffdenoise: BSN -> diffusion -> SRDS -> distilled NAFNet (default); diffusion: "
-                              "SRDS output; bsn: blind-spot network only")
-    denoise.add_argument("--noise", default="auto", choices=NOISE_CHOICES,
-                         help="noise type (auto: measured); gaussian, poisson, gamma (speckle) or rician name the "
-                              "family of pixel-independent noise, which sets how training pairs are split (and, for "
-                              "rician, takes the magnitude bias out of the output)")
-    denoise.add_argument("--preset", default="quick", choices=PRESETS, help="training budget (README: Presets)")
-    denoise.add_argument("--steps", type=POSITIVE, help="training steps of every stage, overriding the preset")
-    denoise.add_argument("--srds-pairs", type=POSITIVE, help="antithetic SRDS pairs averaged per slice")
-    denoise.add_argument("--ddim-steps", type=POSITIVE, help="DDIM steps per SRDS trajectory")
-    denoise.add_argument("--distill-slices", type=POSITIVE,
-                         help="SRDS-sample at most this many evenly spaced slices to train the NAFNet")
-    denoise.add_argument("--seed", type=SEED, default=0)
+    add_arguments(denoise, DenoiseOptions)
     denoise.add_argument("--save-model", type=Path, help="also save the trained model bundle (.safetensors)")
     denoise.add_argument("--checkpoint-dir", type=Path, help=CHECKPOINT_HELP)
-    denoise.add_argument("--context", default="auto", choices=CONTEXT_CHOICES,
-                         help="neighbouring slices per side every network reads (auto: chosen from the volume; "
-                              "0: each slice alone, as for 2D images)")
     add_common(denoise, ("auto", "0", "1", "2"))
     denoise.set_defaults(run=cmd_denoise)
 
@@ -476,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--model", type=Path, required=True, help="bundle saved with denoise --save-model")
     apply.add_argument("input", type=Path)
     apply.add_argument("output", type=Path)
+    add_arguments(apply, DenoiseOptions, only=("device", "outputs"))
     add_common(apply, ("auto", "0", "1", "2", "bundle"))
     apply.set_defaults(run=cmd_apply)
 
@@ -483,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--model", type=Path, required=True, help="bundle saved with denoise --save-model")
     cohort.add_argument("--out", type=Path, required=True, help="output folder (same file names as the inputs)")
     cohort.add_argument("inputs", type=Path, nargs="+", help="image files or DICOM folders")
+    add_arguments(cohort, DenoiseOptions, only=("device", "outputs"))
     add_common(cohort, ("auto", "0", "1", "2", "bundle"))
     cohort.set_defaults(run=cmd_cohort)
 
@@ -491,21 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     ddm2.add_argument("output", type=Path, help="4D output: .nii.gz (+ .bval/.bvec written next to it) or .nrrd")
     ddm2.add_argument("--bval", type=Path, help="FSL b-values (default <stem>.bval; not needed for NRRD DWI)")
     ddm2.add_argument("--bvec", type=Path, help="FSL gradient directions (default <stem>.bvec)")
-    ddm2.add_argument("--method", default="ddm2", choices=("ddm2", "stage1"),
-                      help="ddm2: Stages I-III (default); stage1: the slice-from-other-volumes denoiser alone")
-    ddm2.add_argument("--preset", default="quick", choices=PRESETS, help="training budget (README: DDM2)")
-    ddm2.add_argument("--steps", type=POSITIVE, help="training steps of both stages, overriding the preset")
-    ddm2.add_argument("--neighbours", type=POSITIVE, help="volumes per Stage I input (default 2)")
-    ddm2.add_argument("--sampler", choices=("accelerated", "full"),
-                      help="accelerated: DDIM over a few steps (default); full: every step of the chain")
-    ddm2.add_argument("--sampler-steps", type=POSITIVE, help="steps of the accelerated sampler (default 10)")
-    ddm2.add_argument("--seed", type=SEED, default=0)
+    add_arguments(ddm2, DWIOptions)
     ddm2.add_argument("--model", type=Path, help="apply this saved DDM2 bundle instead of training")
     ddm2.add_argument("--save-model", type=Path, help="also save the trained model bundle (.safetensors)")
     ddm2.add_argument("--checkpoint-dir", type=Path, help=CHECKPOINT_HELP)
-    ddm2.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
-    ddm2.add_argument("--output-dtype", default="input", choices=("input", "float32"),
-                      help="data type of the output file (default: the input's, rounded for integers)")
+    add_output_dtype(ddm2)
     add_overwrite(ddm2)
     ddm2.set_defaults(run=cmd_ddm2)
 
@@ -516,8 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="denoise the embedded knee MRI sample with known added noise")
     demo.add_argument("--out", type=Path, default=Path("diffdenoise-demo"), help="output folder")
-    demo.add_argument("--steps", type=POSITIVE, help="training steps (default: the quick preset's)")
-    demo.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    add_arguments(demo, DenoiseOptions, only=("steps", "device"))
     add_overwrite(demo)
     demo.set_defaults(run=cmd_demo)
     return parser

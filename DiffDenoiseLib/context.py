@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .options import MAX_HALF_WIDTH
 
 MIN_CONTEXT_SLICES = 3  # volumes of one or two slices keep the 2D path
 
@@ -61,7 +62,6 @@ def stack_context(slices: np.ndarray, half_width: int, indices: Sequence[int] | 
 # measures |r| <= 0.012 on the dev volumes (MNI, knee; Gaussian, Poisson, Rician, in-plane correlated noise),
 # noise shared between slices (a 0.7-slice Gaussian along z, or 50 % overlapping slices) 0.46 to 0.54.
 SLICE_CORRELATION_THRESHOLD = 0.1
-MAX_HALF_WIDTH = 4
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from .inference import predict_slices
 from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise, residual_outliers
 from .noise_model import FAMILIES, NoiseModel, exact_floor, fit_noise_model, with_family
 from .noise_normalisation import NoiseNormaliser
-from .options import EXTRA_OUTPUTS, METHODS, NOISE_CHOICES
+from .options import DenoiseOptions
 from .pipelines.bsn import train_bsn
 from .pipelines.diffdenoise import (
     BUNDLE_DEFAULT_PREDICTION,
@@ -93,8 +93,6 @@ class DenoiseResult(Denoised):
 
 
 def _noise_kind(image: np.ndarray, noise: str) -> tuple[NoiseAnalysis, Literal["iid", "correlated"]]:
-    if noise not in NOISE_CHOICES:
-        raise InputError(f"unknown noise type '{noise}': use one of {', '.join(NOISE_CHOICES)}")
     analysis = estimate_noise(image)
     if noise in ("auto", "correlated"):
         return analysis, analysis.kind if noise == "auto" else noise  # type: ignore[return-value]
@@ -106,22 +104,12 @@ def _family_request(noise: str) -> str:
     return noise if noise in FAMILIES else "auto"
 
 
-def _check_choices(method: str, outputs: tuple[str, ...]) -> None:
-    if method not in METHODS:
-        raise InputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
-    unknown = set(outputs) - set(EXTRA_OUTPUTS)
-    if unknown:
-        raise InputError(f"unknown extra output {sorted(unknown)}: use {', '.join(EXTRA_OUTPUTS)}")
-    if {"uncertainty", "srds"} & set(outputs) and method == "bsn":
-        raise InputError("the uncertainty map and SRDS output come from SRDS: use method diffusion or diffdenoise")
-
-
-def _with_overrides(settings: PipelineSettings, seed: int, device: str, steps: int | None, srds_pairs: int | None,
-                    ddim_steps: int | None, distill_slices: int | None,
+def _with_overrides(settings: PipelineSettings, options: DenoiseOptions,
                     checkpoint_dir: str | Path | None) -> PipelineSettings:
-    training = {"seed": seed, "device": device} | ({"steps": steps} if steps is not None else {})
-    sampling = {k: v for k, v in (("pairs", srds_pairs), ("steps", ddim_steps), ("distill_slices", distill_slices))
-                if v is not None}
+    training = {"seed": options.seed, "device": options.device} | (
+        {"steps": options.steps} if options.steps is not None else {})
+    sampling = {k: v for k, v in (("pairs", options.srds_pairs), ("steps", options.ddim_steps),
+                                  ("distill_slices", options.distill_slices)) if v is not None}
 
     def stage_training(config: TrainConfig, stage: str) -> TrainConfig:
         return checkpointed(replace(config, **training), checkpoint_dir, stage)
@@ -135,38 +123,20 @@ def _with_overrides(settings: PipelineSettings, seed: int, device: str, steps: i
     )
 
 
-def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "auto",
-            preset: str | PipelineSettings = "quick", device: str = "auto", slice_axis: int = 0, seed: int = 0,
-            steps: int | None = None, srds_pairs: int | None = None, ddim_steps: int | None = None,
-            distill_slices: int | None = None, outputs: tuple[str, ...] = (), context: int | str = "auto",
+def denoise(image: np.ndarray, options: DenoiseOptions | None = None, *, slice_axis: int = 0,
             spacing: tuple[float, ...] | None = None, checkpoint_dir: str | Path | None = None,
-            progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> DenoiseResult:
+            progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
+            **option_values: Any) -> DenoiseResult:
     """Denoise ``image`` (2D, or 3D processed as 2D slices along ``slice_axis``, each seen with its
     neighbouring slices) without clean data.
 
     Args:
         image: the noisy image; it is never modified.
-        method: ``diffdenoise`` (BSN -> conditional diffusion -> SRDS -> distilled NAFNet; the default),
-            ``diffusion`` (the SRDS output, no distillation) or ``bsn`` (the blind-spot network alone).
-        noise: ``auto`` (measured), ``iid`` (pixel-independent: PUCA) or ``correlated`` (LG-BPN); or the
-            family of i.i.d. noise, which picks the recorruption split that is exact for it: ``gaussian``,
-            ``poisson`` (binomial thinning), ``gamma`` (speckle: beta split) or ``rician`` (split as Gaussian,
-            its bias taken out of the output). With ``auto`` and ``iid`` the family is chosen from the shape
-            of the fitted noise level function.
-        preset: ``quick``, ``standard`` or ``full`` (budgets in the README), or explicit settings.
-        device: ``auto`` (CUDA > MPS > CPU), ``cpu``, ``cuda`` or ``mps``.
+        options: how it runs (:class:`.options.DenoiseOptions`: method, noise, preset, device, seed, steps,
+            srds_pairs, ddim_steps, distill_slices, context, outputs); any of its fields can instead be given
+            as a keyword (``option_values``), replacing the value in ``options``. ``preset`` may be explicit
+            :class:`.presets.PipelineSettings`.
         slice_axis: numpy axis of a 3D volume to slice along (use the coarsest one; see ``Geometry.slice_axis``).
-        seed: random seed of training and sampling; same seed and inputs give the same result on one device.
-        steps: training steps of every stage, overriding the preset's (for quick trials).
-        srds_pairs: antithetic SRDS pairs averaged per slice (preset's by default).
-        ddim_steps: DDIM steps per SRDS trajectory (preset's by default).
-        distill_slices: at most this many evenly spaced slices are SRDS-sampled to train the NAFNet.
-        outputs: extra outputs: ``residual`` (input - output), ``uncertainty`` (mean |half-difference| of the
-            SRDS pairs, in intensity units), ``bsn`` (the BSN output), ``srds`` (the SRDS output). Asking for
-            ``uncertainty`` or ``srds`` runs SRDS on every slice.
-        context: neighbouring slices per side every network reads (``auto``: chosen from the volume, see
-            :func:`.context.choose_context`; 0: each slice alone). Where the noise analysis finds the noise
-            shared between slices, the neighbours' blind spot is masked too.
         spacing: voxel spacing in numpy axis order (mm), for the slice spacing relative to the in-plane one.
         checkpoint_dir: a folder for one checkpoint per training stage (``bsn.pt``, ``diffusion.pt``,
             ``nafnet.pt``), written every 10% of a stage and on cancel. Run again with the same folder, image
@@ -177,8 +147,13 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
 
     Returns:
         :class:`DenoiseResult` with float32 images of the input's shape, in the input's intensity units.
+
+    Raises:
+        InputError: an option's value, or the image, cannot be used (the message says how to fix it).
+        TypeError: a keyword that is not an option.
     """
-    _check_choices(method, tuple(outputs))
+    options = DenoiseOptions.of(options, option_values)
+    method, preset, seed, outputs = options.method, options.preset, options.seed, options.outputs
     if image.ndim == 3 and slice_axis not in (0, 1, 2):
         raise InputError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
     started = time.perf_counter()
@@ -187,13 +162,13 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
     axis = slice_axis if image.ndim == 3 else 0
     slices = to_slices(scaling.normalise(image), axis)
     check_slice_size(slices, MIN_ANALYSIS_SIZE)
-    analysis, noise_kind = _noise_kind(slices[:, 0], noise)
-    slice_context = choose_context(context, len(slices) if image.ndim == 3 else 1, analysis.slice_correlation,
+    analysis, noise_kind = _noise_kind(slices[:, 0], options.noise)
+    slice_context = choose_context(options.context, len(slices) if image.ndim == 3 else 1, analysis.slice_correlation,
                                    _spacing_ratio(spacing, axis) if image.ndim == 3 else None)
     half_width = slice_context.half_width
-    settings = _with_overrides(pipeline_settings(preset, noise_kind).with_context(slice_context), seed, device,
-                               steps, srds_pairs, ddim_steps, distill_slices, checkpoint_dir)
-    torch_device = resolve_device(device)  # fail early on an unavailable device, before any training
+    settings = _with_overrides(pipeline_settings(preset, noise_kind).with_context(slice_context), options,
+                               checkpoint_dir)
+    torch_device = resolve_device(options.device)  # fail early on an unavailable device, before any training
     check_slice_size(slices, max(settings.bsn.network.min_size, settings.diffusion.network.min_size))
     timings = {"analysis_s": time.perf_counter() - started}
     training: dict[str, dict] = {}
@@ -215,7 +190,7 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
             return predict_slices(bsn, images, torch_device, _batch(torch_device), progress=progress, cancel=cancel,
                                   stage="bsn inference", context=half_width)
 
-        estimates = bsn_estimates(run_bsn, slices, settings, noise_kind, noise, scaling, seed,
+        estimates = bsn_estimates(run_bsn, slices, settings, noise_kind, options.noise, scaling, seed,
                                   recorrupted=method != "bsn" and conditioning == "recorrupted")
         predictions, noise_model = estimates.output, estimates.noise_model
         timings["bsn_inference_s"] = time.perf_counter() - clock
@@ -276,7 +251,7 @@ def denoise(image: np.ndarray, *, method: str = "diffdenoise", noise: str = "aut
     bundle = ModelBundle(method=method, networks=networks, inference_network=INFERENCE_NETWORK[method], metadata={
         "normalization": {"mode": "robust_percentiles", "low_percentile": LOW_PERCENTILE,
                           "high_percentile": HIGH_PERCENTILE, "training_range": [scaling.low, scaling.high]},
-        "noise": {"requested": noise, "used": noise_kind, **asdict(analysis),
+        "noise": {"requested": options.noise, "used": noise_kind, **asdict(analysis),
                   **({"model": noise_model.describe()} if noise_model else {})},
         **({"bsn": {"posterior": settings.bsn.posterior, "wiener_weight": estimates.wiener_weight,
                     "wiener_depth": estimates.wiener_depth}}
@@ -409,7 +384,7 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
     if bundle.metadata.get("modality") == "dwi":
         raise BundleError("this is a DDM2 bundle for 4D diffusion MRI: apply it with `diffdenoise ddm2 --model` "
                           "(apply_dwi_bundle)")
-    _check_choices(bundle.method, tuple(outputs))
+    DenoiseOptions(method=bundle.method, device=device, outputs=tuple(outputs))  # checks them as for training
     started = time.perf_counter()
     check_image(image)
     axis = bundle.metadata.get("slice_axis", 0) if slice_axis is None else slice_axis

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from .devices import resolve_device
 from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
 from .inference import predict_slices
+from .options import DWIOptions
 from .pipelines.ddm2 import (
     SHELL_TOLERANCE,
     DDM2Settings,
@@ -45,7 +47,6 @@ from .presets import ddm2_settings
 from .progress import CancelCheck, ProgressCallback
 from .training import checkpointed, training_record
 
-DWI_METHODS = ("ddm2", "stage1")
 MIN_VOLUMES = 3
 
 
@@ -114,12 +115,11 @@ def check_bvalues(bvals: np.ndarray) -> None:
                          "multiply them by 1000 (e.g. 1.0 -> 1000)")
 
 
-def _with_overrides(settings: DDM2Settings, seed: int, device: str, steps: int | None, neighbours: int | None,
-                    sampler: str | None, sampler_steps: int | None,
-                    checkpoint_dir: str | Path | None) -> DDM2Settings:
-    training = {"seed": seed, "device": device} | ({"steps": steps} if steps is not None else {})
-    choices = {k: v for k, v in (("neighbours", neighbours), ("sampler", sampler), ("sampler_steps", sampler_steps))
-               if v is not None}
+def _with_overrides(settings: DDM2Settings, options: DWIOptions, checkpoint_dir: str | Path | None) -> DDM2Settings:
+    training = {"seed": options.seed, "device": options.device} | (
+        {"steps": options.steps} if options.steps is not None else {})
+    choices = {k: v for k, v in (("neighbours", options.neighbours), ("sampler", options.sampler),
+                                 ("sampler_steps", options.sampler_steps)) if v is not None}
     stage1 = checkpointed(replace(settings.stage1_training, **training), checkpoint_dir, "stage1")
     stage3 = checkpointed(replace(settings.diffusion_training, **training), checkpoint_dir, "stage3")
     return replace(settings, stage1_training=stage1, diffusion_training=stage3, **choices)
@@ -129,36 +129,32 @@ def _batch(device: torch.device) -> int:
     return 8 if device.type == "cuda" else 2
 
 
-def denoise_dwi(series: np.ndarray, bvals: np.ndarray, *, method: str = "ddm2",
-                preset: str | DDM2Settings = "quick", device: str = "auto", seed: int = 0, steps: int | None = None,
-                neighbours: int | None = None, sampler: str | None = None, sampler_steps: int | None = None,
+def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | None = None, *,
                 checkpoint_dir: str | Path | None = None, progress: ProgressCallback | None = None,
-                cancel: CancelCheck | None = None) -> DWIDenoiseResult:
+                cancel: CancelCheck | None = None, **option_values: Any) -> DWIDenoiseResult:
     """Denoise a 4D diffusion series ``(volumes, z, y, x)`` with DDM2, trained on the series itself.
 
     Args:
         series: the noisy series, every volume (b0s included); never modified.
         bvals: one b-value per volume. Each shell's volumes predict each other in Stage I (see
             :func:`.pipelines.ddm2.neighbour_volumes`); every slice is matched to its own noise level.
-        method: ``ddm2`` (Stages I-III, the default) or ``stage1`` (the slice-from-other-volumes denoiser alone).
-        preset: ``quick``, ``standard`` or ``full`` (budgets in the README), or explicit settings.
-        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        seed: random seed of training and sampling.
-        steps: training steps of both stages, overriding the preset's.
-        neighbours: volumes per Stage I input (default 2).
-        sampler: ``accelerated`` (DDIM over ``sampler_steps`` steps, the default) or ``full`` (every step).
-        sampler_steps: DDIM steps of the accelerated sampler.
+        options: how it runs (:class:`.options.DWIOptions`: method, preset, device, seed, steps, neighbours,
+            sampler, sampler_steps); any of its fields can instead be given as a keyword (``option_values``).
+            ``preset`` may be explicit :class:`.pipelines.ddm2.DDM2Settings`.
         checkpoint_dir: a folder for the checkpoints of both training stages (``stage1.pt``, ``stage3.pt``);
             a killed run started again with it resumes there, as in :func:`.denoise.denoise`.
         progress, cancel: progress callback and cancel check, as in :func:`.denoise.denoise`.
+
+    Raises:
+        InputError: an option's value, or the series or its b-values, cannot be used.
+        TypeError: a keyword that is not an option.
     """
-    if method not in DWI_METHODS:
-        raise InputError(f"unknown DWI method '{method}': use one of {', '.join(DWI_METHODS)}")
+    options = DWIOptions.of(options, option_values)
+    method, preset, seed = options.method, options.preset, options.seed
     started = time.perf_counter()
     check_series(series, bvals)
-    settings = _with_overrides(ddm2_settings(preset), seed, device, steps, neighbours, sampler, sampler_steps,
-                               checkpoint_dir)
-    torch_device = resolve_device(device)
+    settings = _with_overrides(ddm2_settings(preset), options, checkpoint_dir)
+    torch_device = resolve_device(options.device)
     prepared = _prepare(series, bvals, settings.neighbours)
     check_slice_size(prepared.slices, max(settings.stage1_network.min_size, settings.diffusion_network.min_size))
     networks, training, timings = {}, {}, {}
@@ -200,6 +196,7 @@ def apply_dwi_bundle(bundle: ModelBundle, series: np.ndarray, bvals: np.ndarray,
     Every slice is matched to its own noise level again, so series noisier or cleaner than the training one
     start from their own steps. ``sampler`` / ``sampler_steps`` override the bundle's.
     """
+    DWIOptions(device=device, sampler=sampler, sampler_steps=sampler_steps)  # checks them as for training
     if bundle.metadata.get("modality") != "dwi":
         raise BundleError(f"this is a '{bundle.method}' bundle for scalar images, not a DDM2 bundle: apply it "
                           "with `diffdenoise apply` (per 3D volume)")

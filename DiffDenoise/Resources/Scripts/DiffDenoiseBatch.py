@@ -46,7 +46,7 @@ try:
     from DiffDenoiseLib.cli import TqdmProgress, extra_output_path
     from DiffDenoiseLib.errors import InputError
     from DiffDenoiseLib.io import Volume, write_volume
-    from DiffDenoiseLib.options import DEVICE_CHOICES, EXTRA_OUTPUTS, METHODS, NOISE_CHOICES, PRESETS
+    from DiffDenoiseLib.options import DenoiseOptions, add_arguments
     from DiffDenoiseLib.progress import ProgressEvent
     from DiffDenoiseLib.write_plan import WritePlan
 except ImportError as error:
@@ -88,7 +88,7 @@ def plan_writes(jobs: list[tuple[Path, Path]], args: argparse.Namespace) -> None
     for source, target in jobs:
         plan.read(source)
         plan.image(target)
-        for name in args.extra:
+        for name in args.outputs:
             plan.image(extra_output_path(target, name), f"{name} output")
     plan.check()
 
@@ -117,18 +117,17 @@ def make_progress(args: argparse.Namespace):
     return CoarseProgress()
 
 
-def denoise_file(source: Path, target: Path, args: argparse.Namespace) -> None:
+def denoise_file(source: Path, target: Path, args: argparse.Namespace, options: DenoiseOptions) -> None:
     scene = slicer.vtkMRMLScene()
     try:
         node = read_node(scene, source)
         progress = make_progress(args)
-        options = {"device": args.device, "extraOutputs": tuple(args.extra), "progressCallback": progress}
         logic = DiffDenoiseLogic()
         if args.model:
-            output = logic.apply(node, str(args.model), **options)
+            output = logic.apply(node, str(args.model), device=options.device, extraOutputs=options.outputs,
+                                 progressCallback=progress)
         else:
-            output = logic.process(node, method=args.method, noise=args.noise, preset=args.preset, steps=args.steps,
-                                   seed=args.seed, **options)
+            output = logic.process(node, progressCallback=progress, **options.as_panel_names())
         progress.close()
         write_node(output, target, args.overwrite)
         for name, extra in logic.lastExtraNodes.items():
@@ -141,14 +140,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="DiffDenoiseBatch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", type=Path, required=True, help="an image file or a folder of them")
     parser.add_argument("--output", type=Path, required=True, help="output file (for a file) or folder")
-    parser.add_argument("--method", default="diffdenoise", choices=METHODS)
-    parser.add_argument("--model", type=Path, help="apply this saved bundle instead of training on each image")
-    parser.add_argument("--noise", default="auto", choices=NOISE_CHOICES)
-    parser.add_argument("--preset", default="quick", choices=PRESETS)
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    parser.add_argument("--steps", type=int, help="training steps of every stage, overriding the preset")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--extra", nargs="+", default=[], choices=EXTRA_OUTPUTS, help="also write OUTPUT_<name>")
+    parser.add_argument("--model", type=Path, help="apply this saved bundle instead of training on each image "
+                        "(then only --device and --extra are used)")
+    add_arguments(parser, DenoiseOptions)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     return parser.parse_args(argv)
@@ -159,6 +153,11 @@ def main(argv: list[str]) -> int:
         args = parse_arguments(argv)
     except SystemExit as stop:  # argparse printed the problem
         return EXIT_USAGE if stop.code else EXIT_OK
+    try:
+        options = DenoiseOptions.from_namespace(args)  # values allowed alone may not be together
+    except InputError as error:
+        print(f"DiffDenoiseBatch: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     source, target = args.input, args.output
     if not source.exists():
         print(f"DiffDenoiseBatch: error: input {source} does not exist", file=sys.stderr)
@@ -190,7 +189,7 @@ def main(argv: list[str]) -> int:
     for number, (path, output) in enumerate(jobs, start=1):
         started = time.perf_counter()
         try:
-            denoise_file(path, output, args)
+            denoise_file(path, output, args, options)
             print(f"[{number}/{len(jobs)}] {path.name} -> {output} ({time.perf_counter() - started:.0f} s)")
         except Exception as error:  # one bad file must not stop the cohort; it is reported and counted
             failed += 1
