@@ -110,13 +110,14 @@ def _with_overrides(settings: PipelineSettings, options: DenoiseOptions,
         {"steps": options.steps} if options.steps is not None else {})
     sampling = {k: v for k, v in (("pairs", options.srds_pairs), ("steps", options.ddim_steps),
                                   ("distill_slices", options.distill_slices)) if v is not None}
+    bsn = {"wiener_depth": options.wiener_depth} if options.wiener_depth is not None else {}
 
     def stage_training(config: TrainConfig, stage: str) -> TrainConfig:
         return checkpointed(replace(config, **training), checkpoint_dir, stage)
 
     return replace(
         settings,
-        bsn=replace(settings.bsn, training=stage_training(settings.bsn.training, "bsn")),
+        bsn=replace(settings.bsn, training=stage_training(settings.bsn.training, "bsn"), **bsn),
         diffusion=replace(settings.diffusion, training=stage_training(settings.diffusion.training, "diffusion")),
         sampling=replace(settings.sampling, **sampling),
         distillation=replace(settings.distillation, training=stage_training(settings.distillation.training, "nafnet")),

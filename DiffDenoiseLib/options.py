@@ -230,6 +230,8 @@ class DenoiseOptions(_Options):
                                                          "train the NAFNet"), minimum=1)
     context: int | str = option("auto", "neighbouring slices per side every network reads (auto: chosen from the "
                                 "volume; 0: each slice alone, as for 2D images)", choices=CONTEXT_CHOICES)
+    wiener_depth: int | None = option(None, _in_preset("slices the BSN's Wiener patches span where the networks "
+                                                       "read a volume's neighbours (1: in-plane patches)"), minimum=1)
     outputs: tuple[str, ...] = option((), "also give these float32 outputs: residual (input - output), "
                                       "uncertainty (SRDS pair disagreement), bsn (BSN output), srds (SRDS output)",
                                       choices=EXTRA_OUTPUTS, many=True, flag="--extra", panel="extraOutputs")

@@ -122,3 +122,10 @@ def test_a_new_option_reaches_every_surface_from_its_field_alone():
     with pytest.raises(InputError, match="^knob: 0 is out of range"):
         _WithKnob(knob=0)
     assert {item.name for item in fields(_WithKnob)} - {item.name for item in fields(DenoiseOptions)} == {"knob"}
+
+
+def test_the_wiener_depth_option_reaches_the_bsn_stage(knee_crop, tiny_settings):
+    noisy = knee_crop + np.random.default_rng(0).normal(0, 0.1 * np.ptp(knee_crop), knee_crop.shape).astype(np.float32)
+    depths = {depth: denoise(noisy, method="bsn", preset=tiny_settings, device="cpu", context=1,
+                             wiener_depth=depth).bundle.metadata["bsn"]["wiener_depth"] for depth in (None, 2, 3)}
+    assert depths == {None: min(tiny_settings.bsn.wiener_depth, len(knee_crop)), 2: 2, 3: 3}
