@@ -170,7 +170,7 @@ def denoise(image: np.ndarray, options: DenoiseOptions | None = None, *, slice_a
     settings = _with_overrides(pipeline_settings(preset, noise_kind).with_context(slice_context), options,
                                checkpoint_dir)
     torch_device = resolve_device(options.device)  # fail early on an unavailable device, before any training
-    check_slice_size(slices, max(settings.bsn.network.min_size, settings.diffusion.network.min_size))
+    check_slice_size(slices, max(settings.bsn.network.min_size, settings.diffusion.network_config.min_size))
     timings = {"analysis_s": time.perf_counter() - started}
     training: dict[str, dict] = {}
     networks: dict[str, torch.nn.Module] = {}

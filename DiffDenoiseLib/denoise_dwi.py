@@ -156,7 +156,7 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | Non
     settings = _with_overrides(ddm2_settings(preset), options, checkpoint_dir)
     torch_device = resolve_device(options.device)
     prepared = _prepare(series, bvals, settings.neighbours)
-    check_slice_size(prepared.slices, max(settings.stage1_network.min_size, settings.diffusion_network.min_size))
+    check_slice_size(prepared.slices, max(settings.stage1_config.min_size, settings.diffusion_config.min_size))
     networks, training, timings = {}, {}, {}
     stage1, summary = train_stage1(prepared.slices, prepared.inputs, prepared.weights, settings, progress, cancel)
     networks["stage1"], training["stage1"] = stage1, training_record(settings.stage1_training, summary)

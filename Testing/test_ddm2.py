@@ -235,7 +235,7 @@ def test_samplers_reach_a_perfect_clean_estimate():
 
 
 def test_slices_matched_to_step_zero_come_back_unchanged_and_flagged():
-    network = NAFNet(make_tiny_ddm2().diffusion_network)
+    network = NAFNet(make_tiny_ddm2().diffusion_config)
     slices = np.random.default_rng(0).standard_normal((3, 1, 16, 16)).astype(np.float32)
     inputs = np.random.default_rng(1).standard_normal((3, 2, 16, 16)).astype(np.float32)
     result = sample_ddm2(network, slices, inputs, np.array([0, 5, 5]), reverse_warmup_schedule(), "accelerated", 2,

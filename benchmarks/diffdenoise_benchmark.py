@@ -179,8 +179,8 @@ def run_case(data: str, clean: np.ndarray, noise: str, preset: str, seed: int, a
              f"NAFNet {t['train_nafnet_s']:.0f}; SRDS {t['srds_s']:.0f}; total {t['total_s']:.0f}; "
              f"CPU: {cpu_model()}, {torch.get_num_threads()} threads"]
     if result.noise.kind == "correlated":
-        puca = denoise(noisy, method="bsn", noise="iid", preset=preset, seed=seed, checkpoint_dir=folder("puca"),
-                       progress=progress, spacing=spacing)
+        puca = denoise(noisy, method="bsn", noise="iid", preset=PRESETS[preset], seed=seed,
+                       checkpoint_dir=folder("puca"), progress=progress, spacing=spacing)
         outputs.append(MethodOutput(FORCED_PUCA, "", puca.denoised, puca.timings["bsn_inference_s"] / len(noisy),
                                     puca.timings["total_s"]))
     if ablations:

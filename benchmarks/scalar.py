@@ -55,7 +55,8 @@ def supervised_ceiling(noisy: np.ndarray, clean: np.ndarray, distillation: Disti
     scaling = IntensityScaling.fit(noisy)
     inputs, targets = to_slices(scaling.normalise(noisy)), to_slices(scaling.normalise(clean))
     training = replace(distillation.training, seed=seed)
-    network = replace(distillation, from_bsn=False, context_slices=0).network  # noisy slice in, as a plain NAFNet
+    # a plain NAFNet on the noisy slice
+    network = replace(distillation, from_bsn=False, context_slices=0).network_config
     network, summary = train_new_nafnet(network, training, [inputs, targets], distillation_loss,
                                         "train supervised", progress, None)
     started = time.perf_counter()

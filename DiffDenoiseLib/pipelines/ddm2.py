@@ -69,11 +69,19 @@ class DDM2Settings:
             raise InputError(f"unknown DDM2 sampler '{self.sampler}': use full or accelerated")
         if self.sampler_steps < 1:
             raise InputError("the accelerated sampler needs at least 1 step: use sampler_steps of 1 or more")
-        self.stage1_network = replace(self.stage1_network, in_channels=self.neighbours, out_channels=1,
-                                      residual="mean", time_conditioned=False)
+
+    @property
+    def stage1_config(self) -> NAFNetConfig:
+        """The Stage I network: ``stage1_network`` (width, blocks) reading the ``neighbours`` volumes."""
+        return replace(self.stage1_network, in_channels=self.neighbours, out_channels=1, residual="mean",
+                       time_conditioned=False)
+
+    @property
+    def diffusion_config(self) -> NAFNetConfig:
+        """The Stage III network: ``diffusion_network`` reading x_t and the neighbours, time-conditioned."""
         # Residual on x_t: at DDM2's low matched noise levels the clean estimate is x_t plus a small correction.
-        self.diffusion_network = replace(self.diffusion_network, in_channels=1 + self.neighbours, out_channels=1,
-                                         residual="first", time_conditioned=True)
+        return replace(self.diffusion_network, in_channels=1 + self.neighbours, out_channels=1, residual="first",
+                       time_conditioned=True)
 
 
 @dataclass
@@ -194,7 +202,7 @@ def train_stage1(slices: np.ndarray, inputs: np.ndarray, weights: np.ndarray, se
                  cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
     """Train the slice-from-other-volumes denoiser on (N, 1, H, W) slices, their (N, n, H, W) inputs and
     (N,) loss weights (:func:`shell_loss_weights`)."""
-    return train_new_nafnet(settings.stage1_network, settings.stage1_training,
+    return train_new_nafnet(settings.stage1_config, settings.stage1_training,
                             [slices, _channel(weights, slices.shape), inputs], stage1_loss, "train stage I",
                             progress, cancel)
 
@@ -268,7 +276,7 @@ def train_stage3(slices: np.ndarray, match: StateMatch, inputs: np.ndarray, weig
                  cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
     """Train the time-conditioned network on the slices, their Stage II match, their Stage I inputs and their
     loss weights."""
-    return train_new_nafnet(settings.diffusion_network, settings.diffusion_training,
+    return train_new_nafnet(settings.diffusion_config, settings.diffusion_training,
                             [slices, match.signal, match.noise, _channel(match.steps, slices.shape),
                              _channel(weights, slices.shape), inputs], stage3_loss(settings.schedule),
                             "train stage III", progress, cancel)

@@ -85,9 +85,13 @@ class DiffusionSettings:
             raise InputError(f"unknown conditioning '{self.conditioning}': use recorrupted, bsn or identity")
         if self.prediction not in PREDICTIONS:
             raise InputError(f"unknown prediction '{self.prediction}': use one of {', '.join(PREDICTIONS)}")
+
+    @property
+    def network_config(self) -> NAFNetConfig:
+        """The network this stage builds: ``network`` (its width and blocks) with the channels, residual and
+        time input the stage needs, derived here rather than written over the given config."""
         channels = condition_channels(self.conditioning, self.context_slices)
-        self.network = replace(self.network, in_channels=1 + channels, out_channels=1, residual="none",
-                               time_conditioned=True)
+        return replace(self.network, in_channels=1 + channels, out_channels=1, residual="none", time_conditioned=True)
 
 
 @dataclass
@@ -133,9 +137,11 @@ class DistillationSettings:
     context_slices: int = 0
     from_bsn: bool = True
 
-    def __post_init__(self) -> None:
-        self.network = replace(self.network, in_channels=self.from_bsn + context_channels(self.context_slices),
-                               out_channels=1, residual="first", time_conditioned=False)
+    @property
+    def network_config(self) -> NAFNetConfig:
+        """The network this stage builds: ``network`` with the channels and residual the stage needs."""
+        return replace(self.network, in_channels=self.from_bsn + context_channels(self.context_slices),
+                       out_channels=1, residual="first", time_conditioned=False)
 
 
 _RECORRUPTION_STREAM = 0x52325220  # "R2R "
@@ -219,7 +225,7 @@ def train_diffusion(noisy: np.ndarray, condition: np.ndarray, settings: Diffusio
                     progress: ProgressCallback | None = None,
                     cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
     """Train the conditional diffusion network on (N, 1, H, W) noisy slices and their (N, C, H, W) condition."""
-    return train_new_nafnet(settings.network, settings.training, [noisy, condition],
+    return train_new_nafnet(settings.network_config, settings.training, [noisy, condition],
                             diffusion_loss(settings.schedule, settings.prediction),
                             "train diffusion", progress, cancel)
 
@@ -287,7 +293,7 @@ def train_distillation(noisy: np.ndarray, targets: np.ndarray, settings: Distill
                        cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
     """Train the NAFNet on (inputs, SRDS output) pairs, with the training loop's flips and rotations; ``noisy``
     is the (N, C, H, W) inputs (:func:`distillation_inputs`), ``targets`` (N, 1, H, W)."""
-    return train_new_nafnet(settings.network, settings.training, [noisy, targets], distillation_loss,
+    return train_new_nafnet(settings.network_config, settings.training, [noisy, targets], distillation_loss,
                             "train nafnet", progress, cancel)
 
 
