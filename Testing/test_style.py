@@ -49,3 +49,15 @@ def test_slicer_extension_metadata_and_requirements_match_the_package():
     lines = (ROOT / "DiffDenoise" / "Resources" / "requirements.txt").read_text().splitlines()
     requirements = [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
     assert requirements == dependencies
+
+
+def test_the_readme_reads_in_five_minutes_and_its_links_resolve():
+    """At most about 250 lines; the detail lives in docs/, and every relative link of the README and the
+    docs pages names a file that exists."""
+    import re
+
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 250
+    for page in (readme, *sorted((ROOT / "docs").glob("*.md"))):
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"

@@ -1,7 +1,7 @@
 """Every benchmark in one command: scalar images against every peer and the supervised ceiling, diffusion MRI,
-speed, memory and cost growth; CSV, markdown, figures, and the README's results section.
+speed, memory and cost growth; CSV, markdown, figures, and the suite's section of docs/results.md.
 
-    python -m benchmarks run --suite quick|full [--parts scalar dwi cost] [--resume] [--out DIR] [--no-readme]
+    python -m benchmarks run --suite quick|full [--parts scalar dwi cost] [--resume] [--out DIR] [--no-page]
 
 ``quick`` takes about 30 minutes on 2 CPU cores; ``full`` runs every dataset and noise with the standard preset
 (many hours on a CPU: use a GPU). Data comes from ``../shared/data``; absent datasets are skipped. Results go to
@@ -34,7 +34,7 @@ from .scalar import case_stem, read_case, run_case, write_case, write_scores
 from .suites import SUITES, Suite, describe
 
 RESULTS = Path(__file__).parent / "results"
-README = Path(__file__).resolve().parents[1] / "README.md"
+RESULTS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 PARTS = ("scalar", "dwi", "cost")
 
 
@@ -79,11 +79,11 @@ def run_cost(suite: Suite, out: Path) -> None:
     (out / "cost.json").write_text(json.dumps(asdict(cost), indent=1))
 
 
-def render(suite: Suite, out: Path, seed: int, notes: list[str], timings: dict[str, float], readme: Path) -> str:
-    """Write the figures and ``report.md``; returns the section for ``readme`` (its links relative to it)."""
+def render(suite: Suite, out: Path, seed: int, notes: list[str], timings: dict[str, float], page: Path) -> str:
+    """Write the figures and ``report.md``; returns the section for ``page`` (its links relative to it)."""
     figure_folder = out / "figures"
     figure_folder.mkdir(exist_ok=True)
-    link = os.path.relpath(out, readme.resolve().parent)
+    link = os.path.relpath(out, page.resolve().parent)
     scores = [s for data, noise in suite.cases if (path := out / "cases" / f"{case_stem(data, noise)}.csv").exists()
               for s in read_case(path)]
     parts = [f"`python -m benchmarks run --suite {suite.name}` on {time.strftime('%Y-%m-%d')}, {machine()}; "
@@ -123,7 +123,7 @@ def render(suite: Suite, out: Path, seed: int, notes: list[str], timings: dict[s
     return section
 
 
-def run(suite: Suite, parts: tuple[str, ...], out: Path, seed: int, resume: bool, readme: Path | None) -> None:
+def run(suite: Suite, parts: tuple[str, ...], out: Path, seed: int, resume: bool, page: Path | None) -> None:
     if not SHARED.exists():
         raise SystemExit(f"skipped: {SHARED} not found (the shared data folder is absent)")
     matplotlib.use("Agg")  # files only
@@ -148,9 +148,9 @@ def run(suite: Suite, parts: tuple[str, ...], out: Path, seed: int, resume: bool
         # the scalar part resumes case by case, so its time adds up over runs; the others run in one go
         timings[part] = (timings.get(part, 0.0) if part == "scalar" else 0.0) + time.perf_counter() - started
         timing_file.write_text(json.dumps(timings))
-    section = render(suite, out, seed, notes, timings, readme or README)
-    if readme is not None:
-        report.replace_section(readme, suite.name, section)
+    section = render(suite, out, seed, notes, timings, page or RESULTS_PAGE)
+    if page is not None:
+        report.replace_section(page, suite.name, section)
     print(section)
 
 
@@ -164,12 +164,12 @@ def main() -> None:
     command.add_argument("--seed", type=int, default=0)
     command.add_argument("--resume", action="store_true", help="keep what an earlier run of this suite finished")
     command.add_argument("--out", type=Path, help="results folder (default benchmarks/results/suite_<suite>)")
-    command.add_argument("--no-readme", dest="readme", action="store_false",
-                         help="do not rewrite the README's results section of this suite")
+    command.add_argument("--no-page", dest="page", action="store_false",
+                         help="do not rewrite this suite's section of docs/results.md")
     args = parser.parse_args()
     suite = SUITES[args.suite]
     run(suite, tuple(args.parts), args.out or RESULTS / f"suite_{suite.name}", args.seed, args.resume,
-        README if args.readme else None)
+        RESULTS_PAGE if args.page else None)
 
 
 if __name__ == "__main__":

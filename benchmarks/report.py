@@ -1,4 +1,4 @@
-"""Markdown tables of a suite's results, and the README section that shows them."""
+"""Markdown tables of a suite's results, and the marked sections of the pages that show them."""
 
 from __future__ import annotations
 
@@ -83,11 +83,16 @@ def cost_tables(cost: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_section(readme: Path, suite: str, body: str) -> None:
-    """Put ``body`` between the suite's markers in the README (``<!-- benchmark-suite NAME:start/end -->``)."""
-    start, end = f"<!-- benchmark-suite {suite}:start -->", f"<!-- benchmark-suite {suite}:end -->"
-    text = readme.read_text()
+def replace_marked(page: Path, name: str, body: str) -> None:
+    """Put ``body`` between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in ``page`` (a README or docs page)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = page.read_text()
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
-        raise SystemExit(f"{readme} has no '{start}' ... '{end}' markers: add them where the results go")
-    readme.write_text(pattern.sub(lambda _: f"{start}\n{body.strip()}\n{end}", text))
+        raise SystemExit(f"{page} has no '{start}' ... '{end}' markers: add them where the results go")
+    page.write_text(pattern.sub(lambda _: f"{start}\n{body.strip()}\n{end}", text))
+
+
+def replace_section(page: Path, suite: str, body: str) -> None:
+    """Put a suite's ``body`` between its markers (``<!-- benchmark-suite NAME:start/end -->``) in ``page``."""
+    replace_marked(page, f"benchmark-suite {suite}", body)
