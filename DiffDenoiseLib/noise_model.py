@@ -76,8 +76,11 @@ class NoiseModel:
         y = noisy.astype(np.float64)
         if self.family == "poisson":
             counts = np.maximum(y - self.offset, 0.0) / self.gain
-            whole = np.floor(counts)
-            # The fraction of a count (real images are not exact counts) stays in both copies unchanged.
+            # Rounded, not floored: with a gain fitted a little too large, exact counts k fall just below k, and
+            # a floor would keep a whole count (k - 1 + 0.99) in both copies, sharing noise between them (knee,
+            # Poisson 30, gain 0.3% off: copy and twin errors correlated 0.86 in dark tissue). What is left of a
+            # count (real images are not exact counts) is at most half of one and stays in both copies unchanged.
+            whole = np.round(counts)
             fraction = counts - whole
             first = rng.binomial(whole.astype(np.int64), keep)  # thinning: two independent Poisson variates
             halves = (first / keep + fraction, (whole - first) / (1 - keep) + fraction)
@@ -236,11 +239,11 @@ def _correlated_noise(noisy: np.ndarray, signal: np.ndarray) -> tuple[float, np.
     """(noise variance, colouring kernel) of correlated noise from the flattest blocks of the whole stack.
 
     * Level: the mean power of the BSN residual (block mean removed). One level for the whole image: per
-      intensity bin, the flattest blocks of bright tissue still carry texture (knee, correlated sigma 0.079:
-      0.086-0.12 per bin), and recorruption noise that much too strong cost an R2R network 2.2 dB.
+      intensity bin, the flattest blocks of bright tissue still carry texture, and recorruption noise too
+      strong by that much costs an R2R network dearly (docs/decisions.md).
     * Colouring: the pooled spectrum of the noisy blocks with their plane removed. The BSN residual would
       lack the noise's low frequencies, which the BSN output keeps from the ring around its blind patch (its
-      colouring decorrelated too fast: lag-2 correlation 0.20 against 0.36).
+      colouring decorrelated too fast).
     """
     size = min(CORRELATED_BLOCK, *noisy.shape[1:])
     structure = image_blocks(signal, size).std(axis=(1, 2))
