@@ -24,7 +24,6 @@ from typing import Annotated
 import numpy as np
 import slicer
 import vtk
-from vtk.util.numpy_support import vtk_to_numpy
 
 try:  # the Slicer application; absent under slicer-core (headless MRML), where only the logic is used
     from slicer.ScriptedLoadableModule import (
@@ -68,7 +67,6 @@ except ImportError:  # slicer-core: no GUI binding; the declaration below still 
 
 _MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS = os.path.join(_MODULE_DIR, "Resources", "requirements.txt")
-PROVENANCE_ATTRIBUTE = "DiffDenoise."  # node attributes DiffDenoise.method, DiffDenoise.bundle_sha256, ...
 # The library needs Python 3.11 (pyproject.toml's requires-python): Slicer 5.10 and later ship 3.12, Slicer 5.8
 # ships 3.9, where the library cannot even be imported.
 SUPPORTED_SLICER = "3D Slicer 5.10 or newer"
@@ -114,6 +112,16 @@ def _checkModelPath(saveModelPath: str | None) -> None:
 
 
 _addLibraryToPath()
+from DiffDenoiseNodes import (  # noqa: E402  (beside this file: MRML nodes <-> arrays)
+    checkScalarInput,
+    node_geometry,
+    provenanceOf,
+    recordProvenance,
+    seriesArrays,
+    writeScalar,
+    writeSeries,
+)
+
 # torch-free and importable on any Python 3, so the panel loads and can say what is missing
 from DiffDenoiseLib.options import METHODS, DenoiseOptions, DWIOptions, panel_parameters, specs  # noqa: E402
 
@@ -250,21 +258,6 @@ def _panelOptions(options: type, values: dict, kept: tuple[str, ...] | None):
 #
 
 
-def node_geometry(volumeNode):
-    """Geometry (ITK/LPS convention, as DiffDenoiseLib uses) of a volume node's IJK-to-RAS transform."""
-    _import_library()
-    from DiffDenoiseLib.io import Geometry
-
-    ijkToRas = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(ijkToRas)
-    matrix = slicer.util.arrayFromVTKMatrix(ijkToRas)
-    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-    rasToLps = np.diag([-1.0, -1.0, 1.0])
-    direction = rasToLps @ (matrix[:3, :3] / spacing)
-    origin = rasToLps @ matrix[:3, 3]
-    return Geometry(tuple(spacing.tolist()), tuple(origin.tolist()), tuple(direction.ravel().tolist()))
-
-
 class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
     """Denoise volume nodes; every result is a new node, the input is never modified.
 
@@ -272,84 +265,21 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
     pass ``progressCallback`` (called with a ``ProgressEvent``) and ``cancelCallback`` (return True to stop).
     """
 
+    provenanceOf = staticmethod(provenanceOf)  # what made an output node (None: not DiffDenoise)
+
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.lastExtraNodes = {}
         self.lastSummary = ""
 
-    @staticmethod
-    def _checkInput(inputVolumeNode, outputVolumeNode):
-        if inputVolumeNode is None or not inputVolumeNode.IsA("vtkMRMLScalarVolumeNode"):
-            raise ValueError("Select a scalar volume as input")
-        if inputVolumeNode.IsA("vtkMRMLDiffusionWeightedVolumeNode"):
-            raise ValueError(f"'{inputVolumeNode.GetName()}' is a diffusion-weighted series: use processDWI (DDM2)")
-        if inputVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
-            raise ValueError(f"'{inputVolumeNode.GetName()}' is a label map (segmentation); select an image")
-        DiffDenoiseLogic._checkDataAndOutput(inputVolumeNode, outputVolumeNode)
-
-    @staticmethod
-    def _checkDataAndOutput(inputNode, outputNode):
-        """Refuse an input without image data, and an output that is the input itself."""
-        if inputNode.GetImageData() is None:
-            raise ValueError(f"'{inputNode.GetName()}' has no image data")
-        DiffDenoiseLogic._checkOutput(inputNode, outputNode)
-
-    @staticmethod
-    def _checkOutput(inputNode, outputNode):
-        """Refuse the input itself as output, and an output of another kind than the input (a scalar result
-        cannot go into a DWI node or a sequence, nor a series into a scalar volume)."""
-        if outputNode is inputNode:
-            raise ValueError("The output node must differ from the input: the input is never overwritten")
-        if outputNode is not None and outputNode.GetClassName() != inputNode.GetClassName():
-            raise ValueError(f"The output '{outputNode.GetName()}' is a {outputNode.GetClassName()} but the input is a "
-                             f"{inputNode.GetClassName()}: choose '(create new)' or a node of the input's kind")
-
-    @staticmethod
-    def _newNodeFor(inputNode, className: str, suffix: str = "denoised"):
-        """A new node "<input> <suffix>" of ``className`` in the input's scene (with display nodes if it has any)."""
-        scene = inputNode.GetScene() or slicer.mrmlScene
-        node = scene.AddNewNodeByClass(className, scene.GenerateUniqueName(f"{inputNode.GetName()} {suffix}"))
-        if node.IsA("vtkMRMLDisplayableNode"):
-            node.CreateDefaultDisplayNodes()
-        return node
-
-    @staticmethod
-    def _writeOutput(inputVolumeNode, outputVolumeNode, denoised, suffix: str = "denoised"):
-        if outputVolumeNode is None:
-            outputVolumeNode = DiffDenoiseLogic._newNodeFor(inputVolumeNode, "vtkMRMLScalarVolumeNode", suffix)
-        ijkToRas = vtk.vtkMatrix4x4()
-        inputVolumeNode.GetIJKToRASMatrix(ijkToRas)
-        outputVolumeNode.SetIJKToRASMatrix(ijkToRas)
-        outputVolumeNode.SetAndObserveTransformNodeID(inputVolumeNode.GetTransformNodeID())
-        slicer.util.updateVolumeFromArray(outputVolumeNode, denoised.astype(np.float32))
-        return outputVolumeNode
-
-    @staticmethod
-    def _recordProvenance(nodes, provenance):
-        """Node attributes ``DiffDenoise.<field>`` (method, preset, bundle_sha256, model, package_version,
-        created): saved with the scene, read back by :meth:`provenanceOf`."""
-        for node in nodes:
-            for key, value in provenance.as_dict().items():
-                node.SetAttribute(PROVENANCE_ATTRIBUTE + key, value)
-
-    @staticmethod
-    def provenanceOf(node):
-        """The ``Provenance`` DiffDenoise recorded on an output node, or None for a node it did not make."""
-        _import_library()
-        from DiffDenoiseLib.provenance import Provenance
-
-        record = {name[len(PROVENANCE_ATTRIBUTE):]: node.GetAttribute(name) for name in node.GetAttributeNames()
-                  if name.startswith(PROVENANCE_ATTRIBUTE)}
-        return Provenance.from_dict(record) if "method" in record else None
-
     def _writeResult(self, inputVolumeNode, outputVolumeNode, result, provenance):
         """The denoised image into the output node; each extra output into a new node "<input> <extra>"; every
         node gets the run's provenance; the outlier slices go to ``self.lastSummary``."""
         self.lastSummary = result.summary()
-        self.lastExtraNodes = {name: self._writeOutput(inputVolumeNode, None, image, name)
+        self.lastExtraNodes = {name: writeScalar(inputVolumeNode, None, image, name)
                                for name, image in result.extras.items()}
-        outputVolumeNode = self._writeOutput(inputVolumeNode, outputVolumeNode, result.denoised)
-        self._recordProvenance([outputVolumeNode, *self.lastExtraNodes.values()], provenance)
+        outputVolumeNode = writeScalar(inputVolumeNode, outputVolumeNode, result.denoised)
+        recordProvenance([outputVolumeNode, *self.lastExtraNodes.values()], provenance)
         return outputVolumeNode
 
     def process(self, inputVolumeNode, outputVolumeNode=None, saveModelPath: str | None = None,
@@ -364,7 +294,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         for ``apply`` on other volumes. With ``checkpointDir`` each training stage keeps a checkpoint there,
         and a run cancelled or killed before the end resumes from it when started again.
         """
-        self._checkInput(inputVolumeNode, outputVolumeNode)
+        checkScalarInput(inputVolumeNode, outputVolumeNode)
         _import_library()
         from DiffDenoiseLib.bundle import save_bundle
         from DiffDenoiseLib.denoise import denoise
@@ -388,7 +318,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
 
         A DiffDenoise bundle runs its BSN and distilled NAFNet: one forward pass of each per slice.
         """
-        self._checkInput(inputVolumeNode, outputVolumeNode)
+        checkScalarInput(inputVolumeNode, outputVolumeNode)
         _import_library()
         from DiffDenoiseLib.bundle import load_bundle
         from DiffDenoiseLib.denoise import apply_bundle
@@ -399,96 +329,6 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         result = apply_bundle(bundle, array, device=device, outputs=tuple(extraOutputs), progress=progressCallback,
                               cancel=cancelCallback)
         return self._writeResult(inputVolumeNode, outputVolumeNode, result, Provenance.of(bundle, False))
-
-    @staticmethod
-    def _dwiArrays(dwiNode, outputNode, bvals=None):
-        """(volumes, z, y, x) series and b-values of a DWI node, or of a sequence of scalar volumes (4D series;
-        b-values from ``bvals`` or from the sequence's index when it is the b-value), after checking the node
-        and the output."""
-        if dwiNode is not None and dwiNode.IsA("vtkMRMLSequenceNode"):
-            return DiffDenoiseLogic._sequenceArrays(dwiNode, outputNode, bvals)
-        if dwiNode is None or not dwiNode.IsA("vtkMRMLDiffusionWeightedVolumeNode"):
-            raise ValueError("Select a diffusion-weighted volume (DWI) or a sequence of volumes as input")
-        if bvals is not None:
-            raise ValueError(f"'{dwiNode.GetName()}' is a DWI node and carries its own b-values: leave bvals out")
-        DiffDenoiseLogic._checkDataAndOutput(dwiNode, outputNode)
-        series = np.moveaxis(slicer.util.arrayFromVolume(dwiNode), -1, 0).copy()  # (z, y, x, v) -> (v, z, y, x)
-        return series, vtk_to_numpy(dwiNode.GetBValues()).astype(np.float64)
-
-    @staticmethod
-    def _sequenceArrays(sequenceNode, outputNode, bvals):
-        count = sequenceNode.GetNumberOfDataNodes()
-        items = [sequenceNode.GetNthDataNode(i) for i in range(count)]
-        if not items or not all(item is not None and item.IsA("vtkMRMLScalarVolumeNode") for item in items):
-            raise ValueError(f"'{sequenceNode.GetName()}' is not a sequence of scalar volumes")
-        DiffDenoiseLogic._checkOutput(sequenceNode, outputNode)
-        arrays = []
-        for item in items:
-            DiffDenoiseLogic._checkDataAndOutput(item, None)
-            arrays.append(slicer.util.arrayFromVolume(item))
-        if len({array.shape for array in arrays}) > 1:
-            raise ValueError(f"the volumes of '{sequenceNode.GetName()}' differ in size; resample them to one grid")
-        if bvals is None:
-            bvals = DiffDenoiseLogic._bValuesFromIndex(sequenceNode)
-        return np.stack(arrays).astype(np.float32), np.asarray(bvals, dtype=np.float64)
-
-    @staticmethod
-    def _bValuesFromIndex(sequenceNode):
-        """The sequence's index values when its index is the b-value (they are unique, so rarely)."""
-        values = [sequenceNode.GetNthIndexValue(i) for i in range(sequenceNode.GetNumberOfDataNodes())]
-        if sequenceNode.GetIndexName().lower().replace("-", "").replace(" ", "") == "bvalue":
-            try:
-                return [float(value) for value in values]
-            except ValueError:
-                pass
-        raise ValueError(f"'{sequenceNode.GetName()}' has no b-values (its index is '{sequenceNode.GetIndexName()}' "
-                         f"= {', '.join(values[:3])}, ...): pass bvals=[...] with one b-value per volume")
-
-    @staticmethod
-    def _writeSeries(inputNode, outputNode, series, provenance):
-        """The denoised series as the same kind of node as the input (DWI node or sequence of volumes), with
-        the run's provenance."""
-        write = DiffDenoiseLogic._writeSequence if inputNode.IsA("vtkMRMLSequenceNode") else DiffDenoiseLogic._writeDWI
-        outputNode = write(inputNode, outputNode, series)
-        DiffDenoiseLogic._recordProvenance([outputNode], provenance)
-        return outputNode
-
-    @staticmethod
-    def _writeSequence(sequenceNode, outputNode, series):
-        """A new (or the given) sequence with one denoised volume per input item: same index, geometry."""
-        if outputNode is None:
-            outputNode = DiffDenoiseLogic._newNodeFor(sequenceNode, "vtkMRMLSequenceNode")
-        outputNode.RemoveAllDataNodes()
-        for attribute in ("IndexName", "IndexUnit", "IndexType"):
-            getattr(outputNode, f"Set{attribute}")(getattr(sequenceNode, f"Get{attribute}")())
-        matrix = vtk.vtkMatrix4x4()
-        for i, volume in enumerate(series):
-            item = sequenceNode.GetNthDataNode(i)
-            denoised = slicer.vtkMRMLScalarVolumeNode()
-            item.GetIJKToRASMatrix(matrix)
-            denoised.SetIJKToRASMatrix(matrix)
-            slicer.util.updateVolumeFromArray(denoised, np.ascontiguousarray(volume, np.float32))
-            outputNode.SetDataNodeAtValue(denoised, sequenceNode.GetNthIndexValue(i))
-        return outputNode
-
-    @staticmethod
-    def _writeDWI(dwiNode, outputNode, series):
-        """A new (or the given) DWI node with the input's geometry, gradients, b-values and measurement frame."""
-        if outputNode is None:
-            outputNode = DiffDenoiseLogic._newNodeFor(dwiNode, "vtkMRMLDiffusionWeightedVolumeNode")
-        matrix = vtk.vtkMatrix4x4()
-        dwiNode.GetIJKToRASMatrix(matrix)
-        outputNode.SetIJKToRASMatrix(matrix)
-        dwiNode.GetMeasurementFrameMatrix(matrix)
-        outputNode.SetMeasurementFrameMatrix(matrix)
-        outputNode.SetAndObserveTransformNodeID(dwiNode.GetTransformNodeID())
-        for getter, setter in ((dwiNode.GetDiffusionGradients, outputNode.SetDiffusionGradients),
-                               (dwiNode.GetBValues, outputNode.SetBValues)):
-            copy = vtk.vtkDoubleArray()
-            copy.DeepCopy(getter())
-            setter(copy)
-        slicer.util.updateVolumeFromArray(outputNode, np.ascontiguousarray(np.moveaxis(series, 0, -1), np.float32))
-        return outputNode
 
     def processDWI(self, dwiNode, outputNode=None, saveModelPath: str | None = None, bvals=None,
                    checkpointDir: str | None = None, progressCallback: Callable | None = None,
@@ -504,7 +344,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         ``checkpointDir`` as in :meth:`process`. The per-slice summary (matched steps, untouched and outlier
         slices) is kept in ``self.lastSummary``.
         """
-        series, bvals = self._dwiArrays(dwiNode, outputNode, bvals)
+        series, bvals = seriesArrays(dwiNode, outputNode, bvals)
         _import_library()
         from DiffDenoiseLib.bundle import save_bundle
         from DiffDenoiseLib.denoise_dwi import denoise_dwi
@@ -518,14 +358,14 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
             save_bundle(saveModelPath, result.bundle, overwrite=True)  # a chosen path
         self.lastSummary = result.summary()
         logging.info(f"DiffDenoise DDM2: {self.lastSummary}; timings {result.timings}")
-        return self._writeSeries(dwiNode, outputNode, result.denoised, Provenance.of(result.bundle, True))
+        return writeSeries(dwiNode, outputNode, result.denoised, Provenance.of(result.bundle, True))
 
     def applyDWI(self, dwiNode, modelPath: str, outputNode=None, device: str = "auto", sampler: str | None = None,
                  bvals=None, progressCallback: Callable | None = None,
                  cancelCallback: Callable[[], bool] | None = None):
         """Denoise a DWI node (or a sequence of volumes, see :meth:`processDWI`) with a saved DDM2 bundle (no
         training); returns a new node of the input's kind."""
-        series, bvals = self._dwiArrays(dwiNode, outputNode, bvals)
+        series, bvals = seriesArrays(dwiNode, outputNode, bvals)
         _import_library()
         from DiffDenoiseLib.bundle import load_bundle
         from DiffDenoiseLib.denoise_dwi import apply_dwi_bundle
@@ -534,7 +374,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         result = apply_dwi_bundle(load_bundle(modelPath), series, bvals, device=device, sampler=sampler,
                                   progress=progressCallback, cancel=cancelCallback)
         self.lastSummary = result.summary()
-        return self._writeSeries(dwiNode, outputNode, result.denoised, Provenance.of(result.bundle, False))
+        return writeSeries(dwiNode, outputNode, result.denoised, Provenance.of(result.bundle, False))
 
     def startBackground(self, inputNode, outputNode=None, method: str = "auto", modelPath: str | None = None,
                         saveModelPath: str | None = None, bvals=None, checkpointDir: str | None = None,
@@ -572,7 +412,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         output = os.path.join(folder, "output.nii.gz" if isSeries else "output.nrrd")  # 4D: NIfTI + .bval
         try:
             if isSeries:
-                series, bvals = self._dwiArrays(inputNode, outputNode, bvals)
+                series, bvals = seriesArrays(inputNode, outputNode, bvals)
                 reference = inputNode if not inputNode.IsA("vtkMRMLSequenceNode") else inputNode.GetNthDataNode(0)
                 source = os.path.join(folder, "input.nii.gz")
                 # DDM2 uses the b-values only; the output node gets the input's own gradients back
@@ -580,7 +420,7 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
                                                   bvals, np.zeros((len(bvals), 3))))
                 arguments = ["ddm2", source, output]
             else:
-                self._checkInput(inputNode, outputNode)
+                checkScalarInput(inputNode, outputNode)
                 source = os.path.join(folder, "input.nrrd")
                 write_volume(source, Volume(slicer.util.arrayFromVolume(inputNode), node_geometry(inputNode)))
                 arguments = ["apply", source, output] if method == "apply" else ["denoise", source, output]
@@ -626,11 +466,11 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
 
         provenance = read_provenance(outputs["denoised"])
         if inputNode.IsA("vtkMRMLDiffusionWeightedVolumeNode") or inputNode.IsA("vtkMRMLSequenceNode"):
-            return self._writeSeries(inputNode, outputNode, read_dwi(outputs["denoised"]).volume.array, provenance)
-        self.lastExtraNodes = {name: self._writeOutput(inputNode, None, read_volume(path).array, name)
+            return writeSeries(inputNode, outputNode, read_dwi(outputs["denoised"]).volume.array, provenance)
+        self.lastExtraNodes = {name: writeScalar(inputNode, None, read_volume(path).array, name)
                                for name, path in outputs.items() if name not in ("denoised", "model")}
-        outputNode = self._writeOutput(inputNode, outputNode, read_volume(outputs["denoised"]).array)
-        self._recordProvenance([outputNode, *self.lastExtraNodes.values()], provenance)
+        outputNode = writeScalar(inputNode, outputNode, read_volume(outputs["denoised"]).array)
+        recordProvenance([outputNode, *self.lastExtraNodes.values()], provenance)
         return outputNode
 
 

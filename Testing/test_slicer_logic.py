@@ -14,7 +14,9 @@ if not hasattr(slicer, "vtkMRMLScene"):
 import vtk  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DiffDenoise"))
-from DiffDenoise import DiffDenoiseLogic, node_geometry  # noqa: E402
+from DiffDenoiseNodes import bValuesFromIndex, node_geometry  # noqa: E402
+
+from DiffDenoise import DiffDenoiseLogic  # noqa: E402
 from DiffDenoiseLib.bundle import read_bundle_metadata  # noqa: E402
 
 IJK_TO_RAS = np.array([[0.0, -0.6, 0.0, 12.5], [0.7, 0.0, 0.0, -30.0], [0.0, 0.0, 4.0, 8.25], [0, 0, 0, 1]])
@@ -177,7 +179,7 @@ def test_process_dwi_takes_a_sequence_of_volumes_and_returns_a_new_sequence(smal
         np.testing.assert_allclose(_ijk_to_ras(item), _ijk_to_ras(sequence.GetNthDataNode(i)))
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(sequence.GetNthDataNode(2)), small_dwi.volume.array[2])
     sequence.SetIndexName("b-value")  # an index that is the b-value gives the b-values
-    assert DiffDenoiseLogic._bValuesFromIndex(sequence) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert bValuesFromIndex(sequence) == [0.0, 1.0, 2.0, 3.0, 4.0]
     scene.Clear(1)
 
 

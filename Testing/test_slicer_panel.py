@@ -19,6 +19,8 @@ if not hasattr(slicer, "vtkMRMLScene"):
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DiffDenoise"))
+from DiffDenoiseNodes import checkOutput  # noqa: E402
+
 from DiffDenoise import (  # noqa: E402
     PANEL_METHODS,
     DiffDenoiseLogic,
@@ -281,7 +283,7 @@ def test_panel_paths_are_used_only_where_switched_on_and_checked_before_a_run(kn
         logic.startBackground(node, **{**runOptions(panel, str(existing)), "saveModelPath": "new.safetensors"})
     dwi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLDiffusionWeightedVolumeNode", "dwi")
     with pytest.raises(ValueError, match="choose '\\(create new\\)' or a node of the input's kind"):
-        DiffDenoiseLogic._checkOutput(node, dwi)
+        checkOutput(node, dwi)
 
 
 def test_extra_outputs_get_a_centred_residual_window_and_an_uncertainty_window_from_zero():

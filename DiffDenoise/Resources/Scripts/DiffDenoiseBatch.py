@@ -42,7 +42,9 @@ try:
         _fail("Python packages missing: " + ", ".join(missing) + ". Open the DiffDenoise module in "
               "Slicer and press Apply once (it installs them), or run: PythonSlicer -m pip install -r "
               f"{MODULE_FOLDER / 'Resources' / 'requirements.txt'}")
-    from DiffDenoise import DiffDenoiseLogic, node_geometry
+    from DiffDenoiseNodes import node_geometry, provenanceOf
+
+    from DiffDenoise import DiffDenoiseLogic
     from DiffDenoiseLib.cli import TqdmProgress, extra_output_path
     from DiffDenoiseLib.errors import InputError
     from DiffDenoiseLib.io import Volume, write_volume
@@ -76,7 +78,7 @@ def write_node(node, path: Path, overwrite: bool) -> None:
     """Write ``node`` to ``path`` atomically, with its geometry and the provenance the logic recorded on it (a
     storage node would drop the provenance attributes)."""
     volume = Volume(slicer.util.arrayFromVolume(node).copy(), node_geometry(node))
-    write_volume(path, volume, provenance=DiffDenoiseLogic.provenanceOf(node), overwrite=overwrite)
+    write_volume(path, volume, provenance=provenanceOf(node), overwrite=overwrite)
 
 
 def plan_writes(jobs: list[tuple[Path, Path]], args: argparse.Namespace) -> None:
