@@ -31,7 +31,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @functools.cache
 def cpu_has_amx_bf16() -> bool:
-    """True on CPUs with AMX-BF16 tiles, where bfloat16 convolutions beat float32 (measured 4-6x)."""
+    """True on CPUs with AMX-BF16 tiles, where bfloat16 convolutions beat float32 (docs/decisions.md)."""
     try:
         with open("/proc/cpuinfo") as handle:
             return "amx_bf16" in handle.read()
@@ -63,9 +63,8 @@ def choose_precision(device: torch.device, network: nn.Module | None = None,
     with AMX (slower without); else float32.
 
     On the CPU, networks with dilated depthwise convolutions (the blind-spot networks) always run in float32:
-    PyTorch 2.13's bf16 CPU kernels return wrong weight gradients for these convolutions (relative error 1.4,
-    sometimes garbage: the standard BSN's loss turned NaN within 35 steps) and gain little or nothing there
-    (training 0.90 against 0.59 s per standard BSN step; inference 1.4x faster for PUCA, none for LG-BPN).
+    PyTorch 2.13's bf16 CPU kernels return wrong weight gradients for these convolutions and gain little or
+    nothing there (docs/decisions.md, "Where the code's choices were measured").
     """
     if not mixed_precision or (device.type == "cpu" and network is not None and has_dilated_depthwise_conv(network)):
         return Precision(None, False)

@@ -2,17 +2,16 @@
 
 SRDS averages two DDIM trajectories started from +eps and -eps: the noise the model generates cancels to
 first order only. Where the noise level depends on the signal (Poisson: std grows with brightness), the
-second-order term survives the pair average and biases it (measured on knee MRI, Poisson peak 30: +0.04 of
-the intensity range in dark tissue). Scaling each pixel's deviation from the BSN output b by
+second-order term survives the pair average and biases it (the measurement: docs/decisions.md, "Where the
+code's choices were measured"). Scaling each pixel's deviation from the BSN output b by
 ``mean std / std(b)`` makes the noise one level everywhere. The map is affine per pixel (b is known when
 training and when sampling), so unlike a variance-stabilising transform of the value (Anscombe) it has an
 exact inverse for means, and no trouble with the negative values of recorrupted targets.
 
 The normalised value is the deviation from b, not b plus it: the diffusion model generates what the BSN
-output lacks (noise and detail, mean about zero everywhere) rather than the whole image. Generating whole
-images, DDIM's errors shifted the SRDS output by up to +0.27 of the normalised range on ultrasound speckle,
-and by a tissue-dependent offset on the knee; generating deviations removed the shift (ultrasound SRDS
-11.1 -> 25.7 dB, CT Poisson 25.4 -> 27.8, knee Gaussian 25.0 -> 26.5; quick networks at a shortened budget).
+output lacks (noise and detail, mean about zero everywhere) rather than the whole image: generating whole
+images, DDIM's errors shifted the SRDS output by a tissue-dependent offset, which generating deviations
+removed (docs/decisions.md).
 """
 
 from __future__ import annotations

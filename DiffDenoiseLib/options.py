@@ -215,7 +215,7 @@ class DenoiseOptions(_Options):
                         "rician, takes the magnitude bias out of the output)", choices=NOISE_CHOICES,
                         on_panel=True)
     # in Python also explicit presets.PipelineSettings
-    preset: Any = option("quick", "training budget: quick, standard or full (README: Presets)", choices=PRESETS,
+    preset: Any = option("quick", "training budget: quick, standard or full (docs/usage.md, Presets)", choices=PRESETS,
                          accepts=_is_settings, on_panel=True)
     device: str = option("auto", "compute device: auto (CUDA > MPS > CPU), cpu, cuda (or cuda:N) or mps",
                          choices=DEVICE_CHOICES, accepts=_is_indexed_cuda, on_panel=True)
@@ -250,7 +250,7 @@ class DWIOptions(_Options):
     method: str = option("ddm2", "ddm2: Stages I-III (default); stage1: the slice-from-other-volumes denoiser "
                          "alone", choices=DWI_METHODS)
     # in Python also explicit pipelines.ddm2.DDM2Settings
-    preset: Any = option("quick", "training budget: quick, standard or full (README: DDM2)", choices=PRESETS,
+    preset: Any = option("quick", "training budget: quick, standard or full (docs/usage.md, Presets)", choices=PRESETS,
                          accepts=_is_settings)
     device: str = option("auto", "compute device: auto (CUDA > MPS > CPU), cpu, cuda (or cuda:N) or mps",
                          choices=DEVICE_CHOICES, accepts=_is_indexed_cuda)

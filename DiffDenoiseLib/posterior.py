@@ -14,15 +14,12 @@ edges and fine detail, where the surroundings leave the pixel uncertain, it take
 ``s2 + sigma2`` when the BSN output is the conditional mean), excluding the pixel itself so that the weight
 does not depend on its own noise. Where that local estimate could be noise alone (within
 ``THRESHOLD_SPREADS`` of its sampling spread above ``sigma2``) ``s2`` is taken as 0: without the threshold
-the weight picks up about 0.08 of the noise in flat regions (MNI, Gaussian 0.1: SSIM 0.90 instead of the
-BSN's 0.92). Measured on the quick BSN (300 steps, 24 central slices, the fitted noise model): PSNR +0.3 to
-+1.1 dB with SSIM at or above the BSN's on MNI, knee and LIDC with Gaussian, Poisson and correlated noise
-(README, "The noisy pixel the blind spot leaves out").
+the weight picks up part of the noise in flat regions. The measurements: docs/decisions.md, "The noisy pixel
+the blind spot leaves out".
 
 For spatially correlated noise the same rule holds: the LG-BPN's blind patch keeps the pixel's noise
 independent of the estimate. The neighbours' residuals are then correlated, so their mean square spreads more
-and the threshold rises with the noise's correlation (MNI, correlated 0.1: +1.1 dB at the BSN's SSIM;
-without that factor, +1.2 dB and SSIM 0.80 against 0.83).
+and the threshold rises with the noise's correlation (without that factor SSIM falls below the BSN's).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Named settings of the whole pipeline: what each stage trains, and for how long.
 
-Budgets measured on 2 CPU cores for a 24x256x256 volume are in the README ("Presets"). ``quick`` is for a
+Budgets measured on 2 CPU cores for a 24x256x256 volume are in docs/usage.md ("Presets"). ``quick`` is for a
 first look (whole pipeline about 10 minutes on a laptop CPU), ``standard`` for results (about an hour on
 a CPU, minutes on a GPU), ``full`` is paper-scale and meant for a GPU.
 """

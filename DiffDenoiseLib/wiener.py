@@ -15,8 +15,8 @@ white noise).
 The patch mean (the DC coefficient) is the pilot's, not a shrunk noisy one: its gain ``P^2 / (P^2 + S)`` is
 about 1 wherever the image is not near 0 in the normalised units, so the noisy patch mean would pass whole,
 and the overlapping patch means add up to low-frequency noise, which SSIM punishes hardest in flat and empty
-regions (MNI, Gaussian 0.1, quick BSN: SSIM 0.823 for the filter with noisy means, 0.966 with the pilot's,
-whose error averages out over the patch; a session measurement on the 24 central slices).
+regions; the pilot's error averages out over the patch (docs/decisions.md, "Where the code's choices were
+measured").
 
 Neither estimate is better everywhere, and their errors are only partly shared, so a mix of the two beats
 both. The mixing weight is fitted without clean data on the recorrupted copy that also trains the diffusion

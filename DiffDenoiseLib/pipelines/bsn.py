@@ -26,7 +26,7 @@ class BsnSettings:
     output is combined with the noisy pixel the blind spot left out (:mod:`..posterior`), and with ``wiener``
     that estimate is blended with its empirical Wiener filtering, the weight fitted on a recorrupted copy
     (:mod:`..wiener`), whose patches span ``wiener_depth`` slices where the network reads its neighbouring
-    slices whole (measured in the README, "Wiener filtering")."""
+    slices whole (docs/decisions.md, "Wiener patches across slices")."""
 
     network: PUCAConfig | LGBPNConfig
     training: TrainConfig

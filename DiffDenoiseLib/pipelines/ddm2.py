@@ -91,7 +91,7 @@ class VolumeScaling:
     One map per shell, not per volume: b0s and b = 3000 volumes differ by an order of magnitude (one map for
     all would leave the weighted volumes near -1), while volumes of one shell must keep their intensity
     relation, since Stage I predicts a volume from others of its shell (per-volume maps from each volume's own
-    minimum shifted b0s against each other by up to 5% and cost Stage I 4 dB on real data).
+    minimum shifted b0s against each other and cost Stage I dearly on real data: docs/decisions.md).
     """
 
     low: np.ndarray
@@ -171,10 +171,9 @@ def shell_loss_weights(scaled: np.ndarray, bvals: np.ndarray, neighbours: np.nda
     """(V * Z,) loss weight of every slice: 1 / its shell's mean squared difference to the first neighbour.
 
     That difference (2 sigma^2 plus the change of contrast between neighbours) sets how large a shell's losses
-    are; on real data (mdt_b1k_b2k) the b = 2000 shell's is ~40x the b0s' in model units, so unweighted
-    training fits the weighted shells and blurs the high-SNR b0s (measured: Stage I b0s 12 dB below a plain
-    mean of their neighbours). Weighted, every shell counts by how much better than "copy a neighbour" the
-    network does. Mean 1 over the slices.
+    are; on real data the weighted shells' is far larger than the b0s' in model units, so unweighted
+    training fits the weighted shells and blurs the high-SNR b0s (docs/decisions.md). Weighted, every shell
+    counts by how much better than "copy a neighbour" the network does. Mean 1 over the slices.
     """
     per_volume = ((scaled - scaled[neighbours[:, 0]]) ** 2).mean(axis=(1, 2, 3), dtype=np.float64)
     shells = shell_of(bvals)

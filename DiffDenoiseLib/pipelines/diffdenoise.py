@@ -61,7 +61,7 @@ class DiffusionSettings:
       slice is a deterministic, largely invertible function of that slice, so a network conditioned on
       ``BSN(y)`` while generating ``y`` learns to rebuild ``y``, noise included; with independent noise the
       best it can generate is the clean image, and the noisy slice next to the BSN output gives it the
-      detail the blind spot discards (measurements in the README).
+      detail the blind spot discards (measurements: docs/decisions.md).
     * ``bsn``: the paper's plain pairs (target ``y``, condition ``BSN(y)``), kept for the ablation.
     * ``identity``: conditioned on the noisy slice itself (the paper's other ablation).
 
@@ -127,8 +127,8 @@ class DistillationSettings:
 
     With ``from_bsn`` (default) it also reads the BSN output, as its first channel, and learns a correction
     of it: training starts from the BSN's estimate instead of from the noisy slice (a residual on the noisy
-    slice starts as the identity, and at CPU budgets ended with much of the noise still in: MNI, Gaussian
-    0.1, 300 steps, SSIM 0.58 against the BSN's 0.88, README "Through-plane context"). Inference then runs
+    slice starts as the identity, and at CPU budgets ended with much of the noise still in: docs/decisions.md,
+    "Where the code's choices were measured"). Inference then runs
     the BSN and the NAFNet.
     """
 
