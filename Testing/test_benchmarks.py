@@ -272,3 +272,13 @@ def test_the_pages_show_the_committed_grid_as_the_benchmark_wrote_it():
                               results_page.full_section(grid, results_page.FULL_PAGE))):
         copy = page.read_text().split(f"<!-- {name}:start -->\n")[1].split(f"\n<!-- {name}:end -->")[0]
         assert copy == body.strip(), f"{page} is stale: run python -m benchmarks.results_page"
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+def test_the_poisson_split_of_the_knee_grid_case_has_independent_halves():
+    from benchmarks.split_independence import check
+
+    row = check("knee", "poisson", 0)
+    assert row["family"] == "poisson" and abs(row["correlation_dark"]) < 0.02 and abs(row["correlation"]) < 0.02
+    assert row["copy_variance_ratio"] == pytest.approx(1.25, rel=0.02)
+    assert row["twin_variance_ratio"] == pytest.approx(5.0, rel=0.02)
