@@ -19,12 +19,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from . import __version__
 from .errors import Cancelled, DiffDenoiseError, InputError
 from .options import DenoiseOptions, DWIOptions, add_arguments
-from .progress import ProgressEvent
+from .progress import TqdmProgress
 from .worker import JsonLinesProgress
 
 if TYPE_CHECKING:
@@ -51,33 +49,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-class TqdmProgress:
-    """Progress callback drawing one tqdm bar per stage on stderr."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.bar: tqdm | None = None
-        self.stage: str | None = None
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if not self.enabled:
-            return
-        if event.stage != self.stage:
-            self.close()
-            self.stage = event.stage
-            self.bar = tqdm(total=event.total, desc=event.stage, unit="step", dynamic_ncols=True, leave=True)
-        assert self.bar is not None
-        self.bar.n = event.step
-        if event.loss is not None:
-            self.bar.set_postfix(loss=f"{event.loss:.4g}", refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 Progress = TqdmProgress | JsonLinesProgress

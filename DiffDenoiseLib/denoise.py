@@ -24,7 +24,7 @@ from .context import MIN_CONTEXT_SLICES, choose_context
 from .devices import resolve_device
 from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
-from .inference import predict_slices
+from .inference import predict_slices, slices_per_call
 from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise, residual_outliers
 from .noise_model import FAMILIES, NoiseModel, exact_floor, fit_noise_model, with_family
 from .noise_normalisation import NoiseNormaliser
@@ -188,8 +188,8 @@ def denoise(image: np.ndarray, options: DenoiseOptions | None = None, *, slice_a
         clock = time.perf_counter()
 
         def run_bsn(images: np.ndarray) -> np.ndarray:
-            return predict_slices(bsn, images, torch_device, _batch(torch_device), progress=progress, cancel=cancel,
-                                  stage="bsn inference", context=half_width)
+            return predict_slices(bsn, images, torch_device, slices_per_call(torch_device), progress=progress,
+                                  cancel=cancel, stage="bsn inference", context=half_width)
 
         estimates = bsn_estimates(run_bsn, slices, settings, noise_kind, options.noise, scaling, seed,
                                   recorrupted=method != "bsn" and conditioning == "recorrupted")
@@ -234,7 +234,7 @@ def denoise(image: np.ndarray, options: DenoiseOptions | None = None, *, slice_a
             clock = time.perf_counter()
 
             def run_nafnet(noisy: np.ndarray, signal: np.ndarray | None) -> np.ndarray:
-                return predict_slices(nafnet, noisy, torch_device, _batch(torch_device), progress=progress,
+                return predict_slices(nafnet, noisy, torch_device, slices_per_call(torch_device), progress=progress,
                                       cancel=cancel, context=half_width,
                                       leading=signal if distillation.from_bsn else None)
 
@@ -348,10 +348,6 @@ def _spacing_ratio(spacing: tuple[float, ...] | None, axis: int) -> float | None
     return float(spacing[axis]) / float(np.mean(in_plane))
 
 
-def _batch(device: torch.device) -> int:
-    return 8 if device.type == "cuda" else 2
-
-
 def _extras(image: np.ndarray, denoised: np.ndarray, outputs: tuple[str, ...], stages: dict[str, np.ndarray | None],
             scaling: IntensityScaling, axis: int, noise_model: NoiseModel | None) -> dict[str, np.ndarray]:
     """The requested extra outputs in the input's units, the stage outputs with the noise's bias taken out;
@@ -411,7 +407,7 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
                          "output: train the bundle again (bundles of the default method, diffdenoise, still work)")
     if bundle.inference_network == "bsn" or from_bsn or (bundle.inference_network == "diffusion"
                                                          and diffusion["conditioning"] != "identity"):
-        stages["bsn"] = predict_slices(bundle.networks["bsn"], slices, torch_device, _batch(torch_device),
+        stages["bsn"] = predict_slices(bundle.networks["bsn"], slices, torch_device, slices_per_call(torch_device),
                                        progress=progress, cancel=cancel, stage="bsn inference", context=half_width)
         # bundles before these settings: the BSN output alone, or without the Wiener blend
         stage = bundle.metadata.get("bsn", {})
@@ -442,9 +438,9 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
     elif bundle.inference_network == "bsn":
         output = stages["bsn"]
     else:
-        output = predict_slices(bundle.networks[bundle.inference_network], slices, torch_device, _batch(torch_device),
-                                progress=progress, cancel=cancel, context=half_width,
-                                leading=stages["bsn"] if from_bsn else None)
+        network = bundle.networks[bundle.inference_network]
+        output = predict_slices(network, slices, torch_device, slices_per_call(torch_device), progress=progress,
+                                cancel=cancel, context=half_width, leading=stages["bsn"] if from_bsn else None)
     output_weight = bundle.metadata.get("output_blend", {}).get("weight")  # bundles before the blend: none
     if output_weight is not None:
         output = blend(output, stages["bsn"], output_weight)

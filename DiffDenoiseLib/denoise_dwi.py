@@ -25,7 +25,7 @@ from .bundle import ModelBundle
 from .devices import resolve_device
 from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
-from .inference import predict_slices
+from .inference import predict_slices, slices_per_call
 from .options import DWIOptions
 from .pipelines.ddm2 import (
     SHELL_TOLERANCE,
@@ -123,10 +123,6 @@ def _with_overrides(settings: DDM2Settings, options: DWIOptions, checkpoint_dir:
     stage1 = checkpointed(replace(settings.stage1_training, **training), checkpoint_dir, "stage1")
     stage3 = checkpointed(replace(settings.diffusion_training, **training), checkpoint_dir, "stage3")
     return replace(settings, stage1_training=stage1, diffusion_training=stage3, **choices)
-
-
-def _batch(device: torch.device) -> int:
-    return 8 if device.type == "cuda" else 2
 
 
 def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | None = None, *,
@@ -242,7 +238,7 @@ def _stage1_and_match(stage1: torch.nn.Module, prepared: _PreparedSeries, schedu
                       cancel: CancelCheck | None) -> tuple[np.ndarray, StateMatch, float]:
     """Stage I output of every slice, its Stage II match, and the seconds both took."""
     clock = time.perf_counter()
-    stage1_output = predict_slices(stage1, prepared.inputs, device, _batch(device), progress=progress,
+    stage1_output = predict_slices(stage1, prepared.inputs, device, slices_per_call(device), progress=progress,
                                    cancel=cancel, stage="stage I inference")
     return stage1_output, match_states(prepared.slices, stage1_output, schedule), time.perf_counter() - clock
 
@@ -262,7 +258,7 @@ def _finish(bundle: ModelBundle, prepared: _PreparedSeries, stage1_output: np.nd
     clock = time.perf_counter()
     sampled = sample_ddm2(bundle.networks["diffusion"], prepared.slices, prepared.inputs, match.steps,
                           NoiseSchedule(**described["schedule"]), described["sampler"], described["sampler_steps"],
-                          device, described["seed"], _batch(device), progress, cancel)
+                          device, described["seed"], slices_per_call(device), progress, cancel)
     timings = {"sampling_s": round(time.perf_counter() - clock, 3)}
     denoised = prepared.scaling.inverse(sampled.denoised.reshape(series.shape))
     untouched = sampled.untouched.reshape(grid)

@@ -27,6 +27,12 @@ class MemoryFallbackWarning(RuntimeWarning):
     """A device ran out of memory and the run continues with smaller batches or tiles, or on the CPU."""
 
 
+def slices_per_call(device: torch.device, on_cpu: int = 2) -> int:
+    """How many slices share one network call: 8 on a GPU; ``on_cpu`` on a CPU, where the work is cache-bound
+    (2 for a forward pass, 1 for SRDS, whose pairs ride along)."""
+    return 8 if device.type == "cuda" else on_cpu
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for a device's out-of-memory error (CUDA, MPS) and for a failed CPU allocation."""
     return isinstance(error, torch.OutOfMemoryError | MemoryError) or (

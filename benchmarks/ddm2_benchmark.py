@@ -29,10 +29,10 @@ import numpy as np
 from scipy.ndimage import binary_dilation
 
 from benchmarks.datasets import SHARED
-from DiffDenoiseLib.cli import TqdmProgress
 from DiffDenoiseLib.denoise_dwi import apply_dwi_bundle, denoise_dwi
 from DiffDenoiseLib.io import read_dwi, read_volume
 from DiffDenoiseLib.pipelines.ddm2 import DDM2Settings
+from DiffDenoiseLib.progress import TqdmProgress
 
 DATA = SHARED / "dwi" / "mdt_b1k_b2k"
 B0_THRESHOLD = 50.0

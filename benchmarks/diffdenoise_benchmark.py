@@ -42,7 +42,6 @@ from benchmarks.datasets import SHARED
 from benchmarks.peers import MethodOutput, classical_peers, method_label
 from benchmarks.scalar import CSV_FIELDS, DISTILLED, Score, noisy_case, our_methods, read_case, score, write_scores
 from benchmarks.volume_ablation import cpu_model
-from DiffDenoiseLib.cli import TqdmProgress
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.devices import resolve_device
 from DiffDenoiseLib.diffusion import NoiseSchedule, ddim_sample
@@ -60,6 +59,7 @@ from DiffDenoiseLib.pipelines.diffdenoise import (
 )
 from DiffDenoiseLib.preprocessing import IntensityScaling, from_slices, to_slices
 from DiffDenoiseLib.presets import PRESETS
+from DiffDenoiseLib.progress import TqdmProgress
 from DiffDenoiseLib.training import checkpointed
 
 # this benchmark's noise names (its case files) -> the shared noise definitions (benchmarks.datasets.NOISES)

@@ -21,7 +21,7 @@ from ..devices import choose_precision
 from ..diffusion import PREDICTIONS, NoiseSchedule, prediction_target, srds_sample
 from ..diffusion.ddim import DenoisingModel, Prediction
 from ..errors import InputError
-from ..inference import TILE_SIZE, MemoryPlan, run_in_chunks, tiled
+from ..inference import TILE_SIZE, MemoryPlan, run_in_chunks, slices_per_call, tiled
 from ..models import NAFNet, NAFNetConfig
 from ..noise_model import NoiseModel
 from ..noise_normalisation import NoiseNormaliser
@@ -269,7 +269,7 @@ def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedu
     on the CPU, as in :func:`..inference.predict_slices`.
     """
     network.eval()
-    plan = MemoryPlan.for_network(network, device, settings.batch_slices or (8 if device.type == "cuda" else 1))
+    plan = MemoryPlan.for_network(network, device, settings.batch_slices or slices_per_call(device, on_cpu=1))
 
     def sample_chunk(start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         chunk = torch.from_numpy(np.ascontiguousarray(condition[start:start + count], dtype=np.float32))

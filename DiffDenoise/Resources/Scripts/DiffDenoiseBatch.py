@@ -45,11 +45,11 @@ try:
     from DiffDenoiseNodes import node_geometry, provenanceOf
 
     from DiffDenoise import DiffDenoiseLogic
-    from DiffDenoiseLib.cli import TqdmProgress, extra_output_path
+    from DiffDenoiseLib.cli import extra_output_path
     from DiffDenoiseLib.errors import InputError
     from DiffDenoiseLib.io import Volume, write_volume
     from DiffDenoiseLib.options import DenoiseOptions, add_arguments
-    from DiffDenoiseLib.progress import ProgressEvent
+    from DiffDenoiseLib.progress import ProgressEvent, TqdmProgress
     from DiffDenoiseLib.write_plan import WritePlan
 except ImportError as error:
     _fail(f"cannot import {error.name or error}: run this script with Slicer (Slicer --no-main-window "
