@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_tiny_ddm2
+from helpers import make_tiny_ddm2
 
 from DiffDenoiseLib.bundle import load_bundle, save_bundle
 from DiffDenoiseLib.denoise import apply_bundle, denoise
@@ -31,7 +31,7 @@ def noisy(knee_crop) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def bsn_bundle(noisy):
-    from conftest import make_tiny_settings
+    from helpers import make_tiny_settings
 
     return denoise(noisy, method="bsn", preset=make_tiny_settings(), device="cpu").bundle
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import make_tiny_settings
+from helpers import make_tiny_settings
 
 from benchmarks.__main__ import run
 from benchmarks.datasets import SHARED

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_settings
+from helpers import make_tiny_settings
 from safetensors.torch import save_file
 
 from DiffDenoiseLib.bundle import load_bundle, read_bundle_metadata, save_bundle

@@ -46,7 +46,7 @@ def noisy_int16(knee_crop) -> np.ndarray:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, noisy_int16) -> Path:
     """A tiny BSN bundle, saved once for the module."""
-    from conftest import make_tiny_settings
+    from helpers import make_tiny_settings
 
     bundle = denoise(noisy_int16, method="bsn", preset=make_tiny_settings(), device="cpu").bundle
     return save_bundle(tmp_path_factory.mktemp("model") / "bsn.safetensors", bundle)
@@ -643,7 +643,7 @@ def test_a_file_another_run_wrote_meanwhile_is_never_replaced(tmp_path, model): 
 
 @pytest.fixture(scope="module")
 def diffusion_model(tmp_path_factory, noisy_int16) -> Path:
-    from conftest import make_tiny_settings
+    from helpers import make_tiny_settings
 
     bundle = denoise(noisy_int16, method="diffusion", preset=make_tiny_settings(), device="cpu").bundle
     return save_bundle(tmp_path_factory.mktemp("diffusion") / "diffusion.safetensors", bundle)

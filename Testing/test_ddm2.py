@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_DWI, make_tiny_ddm2
+from helpers import SMALL_DWI, make_tiny_ddm2
 
 from DiffDenoiseLib.bundle import load_bundle, save_bundle
 from DiffDenoiseLib.cli import main

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # as pytest's rootdir conftest import does, for --record
 
-from conftest import SMALL_DWI, make_tiny_ddm2, make_tiny_settings  # noqa: E402
+from helpers import SMALL_DWI, make_tiny_ddm2, make_tiny_settings  # noqa: E402
 
 from DiffDenoiseLib.data import SAMPLE_KNEE  # noqa: E402
 from DiffDenoiseLib.denoise import apply_bundle, denoise  # noqa: E402

@@ -114,7 +114,7 @@ def _gradients(node):
 
 
 def test_process_dwi_returns_a_new_dwi_node_with_the_same_gradients(small_dwi, tmp_path):
-    from conftest import make_tiny_ddm2
+    from helpers import make_tiny_ddm2
 
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
@@ -152,7 +152,7 @@ def test_process_dwi_returns_a_new_dwi_node_with_the_same_gradients(small_dwi, t
 
 
 def test_process_dwi_takes_a_sequence_of_volumes_and_returns_a_new_sequence(small_dwi):
-    from conftest import make_tiny_ddm2
+    from helpers import make_tiny_ddm2
 
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_ddm2, make_tiny_settings
+from helpers import make_tiny_ddm2, make_tiny_settings
 
 slicer = pytest.importorskip("slicer")
 if not hasattr(slicer, "vtkMRMLScene"):
