@@ -2,10 +2,11 @@
 configurations give the outputs recorded in ``data/recorded_outputs.npz`` before a change of structure.
 
 Recorded with one CPU thread (the sums of a convolution can round differently with the work split in
-another way). On a CPU with the recording's kernels (``torch.backends.cpu.get_cpu_capability()``) the
-outputs must be bit-identical; on another the kernels round differently, and they must agree to 1e-4 of the
-intensity range, far below any change of logic (one training step more moves them by 1e-2). Record again,
-on purpose and in its own commit, only for a change that is meant to change results::
+another way) and in float32 (bfloat16 on AMX CPUs is switched off for the comparison). On a CPU with the
+recording's kernels (``torch.backends.cpu.get_cpu_capability()``) the outputs must be bit-identical; on
+another the kernels round differently, and they must agree to 1e-4 of the intensity range, far below any
+change of logic (one training step more moves them by 1e-2). Record again, on purpose and in its own
+commit, only for a change that is meant to change results::
 
     python Testing/test_recorded_outputs.py --record
 """
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # as pytest's rootdir conftest i
 
 from helpers import SMALL_DWI, make_tiny_ddm2, make_tiny_settings  # noqa: E402
 
+from DiffDenoiseLib import devices  # noqa: E402
 from DiffDenoiseLib.data import SAMPLE_KNEE  # noqa: E402
 from DiffDenoiseLib.denoise import apply_bundle, denoise  # noqa: E402
 from DiffDenoiseLib.denoise_dwi import apply_dwi_bundle, denoise_dwi  # noqa: E402
@@ -67,12 +69,16 @@ RUNS: dict[str, Callable[[], dict[str, np.ndarray]]] = {"scalar": _scalar_runs, 
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
+    """One thread, and float32 everywhere: on CPUs with AMX the NAFNets would run in bfloat16, whose rounding
+    is far coarser than the tolerance (the recording ran without AMX, in float32)."""
+    threads, has_amx = torch.get_num_threads(), devices.cpu_has_amx_bf16
     torch.set_num_threads(1)
+    devices.cpu_has_amx_bf16 = lambda: False  # read by devices.choose_precision at every call
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+        devices.cpu_has_amx_bf16 = has_amx
 
 
 def record() -> None:
