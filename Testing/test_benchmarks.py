@@ -266,11 +266,11 @@ def test_the_pages_show_the_committed_grid_as_the_benchmark_wrote_it():
     ``python -m benchmarks.results_page``: no number there is typed by hand or left stale."""
     from benchmarks import results_page
 
-    grid = results_page.GRID.read_text()
+    grid = results_page.GRID.read_text(encoding="utf-8")
     for page, name, body in ((results_page.SUMMARY_PAGE, results_page.SUMMARY, results_page.target_table(grid)),
                              (results_page.FULL_PAGE, results_page.FULL,
                               results_page.full_section(grid, results_page.FULL_PAGE))):
-        copy = page.read_text().split(f"<!-- {name}:start -->\n")[1].split(f"\n<!-- {name}:end -->")[0]
+        copy = page.read_text(encoding="utf-8").split(f"<!-- {name}:start -->\n")[1].split(f"\n<!-- {name}:end -->")[0]
         assert copy == body.strip(), f"{page} is stale: run python -m benchmarks.results_page"
 
 

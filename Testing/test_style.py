@@ -57,7 +57,7 @@ def test_the_readme_reads_in_five_minutes_and_its_links_resolve():
     import re
 
     readme = ROOT / "README.md"
-    assert len(readme.read_text().splitlines()) <= 250
+    assert len(readme.read_text(encoding="utf-8").splitlines()) <= 250
     for page in (readme, *sorted((ROOT / "docs").glob("*.md"))):
-        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
             assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"

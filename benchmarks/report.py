@@ -86,11 +86,11 @@ def cost_tables(cost: dict) -> str:
 def replace_marked(page: Path, name: str, body: str) -> None:
     """Put ``body`` between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in ``page`` (a README or docs page)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = page.read_text()
+    text = page.read_text(encoding="utf-8")
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
         raise SystemExit(f"{page} has no '{start}' ... '{end}' markers: add them where the results go")
-    page.write_text(pattern.sub(lambda _: f"{start}\n{body.strip()}\n{end}", text))
+    page.write_text(pattern.sub(lambda _: f"{start}\n{body.strip()}\n{end}", text), encoding="utf-8")
 
 
 def replace_section(page: Path, suite: str, body: str) -> None:

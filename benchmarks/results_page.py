@@ -34,7 +34,7 @@ def full_section(grid: str, page: Path) -> str:
 
 
 def main() -> None:
-    grid = GRID.read_text()
+    grid = GRID.read_text(encoding="utf-8")
     replace_marked(SUMMARY_PAGE, SUMMARY, target_table(grid))
     replace_marked(FULL_PAGE, FULL, full_section(grid, FULL_PAGE))
     print(f"wrote the grid of {GRID} into {SUMMARY_PAGE} and {FULL_PAGE}")

@@ -79,7 +79,7 @@ def main() -> None:
              "the variance ratios are 1.25 and 5 and the correlations 0", "",
              "| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]
     lines += ["| " + " | ".join(str(row[field]) for field in FIELDS) + " |" for row in rows]
-    (args.out / "split_independence.md").write_text("\n".join(lines) + "\n")
+    (args.out / "split_independence.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
 
