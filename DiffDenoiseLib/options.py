@@ -14,9 +14,10 @@ Torch-free and cheap to import: the Slicer panel loads it before torch is instal
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar
+from typing import Any
 
 from .errors import InputError
 
@@ -126,8 +127,6 @@ def _is_indexed_cuda(value: Any) -> bool:
 class _Options:
     """What both options records share: checking, the keyword and command-line forms, the panel names."""
 
-    JOB: ClassVar[str]
-
     def __post_init__(self) -> None:
         for name, spec in specs(type(self)).items():
             problem = spec.problem(getattr(self, name))
@@ -188,8 +187,9 @@ class _Options:
         return words
 
 
+@functools.cache  # read on every check and conversion; a record's fields never change
 def specs(options: type) -> dict[str, OptionSpec]:
-    """Each option's spec by field name, with the flag and panel name filled in."""
+    """Each option's spec by field name, with the flag and panel name filled in (not to be modified)."""
     found = {}
     for item in fields(options):
         spec = item.metadata["spec"]
@@ -205,8 +205,6 @@ def _in_preset(what: str) -> str:
 @dataclass(frozen=True)
 class DenoiseOptions(_Options):
     """How ``denoise`` runs on a 2D image or 3D volume (:func:`.denoise.denoise`)."""
-
-    JOB: ClassVar[str] = "denoise"
 
     method: str = option("diffdenoise", "diffdenoise: BSN -> diffusion -> SRDS -> distilled NAFNet (default); "
                          "diffusion: the SRDS output; bsn: the blind-spot network alone", choices=METHODS)
@@ -244,8 +242,6 @@ class DenoiseOptions(_Options):
 @dataclass(frozen=True)
 class DWIOptions(_Options):
     """How ``ddm2`` runs on a 4D diffusion MRI series (:func:`.denoise_dwi.denoise_dwi`)."""
-
-    JOB: ClassVar[str] = "ddm2"
 
     method: str = option("ddm2", "ddm2: Stages I-III (default); stage1: the slice-from-other-volumes denoiser "
                          "alone", choices=DWI_METHODS)
