@@ -40,18 +40,20 @@ PATCH = 8  # BM3D's Wiener-stage block size
 
 
 @functools.cache
+def dct_matrix(size: int) -> np.ndarray:
+    """The (size, size) orthonormal DCT-II matrix: row ``k`` is the ``k``-th cosine (row 0 the mean)."""
+    k = np.arange(size)
+    matrix = np.sqrt(2 / size) * np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * size))
+    matrix[0] /= np.sqrt(2)
+    return matrix
+
+
+@functools.cache
 def dct_basis(size: int, depth: int = 1) -> np.ndarray:
     """The (depth * size^2, depth, size, size) orthonormal DCT-II basis of depth x size x size patches (the 2D
-    basis for ``depth`` 1); element 0 is the patch mean."""
-
-    def cosines(n: int) -> np.ndarray:
-        k = np.arange(n)
-        matrix = np.sqrt(2 / n) * np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n))
-        matrix[0] /= np.sqrt(2)
-        return matrix
-
-    through, in_plane = cosines(depth), cosines(size)
-    basis = np.einsum("ti,uj,vk->tuvijk", through, in_plane, in_plane)
+    basis for ``depth`` 1); element ``t * size^2 + u * size + v`` is the product of the ``t``-th cosine through
+    the slices and the ``u``-th and ``v``-th in the plane, element 0 the patch mean."""
+    basis = np.einsum("ti,uj,vk->tuvijk", dct_matrix(depth), dct_matrix(size), dct_matrix(size))
     return basis.reshape(depth * size * size, depth, size, size)
 
 
@@ -73,7 +75,7 @@ def wiener_filter(noisy: np.ndarray, pilot: np.ndarray, noise: NoiseModel, varia
         return pilot.astype(np.float32)
     if not 1 <= depth <= len(noisy):
         raise ValueError(f"patch depth {depth} needs 1 to {len(noisy)} slices")
-    basis = torch.from_numpy(dct_basis(size, depth)).float()[:, None]
+    transform = PatchDct(size, depth)
     gains = torch.from_numpy(coefficient_variances(noise.kernel, size, depth)).float()[None, :, None, None, None]
     ones = torch.ones(1, 1, depth, size, size)
 
@@ -88,15 +90,47 @@ def wiener_filter(noisy: np.ndarray, pilot: np.ndarray, noise: NoiseModel, varia
     for first in range(len(noisy) - depth + 1):
         window = np.s_[:, :, first:first + depth]
         variance = gains * F.avg_pool3d(level[window], (depth, size, size), stride=1)
-        pilot_coefficients = F.conv3d(p[window], basis)
-        shrink = pilot_coefficients**2 / (pilot_coefficients**2 + variance).clamp_min(torch.finfo(torch.float32).tiny)
-        shrink[:, 0] = 0  # the patch mean comes from the pilot (module docstring)
-        coefficients = shrink * F.conv3d(y[window], basis)
-        coefficients[:, 0] = pilot_coefficients[:, 0]
-        patch_weight = 1 / (torch.sum(shrink**2 * variance, dim=1, keepdim=True) + torch.finfo(torch.float32).eps)
-        total[window] += F.conv_transpose3d(coefficients * patch_weight, basis)
+        power = transform.analyse(p[window])
+        mean = power[:, :1].clone()  # the patch mean comes from the pilot (module docstring)
+        shrink = power.square_() / (power + variance).clamp_min_(torch.finfo(torch.float32).tiny)
+        shrink[:, 0] = 0
+        noise_kept = (shrink * variance).mul_(shrink).sum(dim=1, keepdim=True)
+        patch_weight = 1 / (noise_kept + torch.finfo(torch.float32).eps)
+        coefficients = transform.analyse(y[window]).mul_(shrink)
+        coefficients[:, :1] = mean
+        total[window] += transform.synthesise(coefficients.mul_(patch_weight))
         weights[window] += F.conv_transpose3d(patch_weight, ones)
     return (total / weights)[0, 0, :, None].numpy().astype(np.float32)
+
+
+class PatchDct:
+    """The DCT of every depth x size x size patch of a (1, 1, D, H, W) volume (stride 1) and its adjoint, one
+    axis at a time: the same coefficients as a convolution with :func:`dct_basis` (in its order), at about
+    ``3 * size`` instead of ``depth * size^2`` multiplications per coefficient."""
+
+    def __init__(self, size: int, depth: int) -> None:
+        self.size, self.depth = size, depth
+        self.through = torch.from_numpy(dct_matrix(depth)).float()
+        self.in_plane = torch.from_numpy(dct_matrix(size)).float()
+
+    def analyse(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, 1, depth, H, W) -> (1, depth * size^2, 1, H - size + 1, W - size + 1) coefficients."""
+        (depth, height, width), size = x.shape[2:], self.size
+        x = (self.through @ x.reshape(depth, height * width)).reshape(depth, 1, height, width)
+        # each row and column transform as a batch of one-channel 2D convolutions: faster than grouped 3D ones
+        x = F.conv2d(x, self.in_plane.reshape(size, 1, size, 1))
+        x = F.conv2d(x.reshape(depth * size, 1, height - size + 1, width), self.in_plane.reshape(size, 1, 1, size))
+        return x.reshape(1, depth * size * size, 1, height - size + 1, width - size + 1)
+
+    def synthesise(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """The adjoint of :meth:`analyse`: every patch's coefficients put back as pixels and summed, (1, 1,
+        depth, H, W)."""
+        size, depth = self.size, self.depth
+        # grouped 3D transposed convolutions: here faster than batches of 2D ones
+        x = F.conv_transpose3d(coefficients, self.in_plane.repeat(depth * size, 1).reshape(-1, 1, 1, 1, size),
+                               groups=depth * size)
+        x = F.conv_transpose3d(x, self.in_plane.repeat(depth, 1).reshape(-1, 1, 1, size, 1), groups=depth)
+        return F.conv_transpose3d(x, self.through.reshape(depth, 1, depth, 1, 1))
 
 
 def blend_weight(estimate: np.ndarray, filtered: np.ndarray, target: np.ndarray) -> float:

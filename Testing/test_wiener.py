@@ -6,13 +6,15 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from DiffDenoiseLib.denoise import apply_bundle, denoise
 from DiffDenoiseLib.errors import InputError
 from DiffDenoiseLib.noise import add_noise
 from DiffDenoiseLib.noise_model import NoiseModel
-from DiffDenoiseLib.wiener import blend, blend_weight, coefficient_variances, dct_basis, wiener_filter
+from DiffDenoiseLib.wiener import PatchDct, blend, blend_weight, coefficient_variances, dct_basis, wiener_filter
 
 SIGMA = 0.1
 
@@ -49,6 +51,18 @@ def test_the_dct_basis_across_slices_is_orthonormal_and_white_noise_spreads_even
     np.testing.assert_allclose(basis @ basis.T, np.eye(256), atol=1e-10)
     np.testing.assert_allclose(basis[0], 1 / 16)  # element 0 is the patch mean
     np.testing.assert_allclose(coefficient_variances(np.ones((1, 1)), depth=4), 1.0)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_the_separable_transform_is_the_convolution_with_the_basis_and_its_adjoint(depth):
+    rng = np.random.default_rng(3)
+    volume = torch.from_numpy(rng.standard_normal((1, 1, depth, 20, 23)).astype(np.float32))
+    basis = torch.from_numpy(dct_basis(8, depth)).float()[:, None]
+    transform = PatchDct(8, depth)
+    coefficients = transform.analyse(volume)
+    torch.testing.assert_close(coefficients, F.conv3d(volume, basis), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(transform.synthesise(coefficients), F.conv_transpose3d(coefficients, basis),
+                               atol=1e-4, rtol=1e-5)
 
 
 def test_patches_across_slices_that_share_the_anatomy_remove_more_noise():
