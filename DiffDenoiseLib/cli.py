@@ -372,34 +372,43 @@ def build_parser() -> argparse.ArgumentParser:
                         help="report progress, written files and errors as JSON lines on stdout (for a parent "
                              "process such as the Slicer panel) instead of progress bars")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_scalar_commands(commands)
+    _add_other_commands(commands)
+    return parser
 
-    def add_overwrite(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--overwrite", action="store_true",
-                         help="replace outputs that already exist (never an input, and a folder only when it holds "
-                              "nothing but a DICOM series); without it an existing output is refused")
 
-    def add_common(sub: argparse.ArgumentParser, axis_choices: tuple[str, ...]) -> None:
-        """The arguments of every job on scalar images besides its options: how the files are read and written."""
-        sub.add_argument("--slice-axis", default="auto", choices=axis_choices,
-                         help="numpy axis of 3D volumes to slice along; auto = the input's coarsest spacing (the "
-                              "acquisition plane; default)" + ("; bundle = the axis the bundle was trained along"
-                                                               if "bundle" in axis_choices else ""))
-        sub.add_argument("--series", metavar="SERIES_UID",
-                         help="the DICOM series to read when an input folder holds several")
-        add_overwrite(sub)
-        add_output_dtype(sub)
+def _add_overwrite(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--overwrite", action="store_true",
+                     help="replace outputs that already exist (never an input, and a folder only when it holds "
+                          "nothing but a DICOM series); without it an existing output is refused")
 
-    def add_output_dtype(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--output-dtype", default="input", choices=("input", "float32"),
-                         help="data type of the output file (default: the input's, rounded for integers)")
 
+def _add_output_dtype(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--output-dtype", default="input", choices=("input", "float32"),
+                     help="data type of the output file (default: the input's, rounded for integers)")
+
+
+def _add_file_arguments(sub: argparse.ArgumentParser, axis_choices: tuple[str, ...]) -> None:
+    """The arguments of every job on scalar images besides its options: how the files are read and written."""
+    sub.add_argument("--slice-axis", default="auto", choices=axis_choices,
+                     help="numpy axis of 3D volumes to slice along; auto = the input's coarsest spacing (the "
+                          "acquisition plane; default)" + ("; bundle = the axis the bundle was trained along"
+                                                           if "bundle" in axis_choices else ""))
+    sub.add_argument("--series", metavar="SERIES_UID", help="the DICOM series to read when an input folder holds "
+                     "several")
+    _add_overwrite(sub)
+    _add_output_dtype(sub)
+
+
+def _add_scalar_commands(commands: argparse._SubParsersAction) -> None:
+    """``denoise``, ``apply`` and ``cohort``: 2D images and 3D volumes."""
     denoise = commands.add_parser("denoise", help="train on the input itself and denoise it")
     denoise.add_argument("input", type=Path, help="image file (NIfTI, NRRD, MHA, DICOM, PNG, TIFF) or DICOM folder")
     denoise.add_argument("output", type=Path, help="output file (format from the extension) or DICOM folder")
     add_arguments(denoise, DenoiseOptions)
     denoise.add_argument("--save-model", type=Path, help="also save the trained model bundle (.safetensors)")
     denoise.add_argument("--checkpoint-dir", type=Path, help=CHECKPOINT_HELP)
-    add_common(denoise, ("auto", "0", "1", "2"))
+    _add_file_arguments(denoise, ("auto", "0", "1", "2"))
     denoise.set_defaults(run=cmd_denoise)
 
     apply = commands.add_parser("apply", help="denoise with a saved model bundle (fast, no training)")
@@ -407,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("input", type=Path)
     apply.add_argument("output", type=Path)
     add_arguments(apply, DenoiseOptions, only=("device", "outputs"))
-    add_common(apply, ("auto", "0", "1", "2", "bundle"))
+    _add_file_arguments(apply, ("auto", "0", "1", "2", "bundle"))
     apply.set_defaults(run=cmd_apply)
 
     cohort = commands.add_parser("cohort", help="apply a saved bundle to many images (shared out by torchrun)")
@@ -415,9 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--out", type=Path, required=True, help="output folder (same file names as the inputs)")
     cohort.add_argument("inputs", type=Path, nargs="+", help="image files or DICOM folders")
     add_arguments(cohort, DenoiseOptions, only=("device", "outputs"))
-    add_common(cohort, ("auto", "0", "1", "2", "bundle"))
+    _add_file_arguments(cohort, ("auto", "0", "1", "2", "bundle"))
     cohort.set_defaults(run=cmd_cohort)
 
+
+def _add_other_commands(commands: argparse._SubParsersAction) -> None:
+    """``ddm2`` (4D diffusion MRI), ``info`` and ``demo``."""
     ddm2 = commands.add_parser("ddm2", help="denoise a 4D diffusion MRI series with DDM2 (trained on it)")
     ddm2.add_argument("input", type=Path, help="4D NIfTI (with --bval/--bvec or <stem>.bval/.bvec) or NRRD DWI")
     ddm2.add_argument("output", type=Path, help="4D output: .nii.gz (+ .bval/.bvec written next to it) or .nrrd")
@@ -427,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     ddm2.add_argument("--model", type=Path, help="apply this saved DDM2 bundle instead of training")
     ddm2.add_argument("--save-model", type=Path, help="also save the trained model bundle (.safetensors)")
     ddm2.add_argument("--checkpoint-dir", type=Path, help=CHECKPOINT_HELP)
-    add_output_dtype(ddm2)
-    add_overwrite(ddm2)
+    _add_output_dtype(ddm2)
+    _add_overwrite(ddm2)
     ddm2.set_defaults(run=cmd_ddm2)
 
     info = commands.add_parser("info", help="image shape, spacing, noise level and type; or a bundle's metadata")
@@ -439,9 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="denoise the embedded knee MRI sample with known added noise")
     demo.add_argument("--out", type=Path, default=Path("diffdenoise-demo"), help="output folder")
     add_arguments(demo, DenoiseOptions, only=("steps", "device"))
-    add_overwrite(demo)
+    _add_overwrite(demo)
     demo.set_defaults(run=cmd_demo)
-    return parser
 
 
 def _resume_hint(args: argparse.Namespace) -> str:

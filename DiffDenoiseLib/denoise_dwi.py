@@ -45,7 +45,7 @@ from .pipelines.ddm2 import (
 from .preprocessing import check_slice_size, check_values
 from .presets import ddm2_settings
 from .progress import CancelCheck, ProgressCallback
-from .training import checkpointed, training_record
+from .training import for_run, training_record
 
 MIN_VOLUMES = 3
 
@@ -116,13 +116,13 @@ def check_bvalues(bvals: np.ndarray) -> None:
 
 
 def _with_overrides(settings: DDM2Settings, options: DWIOptions, checkpoint_dir: str | Path | None) -> DDM2Settings:
-    training = {"seed": options.seed, "device": options.device} | (
-        {"steps": options.steps} if options.steps is not None else {})
+    """``settings`` with the run's options: seed, device and steps of both training stages (each checkpointed in
+    ``checkpoint_dir``) and the Stage I and sampler choices where given."""
     choices = {k: v for k, v in (("neighbours", options.neighbours), ("sampler", options.sampler),
                                  ("sampler_steps", options.sampler_steps)) if v is not None}
-    stage1 = checkpointed(replace(settings.stage1_training, **training), checkpoint_dir, "stage1")
-    stage3 = checkpointed(replace(settings.diffusion_training, **training), checkpoint_dir, "stage3")
-    return replace(settings, stage1_training=stage1, diffusion_training=stage3, **choices)
+    return replace(settings, stage1_training=for_run(settings.stage1_training, options, checkpoint_dir, "stage1"),
+                   diffusion_training=for_run(settings.diffusion_training, options, checkpoint_dir, "stage3"),
+                   **choices)
 
 
 def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | None = None, *,

@@ -28,6 +28,7 @@ from torch import nn
 from . import distributed
 from .devices import choose_precision, resolve_device
 from .errors import Cancelled, InputError
+from .options import DenoiseOptions, DWIOptions
 from .progress import CancelCheck, ProgressCallback, report
 
 LossFunction = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -73,6 +74,14 @@ def checkpointed(config: TrainConfig, directory: str | Path | None, stage: str) 
         raise InputError(f"checkpoint folder {directory} is a file: give a folder name (it is created if missing)")
     return replace(config, checkpoint_path=str(Path(directory) / f"{stage}.pt"),
                    checkpoint_every=max(1, min(100, config.steps // 10)))
+
+
+def for_run(config: TrainConfig, options: DenoiseOptions | DWIOptions, directory: str | Path | None,
+            stage: str) -> TrainConfig:
+    """A stage's ``config`` with a run's seed and device, its step count where the options give one, and
+    checkpointing to ``directory/<stage>.pt`` (:func:`checkpointed`)."""
+    steps = {"steps": options.steps} if options.steps is not None else {}
+    return checkpointed(replace(config, seed=options.seed, device=options.device, **steps), directory, stage)
 
 
 def fit_patch_size(config: TrainConfig, multiple: int, minimum: int | None = None) -> TrainConfig:

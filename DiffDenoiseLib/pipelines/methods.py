@@ -1,0 +1,397 @@
+"""The methods of DiffDenoise (``bsn``, ``diffusion``, ``diffdenoise``) as registered pipeline objects.
+
+Each :class:`Method` trains its stages on the normalised slices of one image (:meth:`Method.train`) and runs a
+trained bundle on the slices of another (:meth:`Method.apply`). The front doors in :mod:`..denoise` validate
+the image and the options, normalise and slice, pick the method from :data:`METHODS` and assemble the result
+and the bundle. A method is added by subclassing :class:`Method` and decorating it with :func:`register`
+(docs/layout.md, "How to add a method"); DDM2, whose input is a 4D series with b-values, has its own front door
+(:mod:`..denoise_dwi`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..diffusion import NoiseSchedule
+from ..errors import InputError
+from ..inference import predict_slices, slices_per_call
+from ..noise_model import FAMILIES, NoiseModel, exact_floor, fit_noise_model, with_family
+from ..noise_normalisation import NoiseNormaliser
+from ..posterior import combine_with_noisy
+from ..preprocessing import IntensityScaling
+from ..progress import CancelCheck, ProgressCallback
+from ..training import training_record
+from ..wiener import blend, blend_weight, blend_with_filtering, wiener_filter
+from .bsn import train_bsn
+from .diffdenoise import (
+    BUNDLE_DEFAULT_PREDICTION,
+    GENERATES,
+    SamplingSettings,
+    diffusion_condition,
+    distillation_indices,
+    distillation_inputs,
+    recorrupt,
+    sample_srds,
+    to_diffusion_data,
+    train_diffusion,
+    train_distillation,
+)
+
+if TYPE_CHECKING:
+    from ..bundle import ModelBundle
+    from ..presets import PipelineSettings
+
+
+@dataclass
+class Run:
+    """What the stages of one run share: the normalised (N, 1, H, W) slices, how networks run on them (device,
+    neighbouring slices read, progress and cancel), the noise (``noise_kind``: ``iid`` or ``correlated``;
+    ``noise_request``: the ``noise`` option, which may name a family), and what each stage hands on: its
+    outputs in ``stages`` (``bsn``, ``srds``, ``uncertainty``), the fitted noise model, the current output,
+    the trained networks with their training records, timings and the stages' bundle metadata."""
+
+    slices: np.ndarray
+    scaling: IntensityScaling
+    device: torch.device
+    half_width: int
+    noise_kind: str = "iid"
+    noise_request: str = "auto"
+    seed: int = 0
+    progress: ProgressCallback | None = None
+    cancel: CancelCheck | None = None
+    stages: dict[str, np.ndarray | None] = field(default_factory=dict)
+    noise_model: NoiseModel | None = None
+    output: np.ndarray | None = None
+    networks: dict[str, nn.Module] = field(default_factory=dict)
+    training: dict[str, dict] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    def predict(self, network: nn.Module, images: np.ndarray, stage: str = "denoise",
+                leading: np.ndarray | None = None) -> np.ndarray:
+        """``network`` over (N, 1, H, W) ``images`` seen with their neighbouring slices (``leading``: channels
+        in front of them, see :func:`..inference.predict_slices`)."""
+        return predict_slices(network, images, self.device, slices_per_call(self.device), progress=self.progress,
+                              cancel=self.cancel, stage=stage, context=self.half_width, leading=leading)
+
+    def trained(self, name: str, network: nn.Module, config: object, summary: object) -> None:
+        """Keep a trained stage's network, its training record and its training time."""
+        self.networks[name] = network
+        self.training[name] = training_record(config, summary)
+        self.timings[f"train_{name}_s"] = summary.seconds
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Record the seconds the block takes as timing ``name``."""
+        clock = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - clock
+
+
+class Method:
+    """One way to denoise: the stages it trains on an image and runs from a bundle."""
+
+    name: ClassVar[str]
+
+    def train(self, run: Run, settings: PipelineSettings, outputs: tuple[str, ...]) -> None:
+        """Train the stages on ``run.slices`` and leave the denoised slices in ``run.output``; ``outputs`` are
+        the extra outputs asked for (a stage may need to run on every slice for them)."""
+        raise NotImplementedError
+
+    def apply(self, run: Run, bundle: ModelBundle) -> None:
+        """Run ``bundle``'s networks on ``run.slices`` and leave the denoised slices in ``run.output``."""
+        raise NotImplementedError
+
+    def networks_read(self, bundle: ModelBundle) -> tuple[str, ...]:
+        """The networks of ``bundle`` that :meth:`apply` runs (their minimum input size bounds the image's)."""
+        raise NotImplementedError
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method_class: type[Method]) -> type[Method]:
+    """Class decorator: make ``method_class`` the method of its ``name``."""
+    METHODS[method_class.name] = method_class()
+    return method_class
+
+
+def _uses_bsn(settings: PipelineSettings) -> bool:
+    """Whether the diffusion stage is conditioned on the BSN estimate (all but the identity ablation)."""
+    return settings.diffusion.conditioning != "identity"
+
+
+@register
+class BsnMethod(Method):
+    """The blind-spot network alone (with its posterior combination and Wiener blend)."""
+
+    name = "bsn"
+
+    def train(self, run: Run, settings: PipelineSettings, outputs: tuple[str, ...]) -> None:
+        train_bsn_stage(run, settings, recorrupted=False)
+        run.output = run.stages["bsn"]
+
+    def apply(self, run: Run, bundle: ModelBundle) -> None:
+        apply_bsn_stage(run, bundle)
+        run.output = run.stages["bsn"]
+
+    def networks_read(self, bundle: ModelBundle) -> tuple[str, ...]:
+        return ("bsn",)
+
+
+@register
+class DiffusionMethod(Method):
+    """The BSN, then the conditional diffusion model sampled with SRDS on every slice, blended with the BSN
+    estimate."""
+
+    name = "diffusion"
+
+    def train(self, run: Run, settings: PipelineSettings, outputs: tuple[str, ...]) -> None:
+        estimates = train_bsn_stage(run, settings, _recorrupts(settings)) if _uses_bsn(settings) else None
+        sampler, _ = train_diffusion_stage(run, settings, estimates, every_slice=True)
+
+        def srds(noisy: np.ndarray, signal: np.ndarray) -> np.ndarray:  # SRDS of the output blend's copy
+            return sampler.sample(run, sampler.condition(run, noisy, signal), signal)[0]
+
+        blend_with_bsn(run, settings, estimates, srds)
+
+    def apply(self, run: Run, bundle: ModelBundle) -> None:
+        diffusion = bundle.metadata.get("diffusion", {})
+        if diffusion.get("generates") != GENERATES:
+            raise InputError("this diffusion bundle was trained by an older DiffDenoise whose diffusion network "
+                             "generated whole slices; this version's sampler expects deviations from the BSN "
+                             "output: train the bundle again (bundles of the default method, diffdenoise, still "
+                             "work)")
+        if diffusion["conditioning"] != "identity":
+            apply_bsn_stage(run, bundle)
+        sampler, signal = Sampler.of_bundle(bundle), run.stages.get("bsn")
+        run.stages["srds"], run.stages["uncertainty"] = sampler.sample(run, sampler.condition(run, run.slices,
+                                                                                               signal), signal)
+        run.output = run.stages["srds"]
+
+    def networks_read(self, bundle: ModelBundle) -> tuple[str, ...]:
+        return ("bsn", "diffusion")
+
+
+@register
+class DiffDenoiseMethod(Method):
+    """The whole pipeline: BSN, diffusion with SRDS on a subset of slices, and the NAFNet distilled from SRDS,
+    blended with the BSN estimate; a bundle runs only the BSN and the NAFNet."""
+
+    name = "diffdenoise"
+
+    def train(self, run: Run, settings: PipelineSettings, outputs: tuple[str, ...]) -> None:
+        estimates = train_bsn_stage(run, settings, _recorrupts(settings)) if _uses_bsn(settings) else None
+        _, sampled = train_diffusion_stage(run, settings, estimates,
+                                           every_slice=bool({"uncertainty", "srds"} & set(outputs)))
+        estimate = run.stages.get("bsn")
+        # without a BSN (the identity-conditioning ablation) the NAFNet corrects the noisy slice
+        distillation = settings.distillation if estimate is not None else replace(settings.distillation,
+                                                                                  from_bsn=False)
+        nafnet, summary = train_distillation(distillation_inputs(run.slices, estimate, distillation, sampled),
+                                             run.stages["srds"], distillation, run.progress, run.cancel)
+        run.trained("nafnet", nafnet, distillation.training, summary)
+        run.metadata["distillation"] = {"from_bsn": distillation.from_bsn}
+
+        def run_nafnet(noisy: np.ndarray, signal: np.ndarray | None) -> np.ndarray:
+            return run.predict(nafnet, noisy, leading=signal if distillation.from_bsn else None)
+
+        with run.timed("nafnet_inference_s"):
+            run.output = run_nafnet(run.slices, estimate)
+        blend_with_bsn(run, settings, estimates, run_nafnet)
+
+    def apply(self, run: Run, bundle: ModelBundle) -> None:
+        from_bsn = _from_bsn(bundle)
+        if from_bsn:
+            apply_bsn_stage(run, bundle)
+        run.output = run.predict(bundle.networks["nafnet"], run.slices,
+                                 leading=run.stages["bsn"] if from_bsn else None)
+
+    def networks_read(self, bundle: ModelBundle) -> tuple[str, ...]:
+        return ("bsn", "nafnet") if _from_bsn(bundle) else ("nafnet",)
+
+
+def _from_bsn(bundle: ModelBundle) -> bool:
+    """Whether a bundle's NAFNet reads the BSN estimate beside the noisy slice."""
+    return bundle.metadata.get("distillation", {}).get("from_bsn", False)
+
+
+def _recorrupts(settings: PipelineSettings) -> bool:
+    """Whether the diffusion stage trains on a recorrupted copy of the slices and its twin."""
+    return settings.diffusion.conditioning == "recorrupted"
+
+
+@dataclass
+class BsnEstimates:
+    """What the BSN stage hands on: its estimate of the slices (combined with the noisy pixel and blended with
+    its Wiener filtering, as the settings ask), the fitted noise model, and with a recorrupted copy (the
+    diffusion stage's training pairs) that copy, its independent twin and the same estimate of the copy."""
+
+    output: np.ndarray
+    noise_model: NoiseModel
+    wiener_weight: float | None = None  # the estimate's share in its blend with the Wiener filtering
+    wiener_depth: int = 1  # slices the Wiener patches span
+    recorrupted: np.ndarray | None = None
+    twin: np.ndarray | None = None
+    recorrupted_output: np.ndarray | None = None
+
+
+def train_bsn_stage(run: Run, settings: PipelineSettings, recorrupted: bool) -> BsnEstimates:
+    """Train the BSN on ``run.slices`` and hand on its estimates (:func:`bsn_estimates`) as ``run.stages["bsn"]``
+    and ``run.noise_model``."""
+    network, summary = train_bsn(run.slices, settings.bsn, run.progress, run.cancel)
+    run.trained("bsn", network, settings.bsn.training, summary)
+    with run.timed("bsn_inference_s"):
+        estimates = bsn_estimates(lambda images: run.predict(network, images, stage="bsn inference"), run.slices,
+                                  settings, run.noise_kind, run.noise_request, run.scaling, run.seed, recorrupted)
+    run.stages["bsn"], run.noise_model = estimates.output, estimates.noise_model
+    run.metadata["bsn"] = {"posterior": settings.bsn.posterior, "wiener_weight": estimates.wiener_weight,
+                           "wiener_depth": estimates.wiener_depth}
+    return estimates
+
+
+def bsn_estimates(run_bsn: Callable[[np.ndarray], np.ndarray], slices: np.ndarray, settings: PipelineSettings,
+                  noise_kind: str, noise: str, scaling: IntensityScaling, seed: int,
+                  recorrupted: bool) -> BsnEstimates:
+    """The BSN stage's estimates of (N, 1, H, W) normalised slices, ``run_bsn`` being the trained network's
+    inference. A recorrupted copy is made when ``recorrupted`` asks for it or the Wiener blend needs it to fit
+    its weight (:mod:`..wiener`); the copy carries 1 + alpha^2 times the noise variance."""
+    raw = run_bsn(slices)
+    noise_model = fitted_noise(slices, raw, noise_kind, noise, scaling)
+    posterior, use_wiener = settings.bsn.posterior, settings.bsn.wiener
+    output = combine_with_noisy(slices, raw, noise_model) if posterior else raw
+    if not (recorrupted or use_wiener):
+        return BsnEstimates(output, noise_model)
+    alpha = settings.diffusion.recorruption_alpha
+    copy, twin = recorrupt(slices, noise_model, output, alpha, seed)
+    factor = 1 + alpha**2
+    copy_output = run_bsn(copy)
+    copy_output = combine_with_noisy(copy, copy_output, noise_model, factor) if posterior else copy_output
+    weight, depth = None, settings.bsn.wiener_patch_depth(len(slices))
+    if use_wiener:
+        copy_filtered = wiener_filter(copy, copy_output, noise_model, factor, depth=depth)
+        weight = blend_weight(copy_output, copy_filtered, twin)
+        output = blend_with_filtering(slices, output, noise_model, weight, depth)
+        copy_output = blend(copy_output, copy_filtered, weight)
+    return BsnEstimates(output, noise_model, weight, depth, copy, twin, copy_output)
+
+
+def apply_bsn_stage(run: Run, bundle: ModelBundle) -> None:
+    """A bundle's BSN estimate of ``run.slices`` as ``run.stages["bsn"]``, combined with the noisy pixel and
+    blended with its Wiener filtering where the bundle was trained so (bundles before these settings: the BSN
+    output alone, or without the Wiener blend); the noise model is fitted to this image, not taken from the
+    training image: a cohort's scans differ in noise level."""
+    estimate = run.predict(bundle.networks["bsn"], run.slices, stage="bsn inference")
+    stage = bundle.metadata.get("bsn", {})
+    posterior, weight = stage.get("posterior", False), stage.get("wiener_weight")
+    if posterior or weight is not None:
+        run.noise_model = fitted_noise(run.slices, estimate, run.noise_kind, run.noise_request, run.scaling)
+        if posterior:
+            estimate = combine_with_noisy(run.slices, estimate, run.noise_model)
+        if weight is not None:  # the training image's weight: refitting it would cost another BSN pass
+            depth = min(stage.get("wiener_depth", 1), len(run.slices))  # bundles before 3D patches: 2D ones
+            estimate = blend_with_filtering(run.slices, estimate, run.noise_model, weight, depth)
+    run.stages["bsn"] = estimate
+
+
+def fitted_noise(slices: np.ndarray, bsn_output: np.ndarray, noise_kind: str, noise: str,
+                 scaling: IntensityScaling) -> NoiseModel:
+    """The noise model of normalised (N, 1, H, W) slices, fitted with the (blind) BSN output as the signal
+    estimate; ``noise`` is the requested noise (it may name the family, else it is measured)."""
+    fitted = fit_noise_model(slices[:, 0], bsn_output[:, 0], noise_kind == "correlated")
+    family = noise if noise in FAMILIES else "auto"
+    return with_family(fitted, family, scaling.normalise(np.zeros(1))[0], exact_floor(slices))
+
+
+@dataclass
+class Sampler:
+    """A trained diffusion network and how it is sampled: SRDS with these settings and seed, conditioned as it
+    was trained, in the noise-normalised units of ``normaliser`` (None: the identity ablation)."""
+
+    network: nn.Module
+    conditioning: str
+    schedule: NoiseSchedule
+    sampling: SamplingSettings
+    prediction: str
+    normaliser: NoiseNormaliser | None
+    seed: int
+
+    @classmethod
+    def of_bundle(cls, bundle: ModelBundle) -> Sampler:
+        """The sampler a diffusion bundle was trained with."""
+        diffusion, sampling = bundle.metadata["diffusion"], dict(bundle.metadata["sampling"])
+        seed = sampling.pop("seed", 0)
+        normaliser = diffusion.get("noise_normalisation")
+        return cls(bundle.networks["diffusion"], diffusion["conditioning"], NoiseSchedule(**diffusion["schedule"]),
+                   SamplingSettings(**sampling), diffusion.get("prediction", BUNDLE_DEFAULT_PREDICTION),
+                   NoiseNormaliser.from_metadata(normaliser) if normaliser else None, seed)
+
+    def condition(self, run: Run, noisy: np.ndarray, signal: np.ndarray | None) -> np.ndarray:
+        """The network's condition for ``noisy`` slices and their BSN estimate ``signal``."""
+        return diffusion_condition(self.conditioning, noisy, signal, self.normaliser, run.half_width)
+
+    def sample(self, run: Run, condition: np.ndarray, signal: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """SRDS from ``condition``: the denoised slices and the spread of the pairs (uncertainty)."""
+        return sample_srds(self.network, condition, self.schedule, self.sampling, run.device, self.seed,
+                           run.progress, run.cancel, self.normaliser, signal, self.prediction)
+
+
+def train_diffusion_stage(run: Run, settings: PipelineSettings, estimates: BsnEstimates | None,
+                          every_slice: bool) -> tuple[Sampler, np.ndarray]:
+    """Train the diffusion model (on the recorrupted copy and its twin where the settings say so, else on the
+    slices) and sample SRDS on every slice or on the distillation subset: ``run.stages["srds"]`` and
+    ``["uncertainty"]`` for the sampled slices, whose indices are returned with the sampler."""
+    conditioning, estimate = settings.diffusion.conditioning, run.stages.get("bsn")
+    normaliser = None if run.noise_model is None else NoiseNormaliser.from_noise_model(run.noise_model)
+    condition = diffusion_condition(conditioning, run.slices, estimate, normaliser, run.half_width)
+    targets, training_condition, signal = run.slices, condition, estimate
+    if conditioning == "recorrupted":
+        targets, signal = estimates.twin, estimates.recorrupted_output
+        training_condition = diffusion_condition(conditioning, estimates.recorrupted, signal, normaliser,
+                                                 run.half_width)
+    network, summary = train_diffusion(to_diffusion_data(targets, signal, normaliser), training_condition,
+                                       settings.diffusion, run.progress, run.cancel)
+    run.trained("diffusion", network, settings.diffusion.training, summary)
+    sampler = Sampler(network, conditioning, settings.diffusion.schedule, settings.sampling,
+                      settings.diffusion.prediction, normaliser, run.seed)
+    sampled = distillation_indices(len(run.slices), None if every_slice else settings.sampling.distill_slices)
+    with run.timed("srds_s"):
+        run.stages["srds"], run.stages["uncertainty"] = sampler.sample(
+            run, condition[sampled], None if estimate is None else estimate[sampled])
+    run.output = run.stages["srds"]
+    run.metadata["diffusion"] = {"schedule": asdict(settings.diffusion.schedule),
+                                 "prediction": settings.diffusion.prediction, "conditioning": conditioning,
+                                 "generates": GENERATES,
+                                 "noise_normalisation": normaliser.describe() if normaliser else None}
+    run.metadata["sampling"] = asdict(settings.sampling) | {"seed": run.seed}
+    return sampler, sampled
+
+
+def blend_with_bsn(run: Run, settings: PipelineSettings, estimates: BsnEstimates | None,
+                   final_stage: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+    """Blend ``run.output`` with the BSN estimate where the settings ask for it and a recorrupted copy exists,
+    the weight fitted by :func:`output_blend_weight` with ``final_stage`` as the last stage's inference."""
+    if not (settings.blend_with_bsn and estimates is not None and estimates.recorrupted is not None):
+        return
+    with run.timed("output_blend_s"):
+        weight = output_blend_weight(final_stage, estimates)
+        run.output = blend(run.output, run.stages["bsn"], weight)
+    run.metadata["output_blend"] = {"weight": weight}
+
+
+def output_blend_weight(run_stage: Callable[[np.ndarray, np.ndarray], np.ndarray], estimates: BsnEstimates) -> float:
+    """The share of a later stage in its blend with the BSN estimate, ``w * stage + (1 - w) * estimate``: fitted
+    as the Wiener blend's weight is, on the recorrupted copy against its twin, with ``run_stage`` mapping
+    noisy slices and their BSN estimate to that stage's output. The later stages see the noisy slice beside
+    the estimate, so their errors differ from the estimate's, and a mix beats both where neither is better
+    everywhere. The whole copy runs (not a subset of slices): the networks read each slice's neighbours."""
+    signal = estimates.recorrupted_output
+    return blend_weight(run_stage(estimates.recorrupted, signal), signal, estimates.twin)
