@@ -13,10 +13,9 @@ import datetime
 import errno
 import hashlib
 import json
-import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,12 +24,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import __version__
-from .context import MAX_HALF_WIDTH, context_channels
-from .diffusion import PREDICTIONS, NoiseSchedule
+from .bundle_record import DDM2Record, ScalarRecord, is_int, record_of
 from .errors import BundleError, InputError
 from .io import move_into_place
 from .models import ARCHITECTURES, build_network
-from .pipelines.diffdenoise import BUNDLE_DEFAULT_PREDICTION, CONDITIONINGS, SamplingSettings, condition_channels
 
 FORMAT = "diffdenoise-bundle"
 FORMAT_VERSION = 2  # 2: the hash covers the settings as well as the weights
@@ -38,9 +35,6 @@ SUFFIX = ".safetensors"
 _METADATA_KEY = "diffdenoise"
 # informational fields outside the hash: when and by which version it was saved, and the hash itself
 _UNHASHED = ("created", "package_version", "bundle_sha256")
-# the network `apply` runs for a bundle of each method (ddm2 and stage1: diffusion MRI bundles)
-INFERENCE_NETWORK = {"diffdenoise": "nafnet", "diffusion": "diffusion", "bsn": "bsn", "ddm2": "diffusion",
-                     "stage1": "stage1"}
 
 
 @dataclass
@@ -67,6 +61,17 @@ class ModelBundle:
                          for name, net in self.networks.items()},
             **self.metadata,
         }
+
+    @property
+    def record(self) -> ScalarRecord | DDM2Record:
+        """The typed record of the metadata (:mod:`.bundle_record`), checked."""
+        return record_of(self.describe())
+
+    def with_record(self, record: ScalarRecord | DDM2Record) -> ModelBundle:
+        """This bundle with its settings replaced by ``record``'s (when and by which version it was saved, and
+        its file's hash, kept as they were)."""
+        kept = {key: self.metadata[key] for key in _UNHASHED if key in self.metadata}
+        return replace(self, metadata={**record.to_json(), **kept})
 
 
 def _weights_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -158,7 +163,7 @@ def read_bundle_metadata(path: str | os.PathLike) -> dict:
         found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
         raise BundleError(f"{path.name} is not a DiffDenoise bundle (format {found!r})")
     version = metadata.get("format_version")
-    if not _is_int(version):
+    if not is_int(version):
         raise BundleError(f"{path.name}: format_version {version!r} is not a whole number; the file was edited or "
                           "damaged: re-save the bundle")
     if version > FORMAT_VERSION:
@@ -183,7 +188,7 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     if _content_digest(tensors, metadata) != metadata.get("bundle_sha256"):
         raise BundleError(f"{name}: weights or settings do not match their recorded SHA-256; the file is "
                           "damaged or was altered. Re-save or re-download the bundle.")
-    validate_metadata(metadata, name)
+    record_of(metadata, name)  # refuses settings of the wrong type or out of range
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise BundleError(f"{name}: weight {key} holds NaN or Inf values (training diverged or the file was "
@@ -209,114 +214,3 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     bundle.metadata["created"] = metadata.get("created")
     bundle.metadata["bundle_sha256"] = metadata["bundle_sha256"]
     return bundle
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass
-class _MetadataCheck:
-    """Checks of one bundle's metadata, each refusing it with :class:`BundleError` naming the file ``name``."""
-
-    name: str
-
-    def need(self, condition: bool, what: str) -> None:
-        if not condition:
-            raise BundleError(f"{self.name}: {what}; the bundle was edited or written by another tool: re-save it")
-
-    def builds(self, settings_class: type, values: dict, where: str) -> None:
-        try:
-            settings_class(**values)
-        except (TypeError, ValueError) as error:
-            self.need(False, f"{where} settings are invalid ({error})")
-
-    def positive_ints(self, section: dict, keys: tuple[str, ...], where: str) -> None:
-        for key in keys:
-            self.need(_is_int(section.get(key)) and section[key] >= 1, f"{where} {key} must be a whole number >= 1, "
-                      f"got {section.get(key)!r}")
-
-
-def validate_metadata(metadata: dict, name: str = "bundle") -> None:
-    """Refuse settings of the wrong type or out of range with :class:`BundleError` (a bundle made by hand or
-    edited and rehashed would otherwise fail deep inside a run)."""
-    check = _MetadataCheck(name)
-    method, networks = metadata.get("method"), metadata.get("networks")
-    check.need(isinstance(method, str) and method in INFERENCE_NETWORK,
-               f"unknown method {method!r} (known: {', '.join(INFERENCE_NETWORK)})")
-    check.need(isinstance(networks, dict) and bool(networks), "'networks' must be a non-empty mapping of network "
-               "specs")
-    for network_name, spec in networks.items():
-        check.need(isinstance(spec, dict) and isinstance(spec.get("architecture"), str)
-                   and isinstance(spec.get("config"), dict), f"network {network_name!r} needs an architecture name "
-                   "and a config mapping")
-    inference = metadata.get("inference_network")
-    check.need(inference == INFERENCE_NETWORK[method] and inference in networks,
-               f"a {method} bundle runs network {INFERENCE_NETWORK[method]!r}, but inference_network is "
-               f"{inference!r} (networks: {', '.join(networks)})")
-    if metadata.get("modality") == "dwi":
-        _check_ddm2(check, metadata)
-        return
-    _check_slicing(check, metadata)
-    if inference == "diffusion":
-        _check_diffusion(check, metadata)
-
-
-def _check_ddm2(check: _MetadataCheck, metadata: dict) -> None:
-    """A DDM2 bundle's settings: Stage I neighbours, the sampler and its schedule."""
-    ddm2 = metadata.get("ddm2")
-    check.need(isinstance(ddm2, dict) and isinstance(ddm2.get("schedule"), dict), "'ddm2' settings are missing")
-    check.positive_ints(ddm2, ("neighbours", "sampler_steps"), "ddm2")
-    check.need(ddm2.get("sampler") in ("accelerated", "full"), f"unknown ddm2 sampler {ddm2.get('sampler')!r}")
-    check.need(_is_int(ddm2.get("seed")), "ddm2 seed must be a whole number")
-    check.need("stage1" in metadata["networks"], "a DDM2 bundle needs its 'stage1' network")
-    check.builds(NoiseSchedule, ddm2["schedule"], "ddm2 schedule")
-
-
-def _check_slicing(check: _MetadataCheck, metadata: dict) -> None:
-    """A scalar bundle's slice axis, context (matching what its networks read), distillation and normalisation."""
-    networks = metadata["networks"]
-    axis = metadata.get("slice_axis", 0)
-    check.need(_is_int(axis) and axis in (0, 1, 2), f"slice_axis must be 0, 1 or 2, got {axis!r}")
-    context = metadata.get("context", {"half_width": 0, "blind": False})
-    check.need(isinstance(context, dict) and _is_int(context.get("half_width"))
-               and 0 <= context["half_width"] <= MAX_HALF_WIDTH and isinstance(context.get("blind"), bool),
-               f"'context' needs a half_width from 0 to {MAX_HALF_WIDTH} and a blind flag, got {context!r}")
-    half_width = context["half_width"]
-    bsn_reads = networks.get("bsn", {}).get("config", {}).get("context_slices", 0)
-    check.need(bsn_reads == half_width, f"the BSN reads {bsn_reads!r} neighbouring slices, the bundle's context is "
-               f"{half_width}")
-    distillation = metadata.get("distillation", {"from_bsn": False})
-    check.need(isinstance(distillation, dict) and isinstance(distillation.get("from_bsn"), bool),
-               f"'distillation' needs a from_bsn flag, got {distillation!r}")
-    check.need(not distillation["from_bsn"] or "bsn" in networks, "a NAFNet distilled from the BSN output needs "
-               "the 'bsn' network")
-    expected = distillation["from_bsn"] + context_channels(half_width)
-    nafnet_reads = networks.get("nafnet", {}).get("config", {}).get("in_channels", expected)
-    check.need(nafnet_reads == expected, f"the NAFNet reads {nafnet_reads!r} channels, its inputs (context, BSN "
-               f"output) are {expected}")
-    normalization = metadata.get("normalization")
-    check.need(isinstance(normalization, dict) and all(isinstance(v, int | float) and math.isfinite(v) for v in
-                                                       normalization.get("training_range", [0.0])),
-               "'normalization' must be a mapping with a finite training_range")
-
-
-def _check_diffusion(check: _MetadataCheck, metadata: dict) -> None:
-    """A diffusion bundle's schedule, conditioning (and the networks it needs) and sampling settings."""
-    diffusion, sampling, networks = metadata.get("diffusion"), metadata.get("sampling"), metadata["networks"]
-    check.need(isinstance(diffusion, dict) and isinstance(diffusion.get("schedule"), dict)
-               and isinstance(diffusion.get("conditioning"), str), "'diffusion' settings (schedule, conditioning) "
-               "are missing")
-    check.need(isinstance(sampling, dict), "'sampling' settings are missing")
-    check.positive_ints(sampling, ("pairs", "steps"), "sampling")
-    check.need(_is_int(sampling.get("seed", 0)), "sampling seed must be a whole number")
-    check.builds(NoiseSchedule, diffusion["schedule"], "diffusion schedule")
-    check.builds(SamplingSettings, {k: v for k, v in sampling.items() if k != "seed"}, "sampling")
-    check.need(diffusion["conditioning"] == "identity" or "bsn" in networks,
-               f"conditioning {diffusion['conditioning']!r} needs the 'bsn' network")
-    check.need(diffusion["conditioning"] in CONDITIONINGS, f"unknown conditioning {diffusion['conditioning']!r}")
-    check.need(diffusion.get("prediction", BUNDLE_DEFAULT_PREDICTION) in PREDICTIONS,
-               f"unknown diffusion prediction {diffusion.get('prediction')!r}")
-    expected = 1 + condition_channels(diffusion["conditioning"], metadata.get("context", {}).get("half_width", 0))
-    check.need(networks["diffusion"]["config"].get("in_channels") == expected,
-               f"the diffusion network must read {expected} channels for its conditioning and context")

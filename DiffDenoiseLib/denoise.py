@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .bundle import INFERENCE_NETWORK, ModelBundle
+from .bundle import ModelBundle
+from .bundle_record import INFERENCE_NETWORK, DDM2Record, NoiseRecord, ScalarRecord
 from .context import MIN_CONTEXT_SLICES, SliceContext, choose_context
 from .devices import resolve_device
 from .errors import BundleError, InputError
@@ -147,28 +148,25 @@ def denoise(image: np.ndarray, options: DenoiseOptions | None = None, *, slice_a
     METHODS[options.method].train(run, settings, tuple(options.outputs))
     denoised = scaling.denormalise(from_slices(_unbiased(run.noise_model, run.output), image.shape, axis))
     extras = _extras(image, denoised, tuple(options.outputs), run.stages, scaling, axis, run.noise_model)
-    metadata = _training_metadata(run, options, analysis, slice_axis, slice_context)
-    bundle = ModelBundle(options.method, run.networks, INFERENCE_NETWORK[options.method], metadata)
+    record = _training_record(run, options, analysis, slice_axis, slice_context)
+    bundle = ModelBundle(options.method, run.networks, INFERENCE_NETWORK[options.method], record.to_json())
     run.timings["total_s"] = time.perf_counter() - started
     return DenoiseResult(denoised, extras, {k: round(v, 3) for k, v in run.timings.items()},
                          residual_outliers(slices[:, 0], run.output[:, 0]), bundle, analysis)
 
 
-def _training_metadata(run: Run, options: DenoiseOptions, analysis: NoiseAnalysis, slice_axis: int,
-                       slice_context: SliceContext) -> dict:
-    """The bundle metadata of a trained run: how images are normalised and sliced, the noise, and what each
-    stage recorded (:attr:`.pipelines.methods.Run.metadata`)."""
-    return {
-        "normalization": {"mode": "robust_percentiles", "low_percentile": LOW_PERCENTILE,
-                          "high_percentile": HIGH_PERCENTILE, "training_range": [run.scaling.low, run.scaling.high]},
-        "noise": {"requested": options.noise, "used": run.noise_kind, **asdict(analysis),
-                  **({"model": run.noise_model.describe()} if run.noise_model else {})},
-        "preset": options.preset if isinstance(options.preset, str) else "custom",
-        "slice_axis": slice_axis,
-        "context": asdict(slice_context),
-        "training": run.training,
-        **run.metadata,
-    }
+def _training_record(run: Run, options: DenoiseOptions, analysis: NoiseAnalysis, slice_axis: int,
+                     slice_context: SliceContext) -> ScalarRecord:
+    """What the bundle of a trained run records: how images are normalised and sliced, the noise, and what each
+    stage recorded in ``run``."""
+    return ScalarRecord(
+        preset=options.preset if isinstance(options.preset, str) else "custom",
+        normalization={"mode": "robust_percentiles", "low_percentile": LOW_PERCENTILE,
+                       "high_percentile": HIGH_PERCENTILE, "training_range": [run.scaling.low, run.scaling.high]},
+        noise=NoiseRecord(options.noise, run.noise_kind, asdict(analysis),
+                          run.noise_model.describe() if run.noise_model else None),
+        slice_axis=slice_axis, context=slice_context, training=run.training, bsn=run.bsn, diffusion=run.diffusion,
+        from_bsn=run.from_bsn, output_blend_weight=run.output_blend_weight)
 
 
 def _unbiased(noise_model: NoiseModel | None, estimate: np.ndarray) -> np.ndarray:
@@ -216,32 +214,31 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
     The image is normalised by its own robust intensity range (as in training), so bundles transfer between
     scans of one protocol whose intensity scale differs. ``slice_axis`` defaults to the bundle's.
     """
-    if bundle.metadata.get("modality") == "dwi":
+    record = bundle.record
+    if isinstance(record, DDM2Record):
         raise BundleError("this is a DDM2 bundle for 4D diffusion MRI: apply it with `diffdenoise ddm2 --model` "
                           "(apply_dwi_bundle)")
     DenoiseOptions(method=bundle.method, device=device, outputs=tuple(outputs))  # checks them as for training
     started = time.perf_counter()
     check_image(image)
-    axis = bundle.metadata.get("slice_axis", 0) if slice_axis is None else slice_axis
+    axis = record.slice_axis if slice_axis is None else slice_axis
     axis = axis if image.ndim == 3 else 0
     torch_device = resolve_device(device)
     scaling = IntensityScaling.fit(image)
     slices = to_slices(scaling.normalise(image), axis)
     method = METHODS[bundle.method]
-    check_slice_size(slices, max(bundle.networks[name].min_size for name in method.networks_read(bundle)
+    check_slice_size(slices, max(bundle.networks[name].min_size for name in method.networks_read(record)
                                  if name in bundle.networks))
-    half_width = bundle.metadata.get("context", {}).get("half_width", 0)
+    half_width = record.context.half_width
     if half_width and len(slices) <= max(half_width, MIN_CONTEXT_SLICES - 1):
         raise InputError(f"this bundle was trained on volumes and reads {half_width} neighbouring slice(s) on "
                          f"each side; this image has {len(slices)} slice(s) along the slice axis: denoise it "
                          "with `diffdenoise denoise` (trained on the image itself) instead")
-    noise = bundle.metadata.get("noise", {})
-    run = Run(slices, scaling, torch_device, half_width, noise.get("used", "iid"), noise.get("requested", "auto"),
+    run = Run(slices, scaling, torch_device, half_width, record.noise.used, record.noise.requested,
               progress=progress, cancel=cancel)
-    method.apply(run, bundle)
-    output_weight = bundle.metadata.get("output_blend", {}).get("weight")  # bundles before the blend: none
-    if output_weight is not None:
-        run.output = blend(run.output, run.stages["bsn"], output_weight)
+    method.apply(run, bundle, record)
+    if record.output_blend_weight is not None:  # bundles before the blend: none
+        run.output = blend(run.output, run.stages["bsn"], record.output_blend_weight)
     denoised = scaling.denormalise(from_slices(_unbiased(run.noise_model, run.output), image.shape, axis))
     extras = _extras(image, denoised, tuple(outputs), run.stages, scaling, axis, run.noise_model)
     return Denoised(denoised, extras, {"total_s": round(time.perf_counter() - started, 3)},

@@ -14,7 +14,7 @@ reuse them on another series of the protocol go into one bundle (:func:`apply_dw
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .bundle import ModelBundle
+from .bundle_record import INFERENCE_NETWORK, DDM2Record
 from .devices import resolve_device
 from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
@@ -48,6 +49,7 @@ from .progress import CancelCheck, ProgressCallback
 from .training import for_run, training_record
 
 MIN_VOLUMES = 3
+VOLUME_SCALING = "each volume's minimum and 99.9th percentile to [-1, 1]"  # recorded in bundles
 
 
 @dataclass
@@ -164,24 +166,14 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | Non
                                           progress, cancel)
         networks["diffusion"], training["diffusion"] = diffusion, training_record(settings.diffusion_training, summary)
         timings["train_stage3_s"] = summary.seconds
-    bundle = ModelBundle(method=method, networks=networks, inference_network="diffusion" if method == "ddm2"
-                         else "stage1", metadata={
-                             "modality": "dwi",
-                             "preset": preset if isinstance(preset, str) else "custom",
-                             "ddm2": _describe(settings, seed),
-                             "shells": sorted(set(shell_of(bvals).tolist())),
-                             "training": training,
-                         })
-    result = _finish(bundle, prepared, stage1_output, match, torch_device, progress, cancel)
+    record = DDM2Record(preset if isinstance(preset, str) else "custom", settings.neighbours, settings.schedule,
+                        settings.sampler, settings.sampler_steps, seed, SHELL_TOLERANCE, VOLUME_SCALING,
+                        shells=tuple(sorted(set(shell_of(bvals).tolist()))), training=training)
+    bundle = ModelBundle(method, networks, INFERENCE_NETWORK[method], record.to_json())
+    result = _finish(bundle, record, prepared, stage1_output, match, torch_device, progress, cancel)
     result.timings = {**{k: round(v, 3) for k, v in timings.items()}, **result.timings,
                       "total_s": round(time.perf_counter() - started, 3)}
     return result
-
-
-def _describe(settings: DDM2Settings, seed: int) -> dict:
-    return {"neighbours": settings.neighbours, "schedule": asdict(settings.schedule), "sampler": settings.sampler,
-            "sampler_steps": settings.sampler_steps, "seed": seed, "shell_tolerance": SHELL_TOLERANCE,
-            "volume_scaling": "each volume's minimum and 99.9th percentile to [-1, 1]", "prediction": "x0"}
 
 
 def apply_dwi_bundle(bundle: ModelBundle, series: np.ndarray, bvals: np.ndarray, *, device: str = "auto",
@@ -193,21 +185,20 @@ def apply_dwi_bundle(bundle: ModelBundle, series: np.ndarray, bvals: np.ndarray,
     start from their own steps. ``sampler`` / ``sampler_steps`` override the bundle's.
     """
     DWIOptions(device=device, sampler=sampler, sampler_steps=sampler_steps)  # checks them as for training
-    if bundle.metadata.get("modality") != "dwi":
+    record = bundle.record
+    if not isinstance(record, DDM2Record):
         raise BundleError(f"this is a '{bundle.method}' bundle for scalar images, not a DDM2 bundle: apply it "
                           "with `diffdenoise apply` (per 3D volume)")
     started = time.perf_counter()
     check_series(series, bvals)
-    described = dict(bundle.metadata["ddm2"])
-    described.update({k: v for k, v in (("sampler", sampler), ("sampler_steps", sampler_steps)) if v is not None})
-    bundle = replace(bundle, metadata={**bundle.metadata, "ddm2": described})
+    record = record.with_sampler(sampler, sampler_steps)
+    bundle = bundle.with_record(record)  # the result's bundle says how this series was sampled
     torch_device = resolve_device(device)
-    prepared = _prepare(series, bvals, described["neighbours"])
+    prepared = _prepare(series, bvals, record.neighbours)
     check_slice_size(prepared.slices, max(net.min_size for net in bundle.networks.values()))
     stage1_output, match, matching_s = _stage1_and_match(bundle.networks["stage1"], prepared,
-                                                         NoiseSchedule(**described["schedule"]), torch_device,
-                                                         progress, cancel)
-    result = _finish(bundle, prepared, stage1_output, match, torch_device, progress, cancel)
+                                                         record.schedule, torch_device, progress, cancel)
+    result = _finish(bundle, record, prepared, stage1_output, match, torch_device, progress, cancel)
     result.timings = {"stage1_inference_and_matching_s": round(matching_s, 3), **result.timings,
                       "total_s": round(time.perf_counter() - started, 3)}
     return result
@@ -243,10 +234,11 @@ def _stage1_and_match(stage1: torch.nn.Module, prepared: _PreparedSeries, schedu
     return stage1_output, match_states(prepared.slices, stage1_output, schedule), time.perf_counter() - clock
 
 
-def _finish(bundle: ModelBundle, prepared: _PreparedSeries, stage1_output: np.ndarray, match: StateMatch,
-            device: torch.device, progress: ProgressCallback | None, cancel: CancelCheck | None) -> DWIDenoiseResult:
-    """Sample every slice from its matched step with the bundle's diffusion network (a Stage I bundle returns
-    the Stage I output), back in the input's units."""
+def _finish(bundle: ModelBundle, record: DDM2Record, prepared: _PreparedSeries, stage1_output: np.ndarray,
+            match: StateMatch, device: torch.device, progress: ProgressCallback | None,
+            cancel: CancelCheck | None) -> DWIDenoiseResult:
+    """Sample every slice from its matched step with the bundle's diffusion network as its ``record`` says (a
+    Stage I bundle returns the Stage I output), back in the input's units."""
     series = prepared.series
     grid = series.shape[:2]
     stage1 = prepared.scaling.inverse(stage1_output.reshape(series.shape))
@@ -254,11 +246,10 @@ def _finish(bundle: ModelBundle, prepared: _PreparedSeries, stage1_output: np.nd
     if bundle.method == "stage1":
         no = np.zeros(grid, dtype=bool)
         return DWIDenoiseResult(stage1, stage1, steps, no, no, {}, bundle)
-    described = bundle.metadata["ddm2"]
     clock = time.perf_counter()
     sampled = sample_ddm2(bundle.networks["diffusion"], prepared.slices, prepared.inputs, match.steps,
-                          NoiseSchedule(**described["schedule"]), described["sampler"], described["sampler_steps"],
-                          device, described["seed"], slices_per_call(device), progress, cancel)
+                          record.schedule, record.sampler, record.sampler_steps, device, record.seed,
+                          slices_per_call(device), progress, cancel)
     timings = {"sampling_s": round(time.perf_counter() - clock, 3)}
     denoised = prepared.scaling.inverse(sampled.denoised.reshape(series.shape))
     untouched = sampled.untouched.reshape(grid)

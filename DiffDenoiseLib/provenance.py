@@ -40,7 +40,7 @@ class Provenance:
         """The record of an output made by ``bundle``, trained on that same input or applied from a file."""
         from .bundle import bundle_sha256
 
-        return cls(bundle.method, str(bundle.metadata.get("preset", "custom")), bundle_sha256(bundle),
+        return cls(bundle.method, bundle.record.preset, bundle_sha256(bundle),
                    "trained on the input" if trained_on_input else "bundle")
 
     def as_dict(self) -> dict[str, str]:

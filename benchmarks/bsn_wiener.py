@@ -13,6 +13,8 @@ apply time alone. Resumable, and tabled in ``bsn_wiener.md`` (:mod:`.bsn_pairs`)
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from DiffDenoiseLib.denoise import apply_bundle, denoise
 
 from . import bsn_pairs
@@ -27,10 +29,11 @@ def run_case(case: bsn_pairs.Case) -> list[dict]:
     """One trained BSN, scored with the blend and, applied again without its weight, without it."""
     trained = denoise(case.noisy, method="bsn", preset=case.settings, seed=case.seed,
                       spacing=DATASETS[case.data].spacing)
-    weight = trained.bundle.metadata["bsn"]["wiener_weight"]
-    blended = case.row(PAIR, True, trained, f"{weight:.3f}")
-    del trained.bundle.metadata["bsn"]["wiener_weight"]  # the same network and noise fit, without the blend
-    return [case.row(PAIR, False, apply_bundle(trained.bundle, case.noisy), ""), blended]
+    record = trained.bundle.record
+    blended = case.row(PAIR, True, trained, f"{record.bsn.wiener_weight:.3f}")
+    # the same network and noise fit, without the blend
+    plain = trained.bundle.with_record(replace(record, bsn=replace(record.bsn, wiener_weight=None)))
+    return [case.row(PAIR, False, apply_bundle(plain, case.noisy), ""), blended]
 
 
 def main(argv: list[str] | None = None) -> None:

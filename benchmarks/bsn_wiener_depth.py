@@ -37,8 +37,8 @@ def run_case(case: bsn_pairs.Case) -> list[dict]:
             settings = replace(case.settings, bsn=replace(case.settings.bsn, wiener_depth=int(depth)))
             result = denoise(case.noisy, method="bsn", preset=settings, seed=case.seed,
                              spacing=DATASETS[case.data].spacing, checkpoint_dir=checkpoints)
-            stage = result.bundle.metadata["bsn"]
-            rows.append(case.row(PAIR, stage["wiener_depth"], result, f"{stage['wiener_weight']:.3f}"))
+            stage = result.bundle.record.bsn
+            rows.append(case.row(PAIR, stage.wiener_depth, result, f"{stage.wiener_weight:.3f}"))
     return rows
 
 

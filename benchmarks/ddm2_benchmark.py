@@ -108,7 +108,7 @@ def run_methods(series: np.ndarray, bvals: np.ndarray, preset: str | DDM2Setting
     steps = result.matched_steps
     notes.append(f"DDM2 training: Stage I {result.timings['train_stage1_s']:.0f} s, Stage III "
                  f"{result.timings['train_stage3_s']:.0f} s; sampling {result.timings['sampling_s']:.1f} s "
-                 f"accelerated ({result.bundle.metadata['ddm2']['sampler_steps']} steps) vs "
+                 f"accelerated ({result.bundle.record.sampler_steps} steps) vs "
                  f"{full.timings['sampling_s']:.1f} s full chain")
     b0 = bvals < B0_THRESHOLD
     notes.append(f"matched steps: b0 slices median {int(np.median(steps[b0]))}, weighted slices median "

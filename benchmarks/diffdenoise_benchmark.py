@@ -44,7 +44,7 @@ from benchmarks.scalar import CSV_FIELDS, DISTILLED, Score, noisy_case, our_meth
 from benchmarks.volume_ablation import cpu_model
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.devices import resolve_device
-from DiffDenoiseLib.diffusion import NoiseSchedule, ddim_sample
+from DiffDenoiseLib.diffusion import ddim_sample
 from DiffDenoiseLib.noise_normalisation import NoiseNormaliser
 from DiffDenoiseLib.pipelines.diffdenoise import (
     conditioned_model,
@@ -85,17 +85,17 @@ def condition_of(result, noisy: np.ndarray, conditioning: str):
     slices = to_slices(scaling.normalise(noisy))
     bsn = to_slices(scaling.normalise(result.extras["bsn"]))
     normaliser = None if conditioning == "identity" else NoiseNormaliser.from_metadata(
-        result.bundle.metadata["diffusion"]["noise_normalisation"])
+        result.bundle.record.diffusion.noise_normalisation)
     return scaling, slices, bsn, normaliser, diffusion_condition(conditioning, slices, bsn, normaliser)
 
 
 def single_ddim(result, noisy: np.ndarray, seed: int) -> MethodOutput:
     """Ablation: one DDIM trajectory from +eps (the first half of the SRDS pair) instead of the pair average."""
     bundle = result.bundle
-    scaling, _, bsn, normaliser, condition = condition_of(result, noisy, bundle.metadata["diffusion"]["conditioning"])
+    diffusion = bundle.record.diffusion
+    scaling, _, bsn, normaliser, condition = condition_of(result, noisy, diffusion.conditioning)
     network = bundle.networks["diffusion"]
-    schedule = NoiseSchedule(**bundle.metadata["diffusion"]["schedule"])
-    steps = bundle.metadata["sampling"]["steps"]
+    schedule, steps = diffusion.schedule, diffusion.sampling.steps
     device = resolve_device("auto")
     outputs, started = [], time.perf_counter()
     for index in range(len(condition)):
@@ -168,13 +168,13 @@ def run_case(data: str, clean: np.ndarray, noise: str, preset: str, seed: int, a
         return None if checkpoints is None else checkpoints / run
 
     outputs, result = our_methods(noisy, PRESETS[preset], seed, folder("pipeline"), progress, spacing)
-    t, metadata = result.timings, result.bundle.metadata
-    context, bsn, blend = metadata["context"], metadata["bsn"], metadata.get("output_blend")
+    t, record = result.timings, result.bundle.record
+    context, bsn, blend = record.context, record.bsn, record.output_blend_weight
     notes = [f"noise analysis: {result.noise.kind} (correlation {result.noise.neighbour_correlation:+.3f}); "
-             f"context: {context['half_width']} slice(s) per side ({context['reason']}); "
-             f"BSN estimate's share in its Wiener blend {bsn['wiener_weight']:.2f} (patches "
-             f"{bsn['wiener_depth']} slice(s) deep); distilled NAFNet's share in its blend with the BSN estimate "
-             + (f"{blend['weight']:.2f}; " if blend else "none (no blend); ") +
+             f"context: {context.half_width} slice(s) per side ({context.reason}); "
+             f"BSN estimate's share in its Wiener blend {bsn.wiener_weight:.2f} (patches "
+             f"{bsn.wiener_depth} slice(s) deep); distilled NAFNet's share in its blend with the BSN estimate "
+             + (f"{blend:.2f}; " if blend is not None else "none (no blend); ") +
              f"training s: BSN {t['train_bsn_s']:.0f}, diffusion {t['train_diffusion_s']:.0f}, "
              f"NAFNet {t['train_nafnet_s']:.0f}; SRDS {t['srds_s']:.0f}; total {t['total_s']:.0f}; "
              f"CPU: {cpu_model()}, {torch.get_num_threads()} threads"]

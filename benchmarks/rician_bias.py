@@ -28,7 +28,7 @@ def run_case(case: bsn_pairs.Case) -> list[dict]:
     for requested in ("gaussian", "auto"):
         result = denoise(case.noisy, method="bsn", noise=requested, preset=case.settings, seed=case.seed,
                          spacing=DATASETS[case.data].spacing)
-        rows.append(case.row(PAIR, requested, result, result.bundle.metadata["noise"]["model"]["family"]))
+        rows.append(case.row(PAIR, requested, result, result.bundle.record.noise.model["family"]))
     return rows
 
 

@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     bundle = trained.bundle
     for pairs in args.pairs:
         for steps in args.ddim:
-            bundle.metadata["sampling"] |= {"pairs": pairs, "steps": steps}
+            record = bundle.record
+            sampling = replace(record.diffusion.sampling, pairs=pairs, steps=steps)
+            bundle = bundle.with_record(replace(record, diffusion=replace(record.diffusion, sampling=sampling)))
             rows.append(score(f"SRDS {pairs} pair(s) x {steps} DDIM steps", apply_bundle(bundle, noisy).denoised))
             print(rows[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -70,11 +72,11 @@ def main(argv: list[str] | None = None) -> None:
         writer = csv.DictWriter(handle, ("setting", "psnr_db", "ssim", "detail_psnr_db"))
         writer.writeheader()
         writer.writerows(rows)
-    context = bundle.metadata["context"]
+    context = bundle.record.context
     lines = ["# SRDS pairs and DDIM steps on one trained model (written by benchmarks.srds_sweep)", "",
              f"{args.data}, {args.noise}, seed {args.seed}, central {args.slices} slices, diffusion network "
              f"predicts {args.prediction}, recorruption alpha {alpha:g}, context "
-             f"{context['half_width']}{' (blind)' if context['blind'] else ''}. Budget: {describe(settings)} "
+             f"{context.half_width}{' (blind)' if context.blind else ''}. Budget: {describe(settings)} "
              f"(the sampling settings are swept). CPU: {cpu_model()}.", "",
              "| output | PSNR dB | SSIM | detail PSNR dB |", "|---|---|---|---|",
              *(f"| {r['setting']} | {r['psnr_db']} | {r['ssim']} | {r['detail_psnr_db']} |" for r in rows)]

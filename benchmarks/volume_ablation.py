@@ -57,12 +57,12 @@ def run_case(data: str, noise: str, seed: int, context: str, settings: PipelineS
     noisy, data_range, _ = noisy_case(clean, kind, level, seed)
     result = denoise(noisy, preset=settings, seed=seed, context=context if context == "auto" else int(context),
                      spacing=dataset.spacing, outputs=("bsn", "srds"))
-    chosen = result.bundle.metadata["context"]
+    chosen = result.bundle.record.context
     rows = []
     for method, extra in (("noisy", "noisy"), *STAGES):
         image = noisy if extra == "noisy" else result.denoised if extra is None else result.extras[extra]
         rows.append({"data": data, "noise": noise, "seed": seed, "context": context,
-                     "chosen": f"{chosen['half_width']}{' blind' if chosen['blind'] else ''}", "method": method,
+                     "chosen": f"{chosen.half_width}{' blind' if chosen.blind else ''}", "method": method,
                      **scores(clean, image, data_range), "total_seconds": f"{result.timings['total_s']:.0f}"})
     return rows
 

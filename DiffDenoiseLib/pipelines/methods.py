@@ -13,13 +13,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..bundle_record import BsnRecord, DiffusionRecord, ScalarRecord
 from ..diffusion import NoiseSchedule
 from ..errors import InputError
 from ..inference import predict_slices, slices_per_call
@@ -32,7 +33,6 @@ from ..training import training_record
 from ..wiener import blend, blend_weight, blend_with_filtering, wiener_filter
 from .bsn import train_bsn
 from .diffdenoise import (
-    BUNDLE_DEFAULT_PREDICTION,
     GENERATES,
     SamplingSettings,
     diffusion_condition,
@@ -56,7 +56,8 @@ class Run:
     neighbouring slices read, progress and cancel), the noise (``noise_kind``: ``iid`` or ``correlated``;
     ``noise_request``: the ``noise`` option, which may name a family), and what each stage hands on: its
     outputs in ``stages`` (``bsn``, ``srds``, ``uncertainty``), the fitted noise model, the current output,
-    the trained networks with their training records, timings and the stages' bundle metadata."""
+    the trained networks with their training records, timings, and what the stages record in the bundle
+    (:class:`..bundle_record.ScalarRecord`'s fields of the same names)."""
 
     slices: np.ndarray
     scaling: IntensityScaling
@@ -73,7 +74,10 @@ class Run:
     networks: dict[str, nn.Module] = field(default_factory=dict)
     training: dict[str, dict] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    metadata: dict = field(default_factory=dict)
+    bsn: BsnRecord | None = None
+    diffusion: DiffusionRecord | None = None
+    from_bsn: bool | None = None
+    output_blend_weight: float | None = None
 
     def predict(self, network: nn.Module, images: np.ndarray, stage: str = "denoise",
                 leading: np.ndarray | None = None) -> np.ndarray:
@@ -106,11 +110,12 @@ class Method:
         the extra outputs asked for (a stage may need to run on every slice for them)."""
         raise NotImplementedError
 
-    def apply(self, run: Run, bundle: ModelBundle) -> None:
-        """Run ``bundle``'s networks on ``run.slices`` and leave the denoised slices in ``run.output``."""
+    def apply(self, run: Run, bundle: ModelBundle, record: ScalarRecord) -> None:
+        """Run ``bundle``'s networks on ``run.slices`` as its ``record`` says and leave the denoised slices in
+        ``run.output``."""
         raise NotImplementedError
 
-    def networks_read(self, bundle: ModelBundle) -> tuple[str, ...]:
+    def networks_read(self, record: ScalarRecord) -> tuple[str, ...]:
         """The networks of ``bundle`` that :meth:`apply` runs (their minimum input size bounds the image's)."""
         raise NotImplementedError
 
@@ -139,11 +144,11 @@ class BsnMethod(Method):
         train_bsn_stage(run, settings, recorrupted=False)
         run.output = run.stages["bsn"]
 
-    def apply(self, run: Run, bundle: ModelBundle) -> None:
-        apply_bsn_stage(run, bundle)
+    def apply(self, run: Run, bundle: ModelBundle, record: ScalarRecord) -> None:
+        apply_bsn_stage(run, bundle, record)
         run.output = run.stages["bsn"]
 
-    def networks_read(self, bundle: ModelBundle) -> tuple[str, ...]:
+    def networks_read(self, record: ScalarRecord) -> tuple[str, ...]:
         return ("bsn",)
 
 
@@ -163,21 +168,20 @@ class DiffusionMethod(Method):
 
         blend_with_bsn(run, settings, estimates, srds)
 
-    def apply(self, run: Run, bundle: ModelBundle) -> None:
-        diffusion = bundle.metadata.get("diffusion", {})
-        if diffusion.get("generates") != GENERATES:
+    def apply(self, run: Run, bundle: ModelBundle, record: ScalarRecord) -> None:
+        if record.diffusion.generates != GENERATES:
             raise InputError("this diffusion bundle was trained by an older DiffDenoise whose diffusion network "
                              "generated whole slices; this version's sampler expects deviations from the BSN "
                              "output: train the bundle again (bundles of the default method, diffdenoise, still "
                              "work)")
-        if diffusion["conditioning"] != "identity":
-            apply_bsn_stage(run, bundle)
-        sampler, signal = Sampler.of_bundle(bundle), run.stages.get("bsn")
+        if record.diffusion.conditioning != "identity":
+            apply_bsn_stage(run, bundle, record)
+        sampler, signal = Sampler.of_record(bundle.networks["diffusion"], record.diffusion), run.stages.get("bsn")
         run.stages["srds"], run.stages["uncertainty"] = sampler.sample(run, sampler.condition(run, run.slices,
                                                                                                signal), signal)
         run.output = run.stages["srds"]
 
-    def networks_read(self, bundle: ModelBundle) -> tuple[str, ...]:
+    def networks_read(self, record: ScalarRecord) -> tuple[str, ...]:
         return ("bsn", "diffusion")
 
 
@@ -199,7 +203,7 @@ class DiffDenoiseMethod(Method):
         nafnet, summary = train_distillation(distillation_inputs(run.slices, estimate, distillation, sampled),
                                              run.stages["srds"], distillation, run.progress, run.cancel)
         run.trained("nafnet", nafnet, distillation.training, summary)
-        run.metadata["distillation"] = {"from_bsn": distillation.from_bsn}
+        run.from_bsn = distillation.from_bsn
 
         def run_nafnet(noisy: np.ndarray, signal: np.ndarray | None) -> np.ndarray:
             return run.predict(nafnet, noisy, leading=signal if distillation.from_bsn else None)
@@ -208,20 +212,14 @@ class DiffDenoiseMethod(Method):
             run.output = run_nafnet(run.slices, estimate)
         blend_with_bsn(run, settings, estimates, run_nafnet)
 
-    def apply(self, run: Run, bundle: ModelBundle) -> None:
-        from_bsn = _from_bsn(bundle)
-        if from_bsn:
-            apply_bsn_stage(run, bundle)
+    def apply(self, run: Run, bundle: ModelBundle, record: ScalarRecord) -> None:
+        if record.from_bsn:
+            apply_bsn_stage(run, bundle, record)
         run.output = run.predict(bundle.networks["nafnet"], run.slices,
-                                 leading=run.stages["bsn"] if from_bsn else None)
+                                 leading=run.stages["bsn"] if record.from_bsn else None)
 
-    def networks_read(self, bundle: ModelBundle) -> tuple[str, ...]:
-        return ("bsn", "nafnet") if _from_bsn(bundle) else ("nafnet",)
-
-
-def _from_bsn(bundle: ModelBundle) -> bool:
-    """Whether a bundle's NAFNet reads the BSN estimate beside the noisy slice."""
-    return bundle.metadata.get("distillation", {}).get("from_bsn", False)
+    def networks_read(self, record: ScalarRecord) -> tuple[str, ...]:
+        return ("bsn", "nafnet") if record.from_bsn else ("nafnet",)
 
 
 def _recorrupts(settings: PipelineSettings) -> bool:
@@ -253,8 +251,7 @@ def train_bsn_stage(run: Run, settings: PipelineSettings, recorrupted: bool) -> 
         estimates = bsn_estimates(lambda images: run.predict(network, images, stage="bsn inference"), run.slices,
                                   settings, run.noise_kind, run.noise_request, run.scaling, run.seed, recorrupted)
     run.stages["bsn"], run.noise_model = estimates.output, estimates.noise_model
-    run.metadata["bsn"] = {"posterior": settings.bsn.posterior, "wiener_weight": estimates.wiener_weight,
-                           "wiener_depth": estimates.wiener_depth}
+    run.bsn = BsnRecord(settings.bsn.posterior, estimates.wiener_weight, estimates.wiener_depth)
     return estimates
 
 
@@ -284,20 +281,20 @@ def bsn_estimates(run_bsn: Callable[[np.ndarray], np.ndarray], slices: np.ndarra
     return BsnEstimates(output, noise_model, weight, depth, copy, twin, copy_output)
 
 
-def apply_bsn_stage(run: Run, bundle: ModelBundle) -> None:
+def apply_bsn_stage(run: Run, bundle: ModelBundle, record: ScalarRecord) -> None:
     """A bundle's BSN estimate of ``run.slices`` as ``run.stages["bsn"]``, combined with the noisy pixel and
     blended with its Wiener filtering where the bundle was trained so (bundles before these settings: the BSN
     output alone, or without the Wiener blend); the noise model is fitted to this image, not taken from the
     training image: a cohort's scans differ in noise level."""
     estimate = run.predict(bundle.networks["bsn"], run.slices, stage="bsn inference")
-    stage = bundle.metadata.get("bsn", {})
-    posterior, weight = stage.get("posterior", False), stage.get("wiener_weight")
+    stage = record.bsn or BsnRecord()
+    posterior, weight = stage.posterior, stage.wiener_weight
     if posterior or weight is not None:
         run.noise_model = fitted_noise(run.slices, estimate, run.noise_kind, run.noise_request, run.scaling)
         if posterior:
             estimate = combine_with_noisy(run.slices, estimate, run.noise_model)
         if weight is not None:  # the training image's weight: refitting it would cost another BSN pass
-            depth = min(stage.get("wiener_depth", 1), len(run.slices))  # bundles before 3D patches: 2D ones
+            depth = min(stage.wiener_depth, len(run.slices))  # bundles before 3D patches: 2D ones
             estimate = blend_with_filtering(run.slices, estimate, run.noise_model, weight, depth)
     run.stages["bsn"] = estimate
 
@@ -325,14 +322,16 @@ class Sampler:
     seed: int
 
     @classmethod
-    def of_bundle(cls, bundle: ModelBundle) -> Sampler:
-        """The sampler a diffusion bundle was trained with."""
-        diffusion, sampling = bundle.metadata["diffusion"], dict(bundle.metadata["sampling"])
-        seed = sampling.pop("seed", 0)
-        normaliser = diffusion.get("noise_normalisation")
-        return cls(bundle.networks["diffusion"], diffusion["conditioning"], NoiseSchedule(**diffusion["schedule"]),
-                   SamplingSettings(**sampling), diffusion.get("prediction", BUNDLE_DEFAULT_PREDICTION),
-                   NoiseNormaliser.from_metadata(normaliser) if normaliser else None, seed)
+    def of_record(cls, network: nn.Module, record: DiffusionRecord) -> Sampler:
+        """The sampler of a diffusion bundle's ``network`` as its record says it was trained."""
+        normaliser = record.noise_normalisation
+        return cls(network, record.conditioning, record.schedule, record.sampling, record.prediction,
+                   NoiseNormaliser.from_metadata(normaliser) if normaliser else None, record.seed)
+
+    def record(self) -> DiffusionRecord:
+        """What a bundle records of this sampler."""
+        return DiffusionRecord(self.schedule, self.conditioning, self.sampling, self.seed, self.prediction,
+                               GENERATES, self.normaliser.describe() if self.normaliser else None)
 
     def condition(self, run: Run, noisy: np.ndarray, signal: np.ndarray | None) -> np.ndarray:
         """The network's condition for ``noisy`` slices and their BSN estimate ``signal``."""
@@ -367,11 +366,7 @@ def train_diffusion_stage(run: Run, settings: PipelineSettings, estimates: BsnEs
         run.stages["srds"], run.stages["uncertainty"] = sampler.sample(
             run, condition[sampled], None if estimate is None else estimate[sampled])
     run.output = run.stages["srds"]
-    run.metadata["diffusion"] = {"schedule": asdict(settings.diffusion.schedule),
-                                 "prediction": settings.diffusion.prediction, "conditioning": conditioning,
-                                 "generates": GENERATES,
-                                 "noise_normalisation": normaliser.describe() if normaliser else None}
-    run.metadata["sampling"] = asdict(settings.sampling) | {"seed": run.seed}
+    run.diffusion = sampler.record()
     return sampler, sampled
 
 
@@ -384,7 +379,7 @@ def blend_with_bsn(run: Run, settings: PipelineSettings, estimates: BsnEstimates
     with run.timed("output_blend_s"):
         weight = output_blend_weight(final_stage, estimates)
         run.output = blend(run.output, run.stages["bsn"], weight)
-    run.metadata["output_blend"] = {"weight": weight}
+    run.output_blend_weight = weight
 
 
 def output_blend_weight(run_stage: Callable[[np.ndarray, np.ndarray], np.ndarray], estimates: BsnEstimates) -> float:
