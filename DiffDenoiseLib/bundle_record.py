@@ -54,7 +54,7 @@ class MetadataCheck:
 @dataclass(frozen=True)
 class NoiseRecord:
     """The noise of the training image: the ``noise`` option, the kind the run used (``iid`` or
-    ``correlated``), the analysis (:class:`.noise.NoiseAnalysis` fields) and the fitted model's description."""
+    ``correlated``), the analysis (:class:`.noise.analysis.NoiseAnalysis` fields) and the fitted model's description."""
 
     requested: str = "auto"
     used: str = "iid"

@@ -318,7 +318,7 @@ def cmd_info(args: argparse.Namespace, progress: Progress) -> Written:
 
     from .context import SLICE_CORRELATION_THRESHOLD
     from .io import read_provenance, read_volume
-    from .noise import estimate_noise
+    from .noise.analysis import estimate_noise
 
     volume = read_volume(args.input, args.series)
     array, geometry = volume.array, volume.geometry

@@ -77,7 +77,7 @@ def choose_context(requested: int | str, slice_count: int, slice_correlation: fl
                    spacing_ratio: float | None = None) -> SliceContext:
     """The through-plane context of a run: ``requested`` (``auto`` or a half-width) for a volume of
     ``slice_count`` slices whose noise correlation between adjacent slices is ``slice_correlation``
-    (:func:`.noise.slice_correlation`) and whose slice spacing is ``spacing_ratio`` times the in-plane spacing.
+    (:func:`.noise.analysis.slice_correlation`) and whose slice spacing is ``spacing_ratio`` times the in-plane spacing.
 
     Where the noise is shared between slices (or cannot be measured) the neighbours are read with their
     blind spot masked, so the network cannot copy the shared noise."""

@@ -11,7 +11,8 @@ from .denoise import denoise
 from .errors import InputError
 from .io import read_volume, write_volume
 from .metrics import psnr, ssim
-from .noise import add_noise, robust_range
+from .noise.analysis import robust_range
+from .noise.simulate import add_noise
 from .progress import ProgressCallback
 
 DEMO_NOISE_LEVEL = 0.1  # Gaussian sigma as a fraction of the robust intensity range

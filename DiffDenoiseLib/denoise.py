@@ -22,8 +22,8 @@ from .bundle_record import INFERENCE_NETWORK, DDM2Record, NoiseRecord, ScalarRec
 from .context import MIN_CONTEXT_SLICES, SliceContext, choose_context
 from .devices import resolve_device
 from .errors import BundleError, InputError
-from .noise import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise, residual_outliers
-from .noise_model import NoiseModel
+from .noise.analysis import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise, residual_outliers
+from .noise.model import NoiseModel
 from .options import DenoiseOptions
 from .pipelines.methods import METHODS, Run
 from .preprocessing import (
@@ -48,7 +48,7 @@ class Denoised:
     :attr:`.preprocessing.IntensityScaling.precise`).
 
     ``outliers`` flags, per slice along the slice axis, where the removed part was far from the noise level
-    compared with the other slices (:func:`.noise.residual_outliers`): slices to inspect.
+    compared with the other slices (:func:`.noise.analysis.residual_outliers`): slices to inspect.
     """
 
     denoised: np.ndarray

@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.signal import fftconvolve
 
-from .noise_model import NoiseModel
+from .noise.model import NoiseModel
 
 # Neighbourhood (slices, rows, columns) whose residuals estimate the BSN's uncertainty at a pixel: 3 slices
 # of a volume (the uncertainty varies smoothly through the volume: 3 slices did better than 1 even on the

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
-from .noise import robust_range
+from .noise.analysis import robust_range
 
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
 FLOAT32_EXACT = 2.0 ** 24  # float32 holds every integer up to here; above, unit steps are rounded

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from scipy.signal import fftconvolve
 
-from .noise_model import NoiseModel
+from .noise.model import NoiseModel
 
 PATCH = 8  # BM3D's Wiener-stage block size
 

@@ -20,7 +20,7 @@ from DiffDenoiseLib.denoise import apply_bundle, denoise
 from DiffDenoiseLib.denoise_dwi import denoise_dwi
 from DiffDenoiseLib.errors import BundleError, InputError
 from DiffDenoiseLib.io import Geometry, Volume, read_dwi, read_volume, write_dwi, write_volume
-from DiffDenoiseLib.noise import add_noise
+from DiffDenoiseLib.noise.simulate import add_noise
 from DiffDenoiseLib.preprocessing import match_dtype
 
 

@@ -239,7 +239,7 @@ def test_bsn_wiener_depth_benchmark_compares_2d_patches_with_patches_across_slic
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
 def test_rician_bias_benchmark_scores_the_biased_and_the_corrected_output(tmp_path):
     from benchmarks.rician_bias import main
-    from DiffDenoiseLib.noise_model import FAMILIES
+    from DiffDenoiseLib.noise.model import FAMILIES
 
     main(["--data", "mni", "--steps", "2", "--slices", "3", "--out", str(tmp_path)])
     finished = sorted(tmp_path.glob("*.csv"))

@@ -21,7 +21,8 @@ from DiffDenoiseLib.context import (
 from DiffDenoiseLib.denoise import apply_bundle, denoise
 from DiffDenoiseLib.errors import BundleError, InputError
 from DiffDenoiseLib.models import LGBPN, BlindSpotDenoiser, LGBPNConfig, PUCAConfig
-from DiffDenoiseLib.noise import add_noise, robust_range, slice_correlation
+from DiffDenoiseLib.noise.analysis import robust_range, slice_correlation
+from DiffDenoiseLib.noise.simulate import add_noise
 
 
 @given(count=st.integers(3, 40), half_width=st.integers(1, MAX_HALF_WIDTH), data=st.data())

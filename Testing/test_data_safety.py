@@ -32,7 +32,7 @@ from DiffDenoiseLib.bundle import _content_digest, load_bundle, save_bundle
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.errors import BundleError, InputError
 from DiffDenoiseLib.io import Geometry, Volume, output_files, read_volume, write_dwi, write_volume
-from DiffDenoiseLib.noise import add_noise
+from DiffDenoiseLib.noise.simulate import add_noise
 from DiffDenoiseLib.write_plan import WritePlan
 
 GEOMETRY = Geometry((0.8, 0.8, 3.0), (1.0, 2.0, 3.0), tuple(np.eye(3).ravel()))

@@ -8,7 +8,7 @@ import pytest
 
 from DiffDenoiseLib.denoise import apply_bundle, denoise
 from DiffDenoiseLib.errors import Cancelled, InputError
-from DiffDenoiseLib.noise import add_noise
+from DiffDenoiseLib.noise.simulate import add_noise
 
 
 def test_denoise_returns_float32_of_the_same_shape_and_leaves_the_input(knee_crop, tiny_settings):

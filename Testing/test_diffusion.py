@@ -14,7 +14,7 @@ from DiffDenoiseLib.diffusion import (
     srds_sample,
 )
 from DiffDenoiseLib.models import NAFNet, NAFNetConfig
-from DiffDenoiseLib.noise_model import NoiseModel
+from DiffDenoiseLib.noise.model import NoiseModel
 from DiffDenoiseLib.pipelines.diffdenoise import SamplingSettings, conditioned_model, sample_srds
 
 SCHEDULE = NoiseSchedule(steps=100)

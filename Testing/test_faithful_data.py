@@ -28,7 +28,7 @@ from DiffDenoiseLib.io import (
     write_dwi,
     write_volume,
 )
-from DiffDenoiseLib.noise import add_noise
+from DiffDenoiseLib.noise.simulate import add_noise
 from DiffDenoiseLib.preprocessing import IntensityScaling, match_dtype
 
 GEOMETRY = Geometry((0.5, 0.5, 0.9), (10.0, -20.0, 5.0), tuple(np.eye(3).ravel()))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from DiffDenoiseLib.errors import InputError
-from DiffDenoiseLib.noise import NOISE_KINDS, add_noise, estimate_noise, robust_range
+from DiffDenoiseLib.noise.analysis import estimate_noise, robust_range
+from DiffDenoiseLib.noise.simulate import NOISE_KINDS, add_noise
 
 
 @pytest.mark.parametrize("kind,level", [("gaussian", 0.1), ("correlated", 0.1), ("rician", 0.05),
@@ -56,7 +57,7 @@ def test_unknown_kind_and_bad_level_are_refused(knee_crop):
 def test_outlier_slices_are_those_denoised_unlike_the_others(knee_crop):
     from scipy import ndimage
 
-    from DiffDenoiseLib.noise import residual_outliers
+    from DiffDenoiseLib.noise.analysis import residual_outliers
 
     noisy = add_noise(knee_crop, "gaussian", 0.1, seed=2)
     denoised = np.stack([ndimage.gaussian_filter(plane, 1.0) for plane in noisy])

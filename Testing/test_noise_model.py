@@ -5,8 +5,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from DiffDenoiseLib.noise import correlated_gaussian
-from DiffDenoiseLib.noise_model import NoiseModel, exact_floor, fit_noise_model, with_family
+from DiffDenoiseLib.noise.model import NoiseModel, exact_floor, fit_noise_model, with_family
+from DiffDenoiseLib.noise.simulate import correlated_gaussian
 from DiffDenoiseLib.pipelines.diffdenoise import recorrupt
 
 SHAPE = (8, 160, 160)

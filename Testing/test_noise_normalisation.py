@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from DiffDenoiseLib.errors import InputError
-from DiffDenoiseLib.noise_model import NoiseModel
-from DiffDenoiseLib.noise_normalisation import NoiseNormaliser
+from DiffDenoiseLib.noise.model import NoiseModel
+from DiffDenoiseLib.noise.normalisation import NoiseNormaliser
 
 PEAK = 30  # Poisson counts at intensity 1: variance = x / PEAK
 LEVELS = np.array([0.05, 0.2, 0.5, 0.9])

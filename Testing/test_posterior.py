@@ -9,8 +9,8 @@ import pytest
 from scipy import ndimage
 
 from DiffDenoiseLib.denoise import apply_bundle, denoise
-from DiffDenoiseLib.noise import add_noise
-from DiffDenoiseLib.noise_model import NoiseModel
+from DiffDenoiseLib.noise.model import NoiseModel
+from DiffDenoiseLib.noise.simulate import add_noise
 from DiffDenoiseLib.posterior import combine_with_noisy, spread_factor
 
 SIGMA = 0.1

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from DiffDenoiseLib.io import Geometry, Volume, read_provenance, read_volume, write_volume
-from DiffDenoiseLib.noise import robust_range
-from DiffDenoiseLib.noise_normalisation import NoiseNormaliser
+from DiffDenoiseLib.noise.analysis import robust_range
+from DiffDenoiseLib.noise.normalisation import NoiseNormaliser
 from DiffDenoiseLib.preprocessing import (
     HIGH_PERCENTILE,
     LOW_PERCENTILE,

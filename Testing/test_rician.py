@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from DiffDenoiseLib import rician
 from DiffDenoiseLib.denoise import apply_bundle, denoise
-from DiffDenoiseLib.noise_model import fit_noise_model, with_family
+from DiffDenoiseLib.noise import rician
+from DiffDenoiseLib.noise.model import fit_noise_model, with_family
 
 SIGMA = 0.05
 

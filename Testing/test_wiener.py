@@ -12,8 +12,8 @@ from scipy import ndimage
 
 from DiffDenoiseLib.denoise import apply_bundle, denoise
 from DiffDenoiseLib.errors import InputError
-from DiffDenoiseLib.noise import add_noise
-from DiffDenoiseLib.noise_model import NoiseModel
+from DiffDenoiseLib.noise.model import NoiseModel
+from DiffDenoiseLib.noise.simulate import add_noise
 from DiffDenoiseLib.wiener import PatchDct, blend, blend_weight, coefficient_variances, dct_basis, wiener_filter
 
 SIGMA = 0.1

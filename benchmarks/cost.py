@@ -21,7 +21,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
 
 from DiffDenoiseLib.denoise import denoise
-from DiffDenoiseLib.noise import add_noise
+from DiffDenoiseLib.noise.simulate import add_noise
 from DiffDenoiseLib.presets import PRESETS
 
 from .datasets import DATASETS

@@ -45,7 +45,7 @@ from benchmarks.volume_ablation import cpu_model
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.devices import resolve_device
 from DiffDenoiseLib.diffusion import ddim_sample
-from DiffDenoiseLib.noise_normalisation import NoiseNormaliser
+from DiffDenoiseLib.noise.normalisation import NoiseNormaliser
 from DiffDenoiseLib.pipelines.diffdenoise import (
     conditioned_model,
     diffusion_condition,

@@ -30,7 +30,7 @@ from benchmarks.datasets import DATASETS, SHARED
 from DiffDenoiseLib.bundle import save_bundle
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.io import Geometry, Volume, read_volume, write_volume
-from DiffDenoiseLib.noise import add_noise
+from DiffDenoiseLib.noise.simulate import add_noise
 
 KNEE = SHARED / DATASETS["knee"].file
 

@@ -7,7 +7,7 @@
   closed form of its exact unbiased inverse (Makitalo & Foi, "A closed-form approximation of the exact unbiased
   inverse of the Anscombe variance-stabilizing transformation", IEEE Trans. Image Process. 20(9), 2011); for
   Rician noise the Gaussian sigma of its two channels, with the Rician bias then taken out of the result as
-  ours is (:func:`DiffDenoiseLib.rician.amplitude`), when ``bm3d`` / ``bm4d`` are importable;
+  ours is (:func:`DiffDenoiseLib.noise.rician.amplitude`), when ``bm3d`` / ``bm4d`` are importable;
 * CAREamics, when it is installed.
 
 BM3D, BM4D (non-commercial licenses) and CAREamics are never dependencies: ``pip install bm3d bm4d`` to include
@@ -26,9 +26,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from skimage.restoration import denoise_nl_means, estimate_sigma
 
-from DiffDenoiseLib import rician
 from DiffDenoiseLib.metrics import psnr
-from DiffDenoiseLib.noise import correlated_gaussian
+from DiffDenoiseLib.noise import rician
+from DiffDenoiseLib.noise.simulate import correlated_gaussian
 
 # BM4D is a volume method: 2D images and stacks of a few slices get BM3D only.
 BM4D_MIN_SLICES = 8
@@ -57,8 +57,8 @@ class MethodOutput:
 
 @dataclass(frozen=True)
 class TrueNoise:
-    """The noise a benchmark case added (:func:`DiffDenoiseLib.noise.add_noise`), as the oracle peers are told it:
-    its kind and level, the std of noisy - clean in image units, and the clean image's robust range
+    """The noise a benchmark case added (:func:`DiffDenoiseLib.noise.simulate.add_noise`), as the oracle peers
+    are told it: its kind and level, the std of noisy - clean in image units, and the clean image's robust range
     ``low`` .. ``low + scale`` (which maps intensities to Poisson counts)."""
 
     kind: str

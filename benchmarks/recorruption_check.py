@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from DiffDenoiseLib.denoise import denoise
-from DiffDenoiseLib.noise import robust_range
+from DiffDenoiseLib.noise.analysis import robust_range
 from DiffDenoiseLib.presets import PRESETS, PipelineSettings
 
 from .datasets import DATASETS

@@ -1,4 +1,4 @@
-"""Rician noise with and without its bias taken out (:mod:`DiffDenoiseLib.rician`).
+"""Rician noise with and without its bias taken out (:mod:`DiffDenoiseLib.noise.rician`).
 
     python -m benchmarks.rician_bias [--data mni knee t1] [--noise "rician 0.05"] [--seeds 0]
         [--preset quick] [--steps 300] [--slices 24] [--out benchmarks/results/rician_bias]

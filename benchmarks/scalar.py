@@ -19,7 +19,8 @@ from DiffDenoiseLib.denoise import DenoiseResult, denoise
 from DiffDenoiseLib.devices import resolve_device
 from DiffDenoiseLib.inference import predict_slices
 from DiffDenoiseLib.metrics import detail_psnr, psnr, ssim
-from DiffDenoiseLib.noise import add_noise, robust_range
+from DiffDenoiseLib.noise.analysis import robust_range
+from DiffDenoiseLib.noise.simulate import add_noise
 from DiffDenoiseLib.pipelines.diffdenoise import DistillationSettings, distillation_loss, train_new_nafnet
 from DiffDenoiseLib.preprocessing import IntensityScaling, to_slices
 from DiffDenoiseLib.presets import PipelineSettings

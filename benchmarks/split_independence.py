@@ -4,7 +4,7 @@
         [--noise gaussian rician poisson correlated] [--seed 0] [--out benchmarks/results/split_independence]
 
 The issue-27 grid's noisy input of each case (the same crop, noise and seed) is split as ``denoise`` splits it
-(:meth:`DiffDenoiseLib.noise_model.NoiseModel.split`, alpha 0.5), with the noise model fitted as ``denoise``
+(:meth:`DiffDenoiseLib.noise.model.NoiseModel.split`, alpha 0.5), with the noise model fitted as ``denoise``
 fits it but with the clean volume as the signal estimate (so the check does not depend on a trained BSN; for
 Rician noise its biased mean, which the BSN learns).
 For independent halves the copy's error has 1.25 times the noise variance, the twin's 5 times, and the two
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from DiffDenoiseLib import rician
-from DiffDenoiseLib.noise_model import exact_floor, fit_noise_model, with_family
+from DiffDenoiseLib.noise import rician
+from DiffDenoiseLib.noise.model import exact_floor, fit_noise_model, with_family
 from DiffDenoiseLib.preprocessing import IntensityScaling, to_slices
 
 from .datasets import NOISES as NOISE_LEVELS

@@ -23,8 +23,8 @@ from ..diffusion.ddim import DenoisingModel, Prediction
 from ..errors import InputError
 from ..inference import TILE_SIZE, MemoryPlan, run_in_chunks, slices_per_call, tiled
 from ..models import NAFNet, NAFNetConfig
-from ..noise_model import NoiseModel
-from ..noise_normalisation import NoiseNormaliser
+from ..noise.model import NoiseModel
+from ..noise.normalisation import NoiseNormaliser
 from ..progress import CancelCheck, ProgressCallback
 from ..training import TrainConfig, TrainSummary, fit_patch_size, train
 
@@ -50,13 +50,13 @@ class DiffusionSettings:
     """The conditional diffusion stage: network, training, noise schedule and what it is conditioned on.
 
     Targets and noisy condition channels are noise-normalised around the BSN output
-    (:mod:`..noise_normalisation`) whenever there is one, so the model sees noise of one level.
+    (:mod:`..noise.normalisation`) whenever there is one, so the model sees noise of one level.
 
     ``conditioning``:
 
     * ``recorrupted`` (default): trained on pairs whose noise is independent (Recorrupted-to-Recorrupted,
       Pang et al. 2021): target ``y - z / alpha``, condition ``[BSN(y + alpha z), y + alpha z]`` with ``z``
-      drawn from the image's fitted noise model (:mod:`..noise_model`: level per intensity, and spatial
+      drawn from the image's fitted noise model (:mod:`..noise.model`: level per intensity, and spatial
       correlation for correlated noise); sampled with the condition ``[BSN(y), y]``. The BSN output of a
       slice is a deterministic, largely invertible function of that slice, so a network conditioned on
       ``BSN(y)`` while generating ``y`` learns to rebuild ``y``, noise included; with independent noise the
@@ -150,7 +150,7 @@ _RECORRUPTION_STREAM = 0x52325220  # "R2R "
 def recorrupt(slices: np.ndarray, noise: NoiseModel, signal: np.ndarray, alpha: float,
               seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split (N, 1, H, W) noisy slices into an input and a target with independent noise
-    (:meth:`..noise_model.NoiseModel.split`: for Gaussian noise ``(y + alpha z, y - z / alpha)`` with z drawn
+    (:meth:`..noise.model.NoiseModel.split`: for Gaussian noise ``(y + alpha z, y - z / alpha)`` with z drawn
     from ``noise`` around ``signal``, the BSN output; the split that is exact for the family otherwise): the
     target is a noisy copy that the input cannot predict."""
     # A stream of its own: with default_rng(seed), z would equal noise a caller drew with the same seed (e.g. a

@@ -24,8 +24,8 @@ from ..bundle_record import BsnRecord, DiffusionRecord, ScalarRecord
 from ..diffusion import NoiseSchedule
 from ..errors import InputError
 from ..inference import predict_slices, slices_per_call
-from ..noise_model import FAMILIES, NoiseModel, exact_floor, fit_noise_model, with_family
-from ..noise_normalisation import NoiseNormaliser
+from ..noise.model import FAMILIES, NoiseModel, exact_floor, fit_noise_model, with_family
+from ..noise.normalisation import NoiseNormaliser
 from ..posterior import combine_with_noisy
 from ..preprocessing import IntensityScaling
 from ..progress import CancelCheck, ProgressCallback

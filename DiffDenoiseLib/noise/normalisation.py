@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
-from .noise_model import NoiseModel
+from ..errors import InputError
+from .model import NoiseModel
 
 STD_FLOOR = 0.1  # fraction of the typical noise std below which a level counts as the floor (bounds the gain)
 

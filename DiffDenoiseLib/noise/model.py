@@ -23,7 +23,7 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 from . import rician
-from .noise import image_blocks
+from .analysis import image_blocks
 
 BLOCK = 16  # px per side of the analysed blocks (i.i.d. noise)
 CORRELATED_BLOCK = 32  # larger blocks for correlated noise: its spectrum has detail at low frequencies
