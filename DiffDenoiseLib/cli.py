@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .errors import Cancelled, DiffDenoiseError, InputError
 from .options import DenoiseOptions, DWIOptions, add_arguments
-from .progress import TqdmProgress
+from .runtime.progress import TqdmProgress
 from .worker import JsonLinesProgress
 
 if TYPE_CHECKING:
@@ -153,10 +153,10 @@ def _numpy_spacing(volume: Volume) -> tuple[float, ...]:
 
 
 def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
-    from . import distributed
     from .denoise import denoise
     from .io import read_volume
     from .provenance import Provenance
+    from .runtime import distributed
     from .write_plan import WritePlan
 
     options = DenoiseOptions.from_namespace(args)  # values allowed alone may not be together
@@ -215,12 +215,12 @@ def cmd_apply(args: argparse.Namespace, progress: Progress) -> Written:
 
 
 def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
-    from . import distributed
     from .bundle import load_bundle
     from .denoise_dwi import apply_dwi_bundle, denoise_dwi
     from .io import DiffusionVolume, read_dwi, write_dwi
     from .preprocessing import match_dtype
     from .provenance import Provenance
+    from .runtime import distributed
     from .write_plan import WritePlan
 
     options = DWIOptions.from_namespace(args)
@@ -260,9 +260,9 @@ def cmd_cohort(args: argparse.Namespace, progress: Progress) -> Written:
 
     Every output path is checked before the first image is read; an image that fails is reported and
     skipped, and the run ends with a summary (exit 1 when any failed)."""
-    from . import distributed
     from .bundle import load_bundle
     from .io import check_output_format, read_volume
+    from .runtime import distributed
     from .write_plan import WritePlan
 
     missing = [str(path) for path in args.inputs if not path.exists()]
@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # the readers turn what matters into our own warnings
 
-    from . import distributed
+    from .runtime import distributed
 
     distributed.initialise(getattr(args, "device", "auto"))  # a no-op unless started by torchrun
     progress: Progress = (JsonLinesProgress() if args.machine_progress

@@ -13,7 +13,7 @@ from .io import read_volume, write_volume
 from .metrics import psnr, ssim
 from .noise.analysis import robust_range
 from .noise.simulate import add_noise
-from .progress import ProgressCallback
+from .runtime.progress import ProgressCallback
 
 DEMO_NOISE_LEVEL = 0.1  # Gaussian sigma as a fraction of the robust intensity range
 DEMO_FILES = ("noisy.nii.gz", "denoised.nii.gz", "demo.png")  # what run_demo writes into its folder

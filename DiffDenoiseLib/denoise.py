@@ -20,7 +20,6 @@ import numpy as np
 from .bundle import ModelBundle
 from .bundle_record import INFERENCE_NETWORK, DDM2Record, NoiseRecord, ScalarRecord
 from .context import MIN_CONTEXT_SLICES, SliceContext, choose_context
-from .devices import resolve_device
 from .errors import BundleError, InputError
 from .noise.analysis import MIN_ANALYSIS_SIZE, NoiseAnalysis, estimate_noise, residual_outliers
 from .noise.model import NoiseModel
@@ -36,8 +35,9 @@ from .preprocessing import (
     to_slices,
 )
 from .presets import PipelineSettings, pipeline_settings
-from .progress import CancelCheck, ProgressCallback
-from .training import for_run
+from .runtime.devices import resolve_device
+from .runtime.progress import CancelCheck, ProgressCallback
+from .runtime.training import for_run
 from .wiener import blend
 
 

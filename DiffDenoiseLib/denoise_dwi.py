@@ -23,10 +23,8 @@ import torch
 
 from .bundle import ModelBundle
 from .bundle_record import INFERENCE_NETWORK, DDM2Record
-from .devices import resolve_device
 from .diffusion import NoiseSchedule
 from .errors import BundleError, InputError
-from .inference import predict_slices, slices_per_call
 from .options import DWIOptions
 from .pipelines.ddm2 import (
     SHELL_TOLERANCE,
@@ -45,8 +43,10 @@ from .pipelines.ddm2 import (
 )
 from .preprocessing import check_slice_size, check_values
 from .presets import ddm2_settings
-from .progress import CancelCheck, ProgressCallback
-from .training import for_run, training_record
+from .runtime.devices import resolve_device
+from .runtime.inference import predict_slices, slices_per_call
+from .runtime.progress import CancelCheck, ProgressCallback
+from .runtime.training import for_run, training_record
 
 MIN_VOLUMES = 3
 VOLUME_SCALING = "each volume's minimum and 99.9th percentile to [-1, 1]"  # recorded in bundles

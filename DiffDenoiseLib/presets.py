@@ -16,7 +16,7 @@ from .models import NAFNetConfig, PUCAConfig
 from .pipelines.bsn import BsnSettings, for_noise
 from .pipelines.ddm2 import DDM2Settings
 from .pipelines.diffdenoise import DiffusionSettings, DistillationSettings, SamplingSettings
-from .training import TrainConfig
+from .runtime.training import TrainConfig
 
 
 @dataclass

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TextIO
 
-from .progress import ProgressEvent
+from .runtime.progress import ProgressEvent
 
 PROTOCOL_KEY = "diffdenoise"
 

@@ -17,7 +17,7 @@ from DiffDenoiseLib.pipelines.bsn import BsnSettings
 from DiffDenoiseLib.pipelines.ddm2 import DDM2Settings
 from DiffDenoiseLib.pipelines.diffdenoise import DiffusionSettings, DistillationSettings, SamplingSettings
 from DiffDenoiseLib.presets import PipelineSettings
-from DiffDenoiseLib.training import TrainConfig
+from DiffDenoiseLib.runtime.training import TrainConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMALL_DWI = Path(__file__).parent / "data" / "small_64D.nii.gz"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from DiffDenoiseLib import distributed
 from DiffDenoiseLib.bundle import load_bundle
 from DiffDenoiseLib.io import Geometry, Volume, read_volume, write_volume
+from DiffDenoiseLib.runtime import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 

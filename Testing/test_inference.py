@@ -7,8 +7,8 @@ from torch import nn
 
 from DiffDenoiseLib.diffusion import NoiseSchedule
 from DiffDenoiseLib.errors import DiffDenoiseError
-from DiffDenoiseLib.inference import MemoryFallbackWarning, MemoryPlan, predict_slices, tile_spans, tiled
 from DiffDenoiseLib.pipelines.diffdenoise import SamplingSettings, sample_srds
+from DiffDenoiseLib.runtime.inference import MemoryFallbackWarning, MemoryPlan, predict_slices, tile_spans, tiled
 
 CPU = torch.device("cpu")
 

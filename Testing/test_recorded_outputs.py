@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).parent))  # as pytest's rootdir conftest i
 
 from helpers import SMALL_DWI, make_tiny_ddm2, make_tiny_settings  # noqa: E402
 
-from DiffDenoiseLib import devices  # noqa: E402
 from DiffDenoiseLib.data import SAMPLE_KNEE  # noqa: E402
 from DiffDenoiseLib.denoise import apply_bundle, denoise  # noqa: E402
 from DiffDenoiseLib.denoise_dwi import apply_dwi_bundle, denoise_dwi  # noqa: E402
 from DiffDenoiseLib.io import read_dwi, read_volume  # noqa: E402
+from DiffDenoiseLib.runtime import devices  # noqa: E402
 
 RECORDED = Path(__file__).parent / "data" / "recorded_outputs.npz"
 CAPABILITY_KEY = "cpu_capability"

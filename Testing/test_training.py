@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from DiffDenoiseLib.devices import choose_precision, cpu_has_amx_bf16, has_dilated_depthwise_conv
 from DiffDenoiseLib.errors import Cancelled, InputError
 from DiffDenoiseLib.models import LGBPN, BlindSpotDenoiser, LGBPNConfig, NAFNet, NAFNetConfig, PUCAConfig
 from DiffDenoiseLib.pipelines.bsn import blind_spot_loss
-from DiffDenoiseLib.training import TrainConfig, train
+from DiffDenoiseLib.runtime.devices import choose_precision, cpu_has_amx_bf16, has_dilated_depthwise_conv
+from DiffDenoiseLib.runtime.training import TrainConfig, train
 
 CONFIG = PUCAConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,))
 

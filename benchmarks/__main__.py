@@ -24,7 +24,7 @@ import matplotlib
 import numpy as np
 import torch
 
-from DiffDenoiseLib.progress import TqdmProgress
+from DiffDenoiseLib.runtime.progress import TqdmProgress
 
 from . import ddm2_benchmark, figures, report
 from .cost import measure_cost

@@ -32,7 +32,7 @@ from benchmarks.datasets import SHARED
 from DiffDenoiseLib.denoise_dwi import apply_dwi_bundle, denoise_dwi
 from DiffDenoiseLib.io import read_dwi, read_volume
 from DiffDenoiseLib.pipelines.ddm2 import DDM2Settings
-from DiffDenoiseLib.progress import TqdmProgress
+from DiffDenoiseLib.runtime.progress import TqdmProgress
 
 DATA = SHARED / "dwi" / "mdt_b1k_b2k"
 B0_THRESHOLD = 50.0

@@ -43,7 +43,6 @@ from benchmarks.peers import MethodOutput, classical_peers, method_label
 from benchmarks.scalar import CSV_FIELDS, DISTILLED, Score, noisy_case, our_methods, read_case, score, write_scores
 from benchmarks.volume_ablation import cpu_model
 from DiffDenoiseLib.denoise import denoise
-from DiffDenoiseLib.devices import resolve_device
 from DiffDenoiseLib.diffusion import ddim_sample
 from DiffDenoiseLib.noise.normalisation import NoiseNormaliser
 from DiffDenoiseLib.pipelines.diffdenoise import (
@@ -59,8 +58,9 @@ from DiffDenoiseLib.pipelines.diffdenoise import (
 )
 from DiffDenoiseLib.preprocessing import IntensityScaling, from_slices, to_slices
 from DiffDenoiseLib.presets import PRESETS
-from DiffDenoiseLib.progress import TqdmProgress
-from DiffDenoiseLib.training import checkpointed
+from DiffDenoiseLib.runtime.devices import resolve_device
+from DiffDenoiseLib.runtime.progress import TqdmProgress
+from DiffDenoiseLib.runtime.training import checkpointed
 
 # this benchmark's noise names (its case files) -> the shared noise definitions (benchmarks.datasets.NOISES)
 NOISES = {"gaussian": "gaussian 0.1", "rician": "rician 0.05", "poisson": "poisson 30",

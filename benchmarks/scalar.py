@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from DiffDenoiseLib.denoise import DenoiseResult, denoise
-from DiffDenoiseLib.devices import resolve_device
-from DiffDenoiseLib.inference import predict_slices
 from DiffDenoiseLib.metrics import detail_psnr, psnr, ssim
 from DiffDenoiseLib.noise.analysis import robust_range
 from DiffDenoiseLib.noise.simulate import add_noise
 from DiffDenoiseLib.pipelines.diffdenoise import DistillationSettings, distillation_loss, train_new_nafnet
 from DiffDenoiseLib.preprocessing import IntensityScaling, to_slices
 from DiffDenoiseLib.presets import PipelineSettings
-from DiffDenoiseLib.progress import ProgressCallback
+from DiffDenoiseLib.runtime.devices import resolve_device
+from DiffDenoiseLib.runtime.inference import predict_slices
+from DiffDenoiseLib.runtime.progress import ProgressCallback
 
 from .datasets import DATASETS, NOISES
 from .peers import MethodOutput, TrueNoise, classical_peers

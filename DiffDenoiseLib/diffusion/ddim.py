@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from ..progress import CancelCheck, ProgressCallback, raise_if_cancelled, report
+from ..runtime.progress import CancelCheck, ProgressCallback, raise_if_cancelled, report
 from .schedules import NoiseSchedule
 
 # model(x_t, timesteps (N,)) -> the network's prediction for x_t (noise or clean image, see ``prediction``)

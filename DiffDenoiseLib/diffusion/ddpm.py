@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..progress import CancelCheck, ProgressCallback, raise_if_cancelled, report
+from ..runtime.progress import CancelCheck, ProgressCallback, raise_if_cancelled, report
 from .ddim import DenoisingModel, Prediction, StepCallback, split_prediction
 from .schedules import NoiseSchedule
 

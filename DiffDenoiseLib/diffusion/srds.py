@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..progress import CancelCheck, ProgressCallback
+from ..runtime.progress import CancelCheck, ProgressCallback
 from .ddim import DenoisingModel, Prediction, ddim_sample
 from .schedules import NoiseSchedule
 

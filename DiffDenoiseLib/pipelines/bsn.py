@@ -16,8 +16,8 @@ from torch import nn
 from ..context import stack_context
 from ..errors import InputError
 from ..models import LGBPN, BlindSpotDenoiser, LGBPNConfig, PUCAConfig
-from ..progress import CancelCheck, ProgressCallback
-from ..training import TrainConfig, TrainSummary, fit_patch_size, train
+from ..runtime.progress import CancelCheck, ProgressCallback
+from ..runtime.training import TrainConfig, TrainSummary, fit_patch_size, train
 
 
 @dataclass

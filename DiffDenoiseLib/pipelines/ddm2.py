@@ -28,8 +28,8 @@ from torch import nn
 from ..diffusion import NoiseSchedule, ddim_sample, ddpm_sample
 from ..errors import InputError
 from ..models import NAFNet, NAFNetConfig
-from ..progress import CancelCheck, ProgressCallback, report
-from ..training import TrainConfig, TrainSummary
+from ..runtime.progress import CancelCheck, ProgressCallback, report
+from ..runtime.training import TrainConfig, TrainSummary
 from .diffdenoise import conditioned_model, train_new_nafnet
 
 Sampler = Literal["full", "accelerated"]

@@ -17,16 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..context import context_channels, stack_context
-from ..devices import choose_precision
 from ..diffusion import PREDICTIONS, NoiseSchedule, prediction_target, srds_sample
 from ..diffusion.ddim import DenoisingModel, Prediction
 from ..errors import InputError
-from ..inference import TILE_SIZE, MemoryPlan, run_in_chunks, slices_per_call, tiled
 from ..models import NAFNet, NAFNetConfig
 from ..noise.model import NoiseModel
 from ..noise.normalisation import NoiseNormaliser
-from ..progress import CancelCheck, ProgressCallback
-from ..training import TrainConfig, TrainSummary, fit_patch_size, train
+from ..runtime.devices import choose_precision
+from ..runtime.inference import TILE_SIZE, MemoryPlan, run_in_chunks, slices_per_call, tiled
+from ..runtime.progress import CancelCheck, ProgressCallback
+from ..runtime.training import TrainConfig, TrainSummary, fit_patch_size, train
 
 # what the diffusion network generates (bundle metadata; older bundles lack the key: their diffusion networks
 # generated whole slices, and apply refuses them)
@@ -266,7 +266,7 @@ def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedu
 
     The start noise of slice i depends only on ``seed`` and i, so batching does not change the result. Large
     slices run in tiles, and out of memory the run goes on with fewer slices per call, smaller tiles, then
-    on the CPU, as in :func:`..inference.predict_slices`.
+    on the CPU, as in :func:`..runtime.inference.predict_slices`.
     """
     network.eval()
     plan = MemoryPlan.for_network(network, device, settings.batch_slices or slices_per_call(device, on_cpu=1))

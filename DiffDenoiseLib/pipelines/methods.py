@@ -23,13 +23,13 @@ from torch import nn
 from ..bundle_record import BsnRecord, DiffusionRecord, ScalarRecord
 from ..diffusion import NoiseSchedule
 from ..errors import InputError
-from ..inference import predict_slices, slices_per_call
 from ..noise.model import FAMILIES, NoiseModel, exact_floor, fit_noise_model, with_family
 from ..noise.normalisation import NoiseNormaliser
 from ..posterior import combine_with_noisy
 from ..preprocessing import IntensityScaling
-from ..progress import CancelCheck, ProgressCallback
-from ..training import training_record
+from ..runtime.inference import predict_slices, slices_per_call
+from ..runtime.progress import CancelCheck, ProgressCallback
+from ..runtime.training import training_record
 from ..wiener import blend, blend_weight, blend_with_filtering, wiener_filter
 from .bsn import train_bsn
 from .diffdenoise import (
@@ -82,7 +82,7 @@ class Run:
     def predict(self, network: nn.Module, images: np.ndarray, stage: str = "denoise",
                 leading: np.ndarray | None = None) -> np.ndarray:
         """``network`` over (N, 1, H, W) ``images`` seen with their neighbouring slices (``leading``: channels
-        in front of them, see :func:`..inference.predict_slices`)."""
+        in front of them, see :func:`..runtime.inference.predict_slices`)."""
         return predict_slices(network, images, self.device, slices_per_call(self.device), progress=self.progress,
                               cancel=self.cancel, stage=stage, context=self.half_width, leading=leading)
 

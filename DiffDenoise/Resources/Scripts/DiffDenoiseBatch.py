@@ -49,7 +49,7 @@ try:
     from DiffDenoiseLib.errors import InputError
     from DiffDenoiseLib.io import Volume, write_volume
     from DiffDenoiseLib.options import DenoiseOptions, add_arguments
-    from DiffDenoiseLib.progress import ProgressEvent, TqdmProgress
+    from DiffDenoiseLib.runtime.progress import ProgressEvent, TqdmProgress
     from DiffDenoiseLib.write_plan import WritePlan
 except ImportError as error:
     _fail(f"cannot import {error.name or error}: run this script with Slicer (Slicer --no-main-window "

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .context import stack_context
+from ..context import stack_context
+from ..errors import DiffDenoiseError
 from .devices import choose_precision
-from .errors import DiffDenoiseError
 from .progress import CancelCheck, ProgressCallback, raise_if_cancelled, report
 
 TILE_SIZE = 512  # slices larger than this on a side run in overlapping tiles of this size

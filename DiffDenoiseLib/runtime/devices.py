@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import InputError
-from .options import DEVICE_CHOICES
+from ..errors import InputError
+from ..options import DEVICE_CHOICES
 
 
 def resolve_device(name: str = "auto") -> torch.device:

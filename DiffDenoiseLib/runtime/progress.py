@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from .errors import Cancelled
+from ..errors import Cancelled
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import Cancelled, InputError
+from ..options import DenoiseOptions, DWIOptions
 from . import distributed
 from .devices import choose_precision, resolve_device
-from .errors import Cancelled, InputError
-from .options import DenoiseOptions, DWIOptions
 from .progress import CancelCheck, ProgressCallback, report
 
 LossFunction = Callable[[nn.Module, torch.Tensor], torch.Tensor]
