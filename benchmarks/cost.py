@@ -6,6 +6,9 @@ only; stage times for a preset's full budget are estimated as (measured seconds 
 The growth curve runs each point as a separate process, whose peak resident memory is measured.
 
     python -m benchmarks.cost point --preset quick --slices 4 --size 256 --steps 20   (one growth point, JSON)
+    python -m benchmarks.cost preset --preset full --slices 24 --size 256 --steps 100 --out DIR
+        (one preset's stages, timed over --steps and estimated for its whole budget: cost_<preset>.md and .json;
+        for a budget, the full preset's, that no session can run whole)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
@@ -26,6 +30,7 @@ from DiffDenoiseLib.presets import PRESETS
 
 from .datasets import DATASETS
 from .peers import bm3d_available, bm3d_slices, nlm_slices
+from .volume_ablation import machine
 
 # Starts a command and prints its stdout, then its peak RSS in KiB as the last line: Linux carries a process's
 # peak RSS across fork and exec, so a child of a large process would report at least its parent's size.
@@ -79,6 +84,19 @@ STAGES = (("BSN", "train_bsn_s", "bsn_inference_s"), ("diffusion + SRDS", "train
           ("distilled NAFNet", "train_nafnet_s", "nafnet_inference_s"))
 
 
+def stage_training(preset: str, timings: dict, steps: int) -> list[tuple[str, str, int, float, float]]:
+    """(preset, stage, the preset's training steps, seconds per step measured over ``steps``, estimated seconds
+    for the preset's steps) of each stage, from the ``timings`` of a run trained for ``steps`` steps per stage."""
+    settings = PRESETS[preset]
+    budgets = {"BSN": settings.bsn, "diffusion + SRDS": settings.diffusion, "distilled NAFNet": settings.distillation}
+    rows = []
+    for stage, train_key, _ in STAGES:
+        per_step = timings[train_key] / steps
+        budget = budgets[stage].training.steps
+        rows.append((preset, stage, budget, per_step, per_step * budget))
+    return rows
+
+
 def speed_and_training(presets: tuple[str, ...], steps: int, sizes: tuple[int, int],
                        slices: int = 1) -> tuple[list, list]:
     """Per-slice seconds at both ``sizes`` (px) of every method, and training seconds per step of every stage."""
@@ -87,13 +105,34 @@ def speed_and_training(presets: tuple[str, ...], steps: int, sizes: tuple[int, i
     training = []
     for preset in presets:
         timings = {size: pipeline_timings(preset, noisy_knee_slices(slices, size), steps) for size in sizes}
-        for stage, train_key, inference_key in STAGES:
+        for stage, _, inference_key in STAGES:
             speed.append((stage, f"{preset} preset", *(timings[size][inference_key] / slices for size in sizes)))
-            per_step = timings[sizes[0]][train_key] / steps
-            budget = {"BSN": PRESETS[preset].bsn, "diffusion + SRDS": PRESETS[preset].diffusion,
-                      "distilled NAFNet": PRESETS[preset].distillation}[stage].training.steps
-            training.append((preset, stage, budget, per_step, per_step * budget))
+        training += stage_training(preset, timings[sizes[0]], steps)
     return speed, training
+
+
+def preset_cost_page(preset: str, steps: int, slices: int, size: int) -> tuple[str, dict]:
+    """One preset's cost on ``slices`` noisy knee slices of ``size`` px, its stages trained for ``steps`` steps
+    each: a markdown page (per-step training seconds, the estimate for the preset's budget, inference seconds per
+    slice, where it ran) and the raw timings."""
+    timings = pipeline_timings(preset, noisy_knee_slices(slices, size), steps)
+    training = stage_training(preset, timings, steps)
+    inference = {stage: timings[key] / slices for stage, _, key in STAGES}
+    lines = [f"Preset {preset}: each stage trained for {steps} steps on {slices} noisy knee slices of {size} x {size} "
+             f"px (Gaussian 0.1), the first steps' warm-up included; the whole budget estimated as (seconds per "
+             f"step) x (its steps). {machine()}. `python -m benchmarks.cost preset --preset {preset} --slices "
+             f"{slices} --size {size} --steps {steps}`", "",
+             "| stage | preset's steps | s/step | estimated training s | inference s/slice |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {stage} | {budget} | {per_step:.4f} | {estimate:.0f} | {inference[stage]:.3f} |"
+              for _, stage, budget, per_step, estimate in training]
+    stages = sum(row[4] for row in training) + sum(inference.values()) * slices
+    rest = timings["total_s"] - sum(timings[key] for _, train_key, inference_key in STAGES
+                                    for key in (train_key, inference_key))
+    lines += ["", f"Estimated training and inference of the three stages on these {slices} slices: {stages:.0f} s "
+              f"({stages / 3600:.1f} h); the rest of this run (noise analysis, Wiener filtering, blend fits) took "
+              f"{rest:.0f} s."]
+    return "\n".join(lines) + "\n", timings
 
 
 def growth(preset: str, steps: int, base_slices: int, base_size: int) -> list:
@@ -140,7 +179,20 @@ def main() -> None:
     point.add_argument("--slices", type=int, required=True)
     point.add_argument("--size", type=int, required=True)
     point.add_argument("--steps", type=int, required=True)
+    whole = commands.add_parser("preset", help="one preset's stages timed and estimated for its whole budget")
+    whole.add_argument("--preset", default="full", choices=list(PRESETS))
+    whole.add_argument("--slices", type=int, default=24)
+    whole.add_argument("--size", type=int, default=256)
+    whole.add_argument("--steps", type=int, default=100)
+    whole.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "preset_cost")
     args = parser.parse_args()
+    if args.command == "preset":
+        page, timings = preset_cost_page(args.preset, args.steps, args.slices, args.size)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"cost_{args.preset}.md").write_text(page, encoding="utf-8")
+        (args.out / f"cost_{args.preset}.json").write_text(json.dumps(timings, indent=1), encoding="utf-8")
+        print(page)
+        return
     print(json.dumps(pipeline_timings(args.preset, noisy_knee_slices(args.slices, args.size), args.steps, outputs=())))
 
 

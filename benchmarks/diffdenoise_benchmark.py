@@ -41,7 +41,7 @@ from benchmarks.datasets import NOISES as NOISE_LEVELS
 from benchmarks.datasets import SHARED
 from benchmarks.peers import MethodOutput, classical_peers, method_label
 from benchmarks.scalar import CSV_FIELDS, DISTILLED, Score, noisy_case, our_methods, read_case, score, write_scores
-from benchmarks.volume_ablation import cpu_model
+from benchmarks.volume_ablation import machine
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.diffusion import ddim_sample
 from DiffDenoiseLib.noise.normalisation import NoiseNormaliser
@@ -177,7 +177,7 @@ def run_case(data: str, clean: np.ndarray, noise: str, preset: str, seed: int, a
              + (f"{blend:.2f}; " if blend is not None else "none (no blend); ") +
              f"training s: BSN {t['train_bsn_s']:.0f}, diffusion {t['train_diffusion_s']:.0f}, "
              f"NAFNet {t['train_nafnet_s']:.0f}; SRDS {t['srds_s']:.0f}; total {t['total_s']:.0f}; "
-             f"CPU: {cpu_model()}, {torch.get_num_threads()} threads"]
+             + machine()]
     if result.noise.kind == "correlated":
         puca = denoise(noisy, method="bsn", noise="iid", preset=PRESETS[preset], seed=seed,
                        checkpoint_dir=folder("puca"), progress=progress, spacing=spacing)

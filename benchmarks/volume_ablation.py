@@ -20,6 +20,7 @@ import platform
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.metrics import detail_psnr, psnr, ssim
@@ -43,6 +44,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """Where a run's networks ran, for its timings: the GPU (when one is there, ``device auto`` trains on it)
+    and the CPU with its threads, which run the rest."""
+    where = f"CPU: {cpu_model()}, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        where = f"GPU: {torch.cuda.get_device_name()} (torch {torch.__version__}); {where}"
+    return where
 
 
 def case_name(data: str, noise: str, seed: int, context: str) -> str:
