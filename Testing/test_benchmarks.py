@@ -262,14 +262,11 @@ def test_panel_figure_draws_the_four_images_and_the_overlay(tmp_path):
 
 
 def test_the_pages_show_the_committed_grid_as_the_benchmark_wrote_it():
-    """The README's results summary and docs/results.md are copies of the committed grid file, made by
+    """The README's results summary and GPU section and docs/results.md copy the committed grid files, made by
     ``python -m benchmarks.results_page``: no number there is typed by hand or left stale."""
     from benchmarks import results_page
 
-    grid = results_page.GRID.read_text(encoding="utf-8")
-    for page, name, body in ((results_page.SUMMARY_PAGE, results_page.SUMMARY, results_page.target_table(grid)),
-                             (results_page.FULL_PAGE, results_page.FULL,
-                              results_page.full_section(grid, results_page.FULL_PAGE))):
+    for page, name, body in results_page.sections():
         copy = page.read_text(encoding="utf-8").split(f"<!-- {name}:start -->\n")[1].split(f"\n<!-- {name}:end -->")[0]
         assert copy == body.strip(), f"{page} is stale: run python -m benchmarks.results_page"
 

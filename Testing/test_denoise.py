@@ -169,5 +169,6 @@ def test_demo_writes_its_files_and_report(tmp_path):
     from DiffDenoiseLib.demo import run_demo
 
     report = run_demo(tmp_path, steps=2, device="cpu")
-    assert "PSNR gain" in report and "BSN:" in report
-    assert {p.name for p in tmp_path.iterdir()} == {"noisy.nii.gz", "denoised.nii.gz", "demo.png"}
+    assert "PSNR gain" in report and "BSN:" in report and "ran on: CPU" in report
+    assert {p.name for p in tmp_path.iterdir()} == {"noisy.nii.gz", "denoised.nii.gz", "demo.png", "report.txt"}
+    assert (tmp_path / "report.txt").read_text(encoding="utf-8") == report + "\n"

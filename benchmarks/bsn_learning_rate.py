@@ -18,10 +18,11 @@ from pathlib import Path
 
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.presets import PRESETS
+from DiffDenoiseLib.runtime.devices import cpu_model
 
 from .datasets import DATASETS, NOISES
 from .scalar import noisy_case
-from .volume_ablation import cpu_model, scores, write_rows
+from .volume_ablation import scores, write_rows
 
 FIELDS = ("data", "noise", "seed", "steps", "learning_rate", "psnr_db", "ssim", "detail_psnr_db", "train_seconds")
 

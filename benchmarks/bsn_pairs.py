@@ -15,10 +15,11 @@ import numpy as np
 
 from DiffDenoiseLib.denoise import DenoiseResult
 from DiffDenoiseLib.presets import PRESETS, PipelineSettings
+from DiffDenoiseLib.runtime.devices import cpu_model
 
 from .datasets import DATASETS, NOISES
 from .scalar import noisy_case
-from .volume_ablation import cpu_model, read_rows, scores, write_rows
+from .volume_ablation import read_rows, scores, write_rows
 
 SCORED = ("psnr_db", "ssim", "detail_psnr_db", "seconds")
 

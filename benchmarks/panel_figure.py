@@ -18,8 +18,7 @@ import numpy as np
 
 from DiffDenoiseLib.data import SAMPLE_KNEE
 from DiffDenoiseLib.io import read_volume
-
-from .volume_ablation import cpu_model
+from DiffDenoiseLib.runtime.devices import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DiffDenoise"))  # the Slicer module (imported where used: it needs slicer-core)

@@ -24,10 +24,11 @@ import numpy as np
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.noise.analysis import robust_range
 from DiffDenoiseLib.presets import PRESETS, PipelineSettings
+from DiffDenoiseLib.runtime.devices import cpu_model
 
 from .datasets import DATASETS
 from .suites import QUICK_STEPS, describe, with_steps
-from .volume_ablation import cpu_model, read_rows, scores, write_rows
+from .volume_ablation import read_rows, scores, write_rows
 
 FIELDS = ("data", "noise", "seed", "method", "psnr_db", "ssim", "detail_psnr_db")
 

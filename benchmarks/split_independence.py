@@ -26,11 +26,11 @@ import numpy as np
 from DiffDenoiseLib.noise import rician
 from DiffDenoiseLib.noise.model import exact_floor, fit_noise_model, with_family
 from DiffDenoiseLib.preprocessing import IntensityScaling, to_slices
+from DiffDenoiseLib.runtime.devices import cpu_model
 
 from .datasets import NOISES as NOISE_LEVELS
 from .diffdenoise_benchmark import NOISES, benchmark_cases, clean_volume
 from .scalar import noisy_case
-from .volume_ablation import cpu_model
 
 FIELDS = ("data", "noise", "seed", "family", "gain_fitted_over_true", "copy_variance_ratio",
           "twin_variance_ratio", "correlation", "correlation_dark")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.metrics import detail_psnr, psnr, ssim
 from DiffDenoiseLib.presets import PRESETS, PipelineSettings
+from DiffDenoiseLib.runtime.devices import cpu_model
 
 from .datasets import DATASETS, NOISES
 from .scalar import noisy_case
@@ -33,17 +33,6 @@ from .suites import QUICK_STEPS, describe, with_steps
 FIELDS = ("data", "noise", "seed", "context", "chosen", "method", "psnr_db", "ssim", "detail_psnr_db",
           "total_seconds")
 STAGES = (("BSN", "bsn"), ("diffusion + SRDS", "srds"), ("DiffDenoise (distilled NAFNet)", None))
-
-
-def cpu_model() -> str:
-    """The CPU's model name (timings mean nothing without it)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> str:

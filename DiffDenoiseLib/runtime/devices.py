@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,28 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
         raise InputError(f"unknown device '{name}': use one of {', '.join(DEVICE_CHOICES)}")
     return torch.device(name)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (timings mean nothing without it)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_device(device: torch.device) -> str:
+    """Where the networks of a run on ``device`` ran, for its timings: the GPU's name, or the CPU's with its
+    threads."""
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
+    return f"CPU {cpu_model()}, {torch.get_num_threads()} threads"
 
 
 @functools.cache
