@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from dataclasses import asdict
@@ -32,16 +31,11 @@ from .datasets import DATASETS, SHARED
 from .peers import careamics_status, missing_peers
 from .scalar import case_stem, read_case, run_case, write_case, write_scores
 from .suites import SUITES, Suite, describe
+from .volume_ablation import machine
 
 RESULTS = Path(__file__).parent / "results"
 RESULTS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 PARTS = ("scalar", "dwi", "cost")
-
-
-def machine() -> str:
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{platform.machine()} {platform.processor() or ''}".strip() + f", {os.cpu_count()} CPU cores, "
-            f"{torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}")
 
 
 def run_scalar(suite: Suite, out: Path, seed: int, notes: list[str]) -> None:
@@ -86,7 +80,8 @@ def render(suite: Suite, out: Path, seed: int, notes: list[str], timings: dict[s
     link = os.path.relpath(out, page.resolve().parent)
     scores = [s for data, noise in suite.cases if (path := out / "cases" / f"{case_stem(data, noise)}.csv").exists()
               for s in read_case(path)]
-    parts = [f"`python -m benchmarks run --suite {suite.name}` on {time.strftime('%Y-%m-%d')}, {machine()}; "
+    parts = [f"`python -m benchmarks run --suite {suite.name}` on {time.strftime('%Y-%m-%d')}, {machine()}, "
+             f"torch {torch.__version__}; "
              f"wall time {sum(timings.values()) / 60:.1f} min ("
              + ", ".join(f"{part} {seconds / 60:.1f}" for part, seconds in timings.items())
              + f"). Our pipeline: {describe(suite.settings)}; seed {seed}. Peers tuned against the clean image (an "

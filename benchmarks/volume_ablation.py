@@ -24,7 +24,7 @@ import torch
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.metrics import detail_psnr, psnr, ssim
 from DiffDenoiseLib.presets import PRESETS, PipelineSettings
-from DiffDenoiseLib.runtime.devices import cpu_model
+from DiffDenoiseLib.runtime.devices import cpu_model, describe_device
 
 from .datasets import DATASETS, NOISES
 from .scalar import noisy_case
@@ -36,12 +36,10 @@ STAGES = (("BSN", "bsn"), ("diffusion + SRDS", "srds"), ("DiffDenoise (distilled
 
 
 def machine() -> str:
-    """Where a run's networks ran, for its timings: the GPU (when one is there, ``device auto`` trains on it)
-    and the CPU with its threads, which run the rest."""
-    where = f"CPU: {cpu_model()}, {torch.get_num_threads()} threads"
-    if torch.cuda.is_available():
-        where = f"GPU: {torch.cuda.get_device_name()} (torch {torch.__version__}); {where}"
-    return where
+    """Where a run's networks ran, for its timings: the GPU when there is one (``device auto`` trains on it) and
+    the CPU with its threads, which runs the rest."""
+    cpu = describe_device(torch.device("cpu"))
+    return f"{describe_device(torch.device('cuda'))}; {cpu}" if torch.cuda.is_available() else cpu
 
 
 def case_name(data: str, noise: str, seed: int, context: str) -> str:
