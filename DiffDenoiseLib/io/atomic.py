@@ -1,0 +1,86 @@
+"""Atomic writes: outputs are made under a temporary name beside the target and moved into place only when
+complete, so a failed or cancelled run never leaves a partial output and never replaces what it may not."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import InputError
+from .dicom import is_replaceable_series
+
+
+@contextlib.contextmanager
+def atomic_target(path: Path, overwrite: bool = False, replaceable: frozenset[str] = frozenset()) -> Iterator[Path]:
+    """Yield a path inside a hidden temporary folder next to ``path``; move the results into place on success.
+
+    Nothing that exists is replaced unless ``overwrite`` is set (or its name is in ``replaceable``), and even
+    then a folder only when it holds nothing but a DICOM series DiffDenoise wrote (:func:`is_replaceable_series`).
+    Multi-file outputs (NHDR/MHD header + data, PNG + JSON sidecar) move data first and the header last.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        yield staging / path.name
+        produced = sorted(staging.iterdir(), key=lambda p: p.name == path.name)
+        for item in produced:  # every check first: a refusal leaves nothing half-moved
+            _check_replaceable(path.parent / item.name, item.is_dir(), overwrite or item.name in replaceable)
+        with _signals_held():  # Ctrl-C or SIGTERM between two moves would leave an image without its sidecar
+            for item in produced:
+                destination = path.parent / item.name
+                if item.is_dir() and destination.is_dir():  # an old series: moved aside, deleted with the staging
+                    os.replace(destination, staging / ".replaced")
+                move_into_place(item, destination, overwrite or item.is_dir() or item.name in replaceable)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def move_into_place(source: Path, destination: Path, overwrite: bool) -> None:
+    """Rename a finished file to its final name. Without ``overwrite`` the move cannot replace a file that
+    another run put there meanwhile: a hard link is created (atomic, fails if the name exists), then the
+    temporary name is removed; where the disk has no hard links, a check before the rename."""
+    if overwrite:
+        os.replace(source, destination)
+        return
+    try:
+        os.link(source, destination)
+    except FileExistsError:
+        raise InputError(f"{destination} appeared while this run worked (another run writing the same path?): "
+                         "it was left as it is; choose a new output name") from None
+    except OSError:  # no hard links on this file system (FAT, some network shares)
+        if os.path.lexists(destination):
+            raise InputError(f"{destination} appeared while this run worked: it was left as it is") from None
+        os.replace(source, destination)
+        return
+    source.unlink()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (delivered on exit) for a few renames; a no-op off the main thread or POSIX."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _check_replaceable(destination: Path, is_series: bool, overwrite: bool) -> None:
+    if not os.path.lexists(destination) or (is_series and destination.is_dir() and not any(destination.iterdir())):
+        return  # nothing there, or an empty folder: nothing to lose
+    if not overwrite:
+        raise InputError(f"{destination} already exists (it appeared while this run worked): nothing was "
+                         "replaced; choose a new output name, or pass --overwrite")
+    if destination.is_dir() != is_series or (is_series and not is_replaceable_series(destination)):
+        raise InputError(f"{destination} exists and is not a {'DICOM series folder' if is_series else 'file'}: "
+                         "it was left as it is; choose a new output name")
