@@ -6,14 +6,15 @@ import pytest
 import torch
 from helpers import output_change
 
-from DiffDenoiseLib.models import BlindSpotDenoiser, PUCAConfig, build_network
+from DiffDenoiseLib.models import PUCA, PUCAConfig, build_network
+from DiffDenoiseLib.models.blind_spot import pd_down, pd_up
 from DiffDenoiseLib.models.blocks import dihedral_average
-from DiffDenoiseLib.models.bsn import patch_shuffle, patch_unshuffle, pd_down, pd_up
+from DiffDenoiseLib.models.puca import patch_shuffle, patch_unshuffle
 
 
-def _random_network(config: PUCAConfig) -> BlindSpotDenoiser:
+def _random_network(config: PUCAConfig) -> PUCA:
     torch.manual_seed(0)
-    network = BlindSpotDenoiser(config).eval()
+    network = PUCA(config).eval()
     for name, parameter in network.named_parameters():
         if name.endswith(("beta", "gamma")):  # zero at init: randomise so every block really contributes
             parameter.data.normal_()
@@ -39,7 +40,7 @@ def test_a_network_without_mask_would_fail_the_blind_spot_check():
 
 @pytest.mark.parametrize("shape", [(16, 16), (17, 45), (64, 33)])
 def test_any_size_comes_back_the_same_size(shape):
-    network = BlindSpotDenoiser(PUCAConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,)))
+    network = PUCA(PUCAConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,)))
     network.train()
     assert network(torch.randn(2, 1, *shape)).shape == (2, 1, *shape)
 

@@ -20,7 +20,7 @@ from DiffDenoiseLib.context import (
 )
 from DiffDenoiseLib.denoise import apply_bundle, denoise
 from DiffDenoiseLib.errors import BundleError, InputError
-from DiffDenoiseLib.models import LGBPN, BlindSpotDenoiser, LGBPNConfig, PUCAConfig
+from DiffDenoiseLib.models import LGBPN, PUCA, LGBPNConfig, PUCAConfig
 from DiffDenoiseLib.noise.analysis import robust_range, slice_correlation
 from DiffDenoiseLib.noise.simulate import add_noise
 
@@ -62,7 +62,7 @@ def test_3d_receptive_field(architecture, blind, self_ensemble):
     """The output never sees its own voxel; it sees the neighbours' voxel at the same position unless their
     blind spot is masked (noise shared between slices); the same with the flips and turns averaged."""
     if architecture == "puca":
-        network = BlindSpotDenoiser(PUCAConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,),
+        network = PUCA(PUCAConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,),
                                                context_slices=2, blind_context=blind, self_ensemble=self_ensemble))
     else:
         network = LGBPN(LGBPNConfig(width=8, local_blocks=1, global_blocks=1, context_slices=2, blind_context=blind,

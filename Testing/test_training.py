@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from DiffDenoiseLib.errors import Cancelled, InputError
-from DiffDenoiseLib.models import LGBPN, BlindSpotDenoiser, LGBPNConfig, NAFNet, NAFNetConfig, PUCAConfig
+from DiffDenoiseLib.models import LGBPN, PUCA, LGBPNConfig, NAFNet, NAFNetConfig, PUCAConfig
 from DiffDenoiseLib.pipelines.bsn import blind_spot_loss
 from DiffDenoiseLib.runtime.devices import choose_precision, cpu_has_amx_bf16, has_dilated_depthwise_conv
 from DiffDenoiseLib.runtime.training import TrainConfig, train
@@ -17,9 +17,9 @@ def _slices() -> np.ndarray:
     return np.random.default_rng(0).random((3, 1, 40, 40)).astype(np.float32)
 
 
-def _model() -> BlindSpotDenoiser:
+def _model() -> PUCA:
     torch.manual_seed(0)
-    return BlindSpotDenoiser(CONFIG)
+    return PUCA(CONFIG)
 
 
 def _weights(model):

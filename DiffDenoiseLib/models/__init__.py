@@ -6,13 +6,14 @@ from dataclasses import fields
 
 from torch import nn
 
-from .bsn import BlindSpotDenoiser, PUCAConfig
+from .blind_spot import BlindSpotNetwork
 from .lgbpn import LGBPN, LGBPNConfig
 from .nafnet import NAFNet, NAFNetConfig
+from .puca import PUCA, PUCAConfig
 
 # architecture name -> (network class, config class); bundles store the name and the config fields.
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
-    BlindSpotDenoiser.architecture: (BlindSpotDenoiser, PUCAConfig),
+    PUCA.architecture: (PUCA, PUCAConfig),
     LGBPN.architecture: (LGBPN, LGBPNConfig),
     NAFNet.architecture: (NAFNet, NAFNetConfig),
 }
@@ -53,5 +54,5 @@ def _check_config_values(config_class: type, config: dict) -> None:
             raise ValueError(f"{spec.name} = {value!r} is not a valid value (default {default!r})")
 
 
-__all__ = ["ARCHITECTURES", "BlindSpotDenoiser", "LGBPN", "LGBPNConfig", "NAFNet", "NAFNetConfig", "PUCAConfig",
+__all__ = ["ARCHITECTURES", "BlindSpotNetwork", "LGBPN", "LGBPNConfig", "NAFNet", "NAFNetConfig", "PUCA", "PUCAConfig",
            "build_network"]

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blind_spot import BlindSpotNetwork, ContextChannels
 from .blocks import GatedBlock, LayerNorm2d, SimpleGate, check_self_ensemble
-from .bsn import BlindSpotDenoiser, PUCAConfig
 
 
 class DiamondMaskedConv2d(nn.Conv2d):
@@ -98,7 +98,7 @@ class LatticeAttention(nn.Module):
 
 
 @dataclass
-class LGBPNConfig:
+class LGBPNConfig(ContextChannels):
     """Architecture of :class:`LGBPN` (stored in model bundles).
 
     Args:
@@ -134,9 +134,6 @@ class LGBPNConfig:
         if self.radius < 1:
             raise ValueError("the blind patch radius must be at least 1")
         check_self_ensemble(self.self_ensemble)
-
-    input_channels = PUCAConfig.input_channels
-    blind_channels = PUCAConfig.blind_channels
 
     @property
     def global_step(self) -> int:
@@ -176,7 +173,7 @@ class LGBPNNet(nn.Module):
         return self.fuse(torch.cat([local, global_], dim=1))
 
 
-class LGBPN(BlindSpotDenoiser):
+class LGBPN(BlindSpotNetwork):
     """LG-BPN blind-patch denoiser with PD, zero padding and optional R3 (see the module docstring)."""
 
     architecture = "lgbpn"

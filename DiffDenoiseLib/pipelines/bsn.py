@@ -15,7 +15,7 @@ from torch import nn
 
 from ..context import stack_context
 from ..errors import InputError
-from ..models import LGBPN, BlindSpotDenoiser, LGBPNConfig, PUCAConfig
+from ..models import LGBPN, PUCA, BlindSpotNetwork, LGBPNConfig, PUCAConfig
 from ..runtime.progress import CancelCheck, ProgressCallback
 from ..runtime.training import TrainConfig, TrainSummary, fit_patch_size, train
 
@@ -69,9 +69,9 @@ def for_noise(settings: BsnSettings, noise_kind: str) -> BsnSettings:
     return replace(settings, network=lgbpn)
 
 
-def build_bsn(config: PUCAConfig | LGBPNConfig) -> BlindSpotDenoiser:
+def build_bsn(config: PUCAConfig | LGBPNConfig) -> BlindSpotNetwork:
     """The blind-spot network of a config: :class:`LGBPN` for an LG-BPN config, PUCA otherwise."""
-    return LGBPN(config) if isinstance(config, LGBPNConfig) else BlindSpotDenoiser(config)
+    return LGBPN(config) if isinstance(config, LGBPNConfig) else PUCA(config)
 
 
 def blind_spot_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -82,7 +82,7 @@ def blind_spot_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 
 def train_bsn(slices: np.ndarray, settings: BsnSettings, progress: ProgressCallback | None = None,
-              cancel: CancelCheck | None = None) -> tuple[BlindSpotDenoiser, TrainSummary]:
+              cancel: CancelCheck | None = None) -> tuple[BlindSpotNetwork, TrainSummary]:
     """Train a blind-spot network on normalised (N, 1, H, W) noisy slices (with the neighbouring slices its
     config reads, :mod:`..context`)."""
     torch.manual_seed(settings.training.seed)

@@ -1,4 +1,4 @@
-"""PUCA-style blind-spot network for single-channel images.
+"""PUCA: a blind-spot network for images with pixel-independent noise.
 
 A blind-spot network predicts each pixel from its neighbours only, so training it to reproduce the noisy
 input learns a denoiser for pixel-independent noise (Noise2Void idea). Here the blind spot is built in:
@@ -16,12 +16,13 @@ on copies where 16% of pixels are replaced by the noisy input, and averages.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .blocks import GatedBlock, check_self_ensemble, dihedral_average, pad_to_multiple
+from .blind_spot import BlindSpotNetwork, ContextChannels
+from .blocks import GatedBlock, check_self_ensemble
 
 PATCH = 2  # patch-unshuffle groups 2x2 patches, matching the dilation of the blocks
 
@@ -59,28 +60,9 @@ def patch_shuffle(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 1, 4, 2, 5, 6, 3, 7).reshape(n, c, h * 2, w * 2)
 
 
-def pd_down(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Pixel-shuffle downsampling: (N, C, H, W) -> (N*f*f, C, H/f, W/f), sub-images stacked in the batch."""
-    if factor == 1:
-        return x
-    n, c, h, w = x.shape
-    x = x.view(n, c, h // factor, factor, w // factor, factor).permute(0, 3, 5, 1, 2, 4)
-    return x.reshape(n * factor * factor, c, h // factor, w // factor)
-
-
-def pd_up(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Inverse of :func:`pd_down`."""
-    if factor == 1:
-        return x
-    nf, c, h, w = x.shape
-    n = nf // (factor * factor)
-    x = x.view(n, factor, factor, c, h, w).permute(0, 3, 4, 1, 5, 2)
-    return x.reshape(n, c, h * factor, w * factor)
-
-
 @dataclass
-class PUCAConfig:
-    """Architecture of :class:`PUCANet` / :class:`BlindSpotDenoiser` (stored in model bundles)."""
+class PUCAConfig(ContextChannels):
+    """Architecture of :class:`PUCA` (stored in model bundles)."""
 
     width: int = 32
     encoder_blocks: tuple[int, ...] = (2, 2)
@@ -108,16 +90,6 @@ class PUCAConfig:
     def min_size(self) -> int:
         """Smallest image height/width the network accepts (reflect padding must be smaller than the image)."""
         return 2 ** (len(self.encoder_blocks) + 1) * max(self.pd_train, self.pd_infer)
-
-    @property
-    def input_channels(self) -> int:
-        """Channels the network reads: the image's, then those of each neighbouring slice."""
-        return self.in_channels * (1 + 2 * self.context_slices)
-
-    @property
-    def blind_channels(self) -> int:
-        """Leading input channels whose blind spot is masked: the slice's own, or all of them."""
-        return self.input_channels if self.blind_context else self.in_channels
 
 
 class PUCANet(nn.Module):
@@ -154,66 +126,15 @@ class PUCANet(nn.Module):
         return self.tail(x)
 
 
-class BlindSpotDenoiser(nn.Module):
-    """A blind-spot network with pixel-shuffle downsampling, padding for any input size and R3 refinement.
-
-    Takes (N, C, H, W) images (C: :attr:`PUCAConfig.input_channels`, the slice and its neighbours) of any size
-    at least :attr:`min_size` on each side and returns the denoised slice, (N, 1, H, W). Uses
-    ``pd_train`` in training mode and ``pd_infer`` (plus R3 when configured) in eval mode, averaged over
-    ``self_ensemble`` flips and turns of the input (each of them blind at every pixel). This class runs a
-    :class:`PUCANet`; subclasses set another ``net`` (whose sub-image padding is ``inner_padding``).
-    """
+class PUCA(BlindSpotNetwork):
+    """The PUCA blind-spot network (:class:`PUCANet` on each pixel-shuffled sub-image; see the module docstring)."""
 
     architecture = "puca"
-    pd_padding = "circular"
-    inner_padding = "reflect"
+    pd_padding = "circular"  # each copy of a pixel lands in another sub-image, which is processed apart
+    inner_padding = "reflect"  # inside a sub-image, copies sit at even offsets, which PUCANet never sees
 
     def __init__(self, config: PUCAConfig | None = None) -> None:
-        super().__init__()
-        self.config = config or PUCAConfig()
-        self.net = self._build(self.config)
+        super().__init__(config or PUCAConfig())
 
     def _build(self, config: PUCAConfig) -> nn.Module:
         return PUCANet(config)
-
-    @property
-    def min_size(self) -> int:
-        return self.config.min_size
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
-
-    def blind_spot_forward(self, x: torch.Tensor, pd: int) -> torch.Tensor:
-        """Run the network with pixel-shuffle factor ``pd``; the output never depends on the same input pixel."""
-        # PUCA: circular padding for PD puts each copy of a pixel in another sub-image, which the network
-        # processes separately; inside a sub-image, reflection keeps copies at even (unseen) offsets.
-        x, (height, width) = pad_to_multiple(x, pd, mode=self.pd_padding)
-        sub_images, (sub_height, sub_width) = pad_to_multiple(pd_down(x, pd), self.net.multiple,
-                                                              self.inner_padding)
-        out = self.net(sub_images)[..., :sub_height, :sub_width]
-        return pd_up(out, pd)[..., :height, :width]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.blind_spot_forward(x, self.config.pd_train)
-        return dihedral_average(self._infer, x, self.config.self_ensemble)
-
-    def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.blind_spot_forward(x, self.config.pd_infer)
-        if self.config.r3_passes:
-            out = self.refine_r3(x, out)
-        return out
-
-    def refine_r3(self, noisy: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
-        """R3: average passes without PD over copies where a random fraction of pixels is the noisy input.
-
-        The random masks come from a generator seeded from the input size, so inference stays deterministic.
-        """
-        generator = torch.Generator(device="cpu").manual_seed(noisy.shape[-1] * 7919 + noisy.shape[-2])
-        total = torch.zeros_like(estimate)
-        own, neighbours = noisy[:, :estimate.shape[1]], noisy[:, estimate.shape[1]:]
-        for _ in range(self.config.r3_passes):
-            keep_noisy = torch.rand(own.shape, generator=generator).to(noisy.device) < self.config.r3_probability
-            mixed = torch.cat([torch.where(keep_noisy, own, estimate), neighbours], dim=1)
-            total += self.blind_spot_forward(mixed, 1)
-        return total / self.config.r3_passes
