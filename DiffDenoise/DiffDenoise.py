@@ -18,68 +18,21 @@ import tempfile
 import typing
 import unittest
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
 import slicer
 import vtk
-
-try:  # the Slicer application; absent under slicer-core (headless MRML), where only the logic is used
-    from slicer.ScriptedLoadableModule import (
-        ScriptedLoadableModule,
-        ScriptedLoadableModuleLogic,
-        ScriptedLoadableModuleTest,
-        ScriptedLoadableModuleWidget,
-    )
-except ImportError:
-
-    class _OutsideSlicerApp:
-        """Stand-in base class under slicer-core, where only the logic runs (tests, plain-Python batch)."""
-
-        def __init__(self, *args, **kwargs):
-            pass
-
-    class _SelfTestOutsideSlicerApp(unittest.TestCase):
-        """Stand-in under slicer-core: the self-test runs as a plain unittest case on a real MRML scene."""
-
-        def delayDisplay(self, message, msec=None):
-            logging.info(message)
-
-    ScriptedLoadableModule = ScriptedLoadableModuleWidget = ScriptedLoadableModuleLogic = _OutsideSlicerApp
-    ScriptedLoadableModuleTest = _SelfTestOutsideSlicerApp
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
-try:  # typed parameters bound to the panel's widgets and saved with the scene (Slicer >= 5.4)
-    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-except ImportError:  # slicer-core: no GUI binding; the declaration below still lists each parameter's choices
-
-    @dataclass(frozen=True)
-    class Choice:
-        choices: tuple
-
-    @dataclass(frozen=True)
-    class WithinRange:
-        minimum: int
-        maximum: int
-
-    parameterNodeWrapper = None
-
 _MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
-REQUIREMENTS = os.path.join(_MODULE_DIR, "Resources", "requirements.txt")
-# The library needs Python 3.11 (pyproject.toml's requires-python): Slicer 5.10 and later ship 3.12, Slicer 5.8
-# ships 3.9, where the library cannot even be imported.
-SUPPORTED_SLICER = "3D Slicer 5.10 or newer"
-MINIMUM_PYTHON = (3, 11)
-
-
-def unsupportedPython(version: tuple[int, ...] = tuple(sys.version_info)) -> str | None:
-    """The message shown in the panel when this Slicer's Python is older than the library needs, else None."""
-    if tuple(version[:2]) >= MINIMUM_PYTHON:
-        return None
-    return (f"DiffDenoise needs {SUPPORTED_SLICER} (Python {'.'.join(map(str, MINIMUM_PYTHON))} or newer); this "
-            f"Slicer runs Python {version[0]}.{version[1]}. Install the current Slicer from "
-            "https://download.slicer.org and DiffDenoise from its Extensions Manager.")
 
 
 def _addLibraryToPath() -> None:
@@ -121,6 +74,10 @@ from DiffDenoiseNodes import (  # noqa: E402  (beside this file: MRML nodes <-> 
     writeScalar,
     writeSeries,
 )
+from DiffDenoiseRequirements import (  # noqa: E402  (beside this file: Python version and packages needed)
+    missingRequirements,
+    unsupportedPython,
+)
 
 # torch-free and importable on any Python 3, so the panel loads and can say what is missing
 from DiffDenoiseLib.options import METHODS, DenoiseOptions, DWIOptions, panel_parameters, specs  # noqa: E402
@@ -132,29 +89,6 @@ def _temporaryFolder() -> str | None:
     """Slicer's configured temporary folder (Application settings), or None for the system's."""
     app = getattr(slicer, "app", None)
     return app.temporaryPath if app is not None else None
-
-
-def missingRequirements(path: str = REQUIREMENTS) -> list[str]:
-    """The lines of ``requirements.txt`` that this Python does not satisfy (absent, or outside the range)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from packaging.requirements import Requirement
-
-    missing = []
-    with open(path) as handle:
-        for line in handle:
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            requirement = Requirement(line)
-            try:
-                installed = version(requirement.name)
-            except PackageNotFoundError:
-                missing.append(line)
-                continue
-            if not requirement.specifier.contains(installed, prereleases=True):
-                missing.append(line)
-    return missing
 
 
 #
@@ -226,8 +160,7 @@ class DiffDenoiseParameterNode:
     showUncertainty: bool = True  # the uncertainty map as an overlay on the result
 
 
-if parameterNodeWrapper is not None:
-    DiffDenoiseParameterNode = parameterNodeWrapper(DiffDenoiseParameterNode)
+DiffDenoiseParameterNode = parameterNodeWrapper(DiffDenoiseParameterNode)
 
 
 def runOptions(parameters, applyModelPath: str = "", saveModelPath: str = "", checkpointDir: str = "") -> dict:
@@ -829,7 +762,7 @@ class DiffDenoiseTest(ScriptedLoadableModuleTest):
     """The scripting API and the panel's ways in Slicer: a scalar volume denoised in process and in the
     background, a DWI's trained bundle applied in the background, and a cancelled run. Skipped where
     DiffDenoise cannot run yet (its Python packages not installed, as on the extension build machines, or a
-    Slicer older than :data:`SUPPORTED_SLICER`)."""
+    Slicer older than :data:`DiffDenoiseRequirements.SUPPORTED_SLICER`)."""
 
     # the presets the in-process runs train with (a test outside Slicer passes tiny settings objects instead)
     scalarPreset = "quick"

@@ -153,10 +153,7 @@ def _numpy_spacing(volume: Volume) -> tuple[float, ...]:
 
 
 def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
-    from .denoise import denoise
     from .io import read_volume
-    from .provenance import Provenance
-    from .runtime import distributed
     from .write_plan import WritePlan
 
     options = DenoiseOptions.from_namespace(args)  # values allowed alone may not be together
@@ -166,20 +163,32 @@ def cmd_denoise(args: argparse.Namespace, progress: Progress) -> Written:
     _plan_images(plan, args.output, args, volume)
     model_path = _plan_training(plan, args)
     plan.check()
+    _denoise_volume(volume, options, args.output, args, progress, model_path, args.checkpoint_dir)
+    return args.written
+
+
+def _denoise_volume(volume: Volume, options: DenoiseOptions, output: Path, args: argparse.Namespace,
+                    progress: Progress, model_path: Path | None = None, checkpoint_dir: Path | None = None,
+                    prefix: str = "") -> None:
+    """Train on one image and write its result (and extras, and the bundle to ``model_path``) to ``output``;
+    under torchrun every process trains and the main one writes."""
+    from .denoise import denoise
+    from .provenance import Provenance
+    from .runtime import distributed
+
     result = denoise(volume.array, options, slice_axis=_slice_axis(volume, args.slice_axis),
-                     spacing=_numpy_spacing(volume), checkpoint_dir=args.checkpoint_dir, progress=progress)
+                     spacing=_numpy_spacing(volume), checkpoint_dir=checkpoint_dir, progress=progress)
     progress.close()
-    if not distributed.is_main():  # under torchrun every process trains; one writes
-        return {}
+    if not distributed.is_main():
+        return
     _check_finite({"denoised": result.denoised, **result.extras})
     unsaved = _save_model(model_path, result.bundle, args, args.written)
-    _write_outputs(volume, result, args.output, args, Provenance.of(result.bundle, True), args.written)
+    _write_outputs(volume, result, output, args, Provenance.of(result.bundle, True), args.written, prefix)
     print(result.summary())
     noise = result.noise
     print(f"noise: {noise.kind} (sigma ~ {noise.sigma:.4g}, {100 * noise.relative_sigma:.1f}% of range); "
-          f"wrote {args.output} in {result.timings['total_s']:.0f} s")
+          f"wrote {output} in {result.timings['total_s']:.0f} s")
     _report_unsaved(unsaved, args)
-    return args.written
 
 
 def _apply_to_volume(bundle: ModelBundle, volume: Volume, output: Path, args: argparse.Namespace,
@@ -256,12 +265,50 @@ def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
 
 
 def cmd_cohort(args: argparse.Namespace, progress: Progress) -> Written:
-    """Apply one bundle to many images; under torchrun each process takes every world-size-th image.
+    """Denoise many images: each trained on itself, or with ``--model`` one saved bundle applied to all.
 
-    Every output path is checked before the first image is read; an image that fails is reported and
-    skipped, and the run ends with a summary (exit 1 when any failed)."""
+    Under torchrun, every process trains each image together (DistributedDataParallel), or with a bundle each
+    process takes every world-size-th image. Every output path is checked before the first image is read; an
+    image that fails is reported and skipped, and the run ends with a summary (exit 1 when any failed)."""
     from .bundle import load_bundle
     from .io import check_output_format, read_volume
+    from .runtime import distributed
+
+    options = None if args.model else DenoiseOptions.from_namespace(args)
+    if options is not None and args.slice_axis == "bundle":
+        raise InputError("--slice-axis bundle needs --model (the axis a saved bundle was trained along); to train "
+                         "on each image, use auto or 0, 1, 2")
+    _plan_cohort(args)
+    bundle = load_bundle(args.model) if args.model else None
+    mine = distributed.shard(args.jobs) if bundle is not None else args.jobs
+    failed: list[str] = []
+    for number, (path, output) in enumerate(mine, start=1):
+        try:
+            volume = read_volume(path)
+            for _, image_path, dtype in _image_outputs(output, args, volume):
+                check_output_format(image_path, volume.array.shape, dtype, volume.geometry)
+            if bundle is not None:
+                _apply_to_volume(bundle, volume, output, args, progress, prefix=f"{path}:")
+            else:
+                _denoise_volume(volume, options, output, args, progress, prefix=f"{path}:")
+        except (DiffDenoiseError, OSError) as error:
+            progress.close()
+            failed.append(str(path))
+            print(f"[{number}/{len(mine)}] {path}: FAILED: {_describe_error(error)}", file=sys.stderr)
+            continue
+        if bundle is not None or distributed.is_main():
+            print(f"[process {distributed.rank()}] [{number}/{len(mine)}] {path} -> {output}")
+    print(f"cohort: {len(mine) - len(failed)} of {len(mine)} images written to {args.out}"
+          + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        raise DiffDenoiseError(f"{len(failed)} of {len(mine)} images failed ({', '.join(failed)}); the other "
+                               f"{len(mine) - len(failed)} were written")
+    return args.written
+
+
+def _plan_cohort(args: argparse.Namespace) -> None:
+    """Check every input and every output path of a cohort before any image is read (``args.jobs``: the
+    (input, output) pairs); in every process, so that none writes while another is still checking."""
     from .runtime import distributed
     from .write_plan import WritePlan
 
@@ -270,9 +317,10 @@ def cmd_cohort(args: argparse.Namespace, progress: Progress) -> Written:
         raise InputError(f"{len(missing)} of {len(args.inputs)} inputs not found: {', '.join(missing)} (check the "
                          "paths; nothing was processed)")
     plan = WritePlan(args.overwrite)
-    plan.read(args.model, "model bundle")
-    jobs = [(path, args.out / path.name) for path in args.inputs]
-    for path, output in jobs:
+    if args.model:
+        plan.read(args.model, "model bundle")
+    args.jobs = [(path, args.out / path.name) for path in args.inputs]
+    for path, output in args.jobs:
         plan.read(path)
         _plan_images(plan, output, args, None, source=path)
     # Every process checks every path before any writes: one that finished its check early and wrote its first
@@ -285,27 +333,6 @@ def cmd_cohort(args: argparse.Namespace, progress: Progress) -> Written:
     problems = [message for message in distributed.gather(problem) if message]
     if problems:
         raise InputError(str(problems[0]))
-    bundle = load_bundle(args.model)
-    mine = distributed.shard(jobs)
-    failed: list[str] = []
-    for number, (path, output) in enumerate(mine, start=1):
-        try:
-            volume = read_volume(path)
-            for _, image_path, dtype in _image_outputs(output, args, volume):
-                check_output_format(image_path, volume.array.shape, dtype, volume.geometry)
-            _apply_to_volume(bundle, volume, output, args, progress, prefix=f"{path}:")
-        except (DiffDenoiseError, OSError) as error:
-            progress.close()
-            failed.append(str(path))
-            print(f"[{number}/{len(mine)}] {path}: FAILED: {_describe_error(error)}", file=sys.stderr)
-            continue
-        print(f"[process {distributed.rank()}] [{number}/{len(mine)}] {path} -> {output}")
-    print(f"cohort: {len(mine) - len(failed)} of {len(mine)} images written to {args.out}"
-          + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
-    if failed:
-        raise DiffDenoiseError(f"{len(failed)} of {len(mine)} images failed ({', '.join(failed)}); the other "
-                               f"{len(mine) - len(failed)} were written")
-    return args.written
 
 
 def cmd_info(args: argparse.Namespace, progress: Progress) -> Written:
@@ -419,11 +446,13 @@ def _add_scalar_commands(commands: argparse._SubParsersAction) -> None:
     _add_file_arguments(apply, ("auto", "0", "1", "2", "bundle"))
     apply.set_defaults(run=cmd_apply)
 
-    cohort = commands.add_parser("cohort", help="apply a saved bundle to many images (shared out by torchrun)")
-    cohort.add_argument("--model", type=Path, required=True, help="bundle saved with denoise --save-model")
+    cohort = commands.add_parser("cohort", help="denoise many images, each trained on itself or with --model one "
+                                 "saved bundle (shared out by torchrun)")
+    cohort.add_argument("--model", type=Path, help="apply this bundle (saved with denoise --save-model) to every "
+                        "image instead of training on each; then only --device and --extra of the options are used")
     cohort.add_argument("--out", type=Path, required=True, help="output folder (same file names as the inputs)")
     cohort.add_argument("inputs", type=Path, nargs="+", help="image files or DICOM folders")
-    add_arguments(cohort, DenoiseOptions, only=("device", "outputs"))
+    add_arguments(cohort, DenoiseOptions)
     _add_file_arguments(cohort, ("auto", "0", "1", "2", "bundle"))
     cohort.set_defaults(run=cmd_cohort)
 

@@ -1,6 +1,6 @@
 """The main job, as one call: denoise a 2D image or 3D volume, learning from the image itself.
 
-This is the function the CLI, the Slicer logic and the batch script all call::
+This is the function the CLI (and the batch script, which runs it) and the Slicer logic call::
 
     from DiffDenoiseLib.denoise import denoise
     result = denoise(volume_array, preset="quick")     # full DiffDenoise: BSN -> diffusion -> SRDS -> NAFNet

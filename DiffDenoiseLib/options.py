@@ -2,7 +2,7 @@
 :class:`DWIOptions` (a 4D diffusion MRI series).
 
 Each field carries its default, a one-line doc, its CLI flag and its Slicer panel name
-(:class:`OptionSpec`). The CLI parser and the batch script's (:func:`add_arguments`), the Slicer parameter
+(:class:`OptionSpec`). The CLI parser (:func:`add_arguments`; the batch script runs the CLI), the Slicer parameter
 node (:func:`panel_parameters`), the panel's background command line (:meth:`DenoiseOptions.to_cli_args`)
 and the library's keyword form (:meth:`DenoiseOptions.of`) are built from these records, and values are
 checked once, here, raising :class:`.errors.InputError`. Adding an option is one field here plus the code

@@ -3,15 +3,20 @@ helpers they are built from are in ``helpers.py``)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+import slicer_app_stand_ins
 from helpers import SHARED_DATA, SMALL_DWI, make_tiny_settings
 
 from DiffDenoiseLib.data import SAMPLE_KNEE
 from DiffDenoiseLib.io import DiffusionVolume, read_dwi, read_volume
 from DiffDenoiseLib.presets import PipelineSettings
+
+if importlib.util.find_spec("slicer") is not None:  # slicer-core: the module imports with the app's stand-ins
+    slicer_app_stand_ins.install()
 
 
 @pytest.fixture

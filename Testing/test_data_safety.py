@@ -289,6 +289,24 @@ def test_cohort_checks_every_path_before_the_first_image(capsys, tmp_path, scan,
     assert not (tmp_path / "out").exists()
 
 
+def test_cohort_without_a_bundle_trains_on_each_image_as_denoise_does(capsys, tmp_path, scan):  # C7
+    second = tmp_path / "second.nii.gz"
+    write_volume(second, Volume(read_volume(scan).array[:, ::-1].copy(), GEOMETRY))
+    before = snapshot(tmp_path)
+    training = ("--method", "bsn", "--steps", "3", "--device", "cpu")
+    code, out, err = run(capsys, "cohort", "--out", tmp_path / "out", scan, second, *training)
+    assert code == 0, err
+    assert "2 of 2 images written" in out and "noise:" in out
+    code, _, err = run(capsys, "denoise", second, tmp_path / "alone.nii.gz", *training)
+    assert code == 0, err
+    np.testing.assert_array_equal(read_volume(tmp_path / "out" / "second.nii.gz").array,
+                                  read_volume(tmp_path / "alone.nii.gz").array)
+    assert {path: digest for path, digest in snapshot(tmp_path).items() if path in before} == before
+    refused(capsys, "--slice-axis bundle needs --model", "cohort", "--out", tmp_path / "again", scan,
+            "--slice-axis", "bundle", *training)
+    assert not (tmp_path / "again").exists()
+
+
 # --- S: signals and checkpoints --------------------------------------------------------------------------
 
 

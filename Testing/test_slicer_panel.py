@@ -20,12 +20,12 @@ if not hasattr(slicer, "vtkMRMLScene"):
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DiffDenoise"))
 from DiffDenoiseNodes import checkOutput  # noqa: E402
+from DiffDenoiseRequirements import missingRequirements  # noqa: E402
 
 from DiffDenoise import (  # noqa: E402
     PANEL_METHODS,
     DiffDenoiseLogic,
     DiffDenoiseParameterNode,
-    missingRequirements,
     runOptions,
 )
 from DiffDenoiseLib.options import DEVICE_CHOICES, METHODS, NOISE_CHOICES, PRESETS  # noqa: E402
@@ -93,11 +93,12 @@ def test_batch_script_denoises_a_folder_with_slicer_core(knee_crop, tmp_path):
     _image(inputs / "a.nii.gz", knee_crop.astype(np.int16))
     _image(inputs / "b.nrrd", knee_crop[::-1].copy())
     before = {p.name: p.read_bytes() for p in inputs.iterdir()}
-    result = subprocess.run([sys.executable, str(BATCH), "--input", str(inputs), "--output", str(tmp_path / "out"),
-                             "--method", "bsn", "--steps", "2", "--device", "cpu", "--extra", "residual",
-                             "--no-progress"], capture_output=True, text=True, timeout=600)
+    images = [str(inputs / "a.nii.gz"), str(inputs / "b.nrrd")]
+    result = subprocess.run([sys.executable, str(BATCH), "--no-progress", "cohort", "--out", str(tmp_path / "out"),
+                             *images, "--method", "bsn", "--steps", "2", "--device", "cpu", "--extra", "residual"],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert "denoised 2 of 2 images" in result.stdout
+    assert "cohort: 2 of 2 images written" in result.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "a_residual.nii.gz", "b.nrrd",
                                                                      "b_residual.nrrd"]
     for name in ("a.nii.gz", "b.nrrd"):
@@ -110,8 +111,8 @@ def test_batch_script_denoises_a_folder_with_slicer_core(knee_crop, tmp_path):
     assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before
     # run again into the same folder: refused before any image is read, unless --overwrite
     written = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
-    again = subprocess.run([sys.executable, str(BATCH), "--input", str(inputs), "--output", str(tmp_path / "out"),
-                            "--method", "bsn", "--steps", "2", "--device", "cpu", "--no-progress"],
+    again = subprocess.run([sys.executable, str(BATCH), "--no-progress", "cohort", "--out", str(tmp_path / "out"),
+                            *images, "--method", "bsn", "--steps", "2", "--device", "cpu"],
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == written
@@ -120,23 +121,23 @@ def test_batch_script_denoises_a_folder_with_slicer_core(knee_crop, tmp_path):
 def test_batch_script_exits_1_with_the_fix_when_it_cannot_import_or_packages_are_missing(tmp_path):
     """Under Slicer --no-main-window --python-script an uncaught error would hang: every failure must exit."""
     started = time.monotonic()
-    bare = subprocess.run([sys.executable, "-S", str(BATCH), "--input", "x", "--output", "y"], capture_output=True,
-                          text=True, timeout=120)  # -S: no site-packages, so no slicer to import
-    assert bare.returncode == 1 and "cannot import slicer" in bare.stderr and "Traceback" not in bare.stderr
+    bare = subprocess.run([sys.executable, "-S", str(BATCH), "cohort", "--out", "y", "x"], capture_output=True,
+                          text=True, timeout=120)  # -S: no site-packages, so not even packaging to import
+    assert bare.returncode == 1 and "cannot import packaging" in bare.stderr and "Traceback" not in bare.stderr
     module = tmp_path / "DiffDenoise"  # the module as installed, with a requirement this Python lacks
     shutil.copytree(ROOT / "DiffDenoise", module)
     requirements = module / "Resources" / "requirements.txt"
     requirements.write_text(requirements.read_text() + "diffdenoise-absent-package>=1\n")
     missing = subprocess.run([sys.executable, str(module / "Resources" / "Scripts" / "DiffDenoiseBatch.py"),
-                              "--input", "x", "--output", "y"], capture_output=True, text=True, timeout=120)
+                              "cohort", "--out", "y", "x"], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "Python packages missing: diffdenoise-absent-package>=1" in missing.stderr
     assert "press Apply once" in missing.stderr and "Traceback" not in missing.stderr
     assert time.monotonic() - started < 100
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--input", "/no/such/folder", "--output", "out"], "input /no/such/folder does not exist"),
-    (["--output", "out"], "the following arguments are required: --input"),
+    (["cohort", "--out", "out", "/no/such/scan.nii.gz"], "1 of 1 inputs not found: /no/such/scan.nii.gz"),
+    (["cohort", "--out", "out"], "the following arguments are required: inputs"),
 ])
 def test_batch_script_exits_nonzero_with_a_clear_message(arguments, message, tmp_path):
     started = time.monotonic()
@@ -231,7 +232,7 @@ def test_volume_selectors_list_the_node_classes_of_their_parameters_so_dwi_and_s
 def test_version_guard_names_the_supported_slicer_and_matches_the_library():
     import tomllib
 
-    from DiffDenoise import MINIMUM_PYTHON, unsupportedPython
+    from DiffDenoiseRequirements import MINIMUM_PYTHON, unsupportedPython
 
     message = unsupportedPython((3, 9, 10))
     assert "Slicer 5.10 or newer" in message and "Python 3.9" in message and "download.slicer.org" in message
