@@ -9,22 +9,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from helpers import make_tiny_settings
 
 from benchmarks.__main__ import run
 from benchmarks.datasets import SHARED
-from benchmarks.diffdenoise_benchmark import (
-    FORCED_PUCA,
-    benchmark_cases,
-    combine,
-    peer_scores,
-    run_case,
-    target_table,
-    write_case,
-)
-from benchmarks.report import replace_section
-from benchmarks.scalar import DISTILLED, SUPERVISED, Score
-from benchmarks.suites import SUITES, with_steps
+from benchmarks.report import combine, replace_section, target_table
+from benchmarks.scalar import DISTILLED, FORCED_PUCA, SUPERVISED, Score, peer_case, run_case, write_case
+from benchmarks.suites import SUITES, grid_cases, with_steps
 from DiffDenoiseLib.data import SAMPLE_KNEE
 from DiffDenoiseLib.io import read_volume
 from DiffDenoiseLib.presets import PRESETS
@@ -39,10 +31,11 @@ def test_suite_scores_every_method_writes_figures_and_readme_and_resumes(tmp_pat
     readme.write_text("# title\n<!-- benchmark-suite quick:start -->\nOLD SECTION\n"
                       "<!-- benchmark-suite quick:end -->\ntail\n")
     out = tmp_path / "suite"
-    run(suite, ("scalar", "cost"), out, 0, False, readme)
+    run(suite, ("scalar", "cost"), out, False, readme)
 
-    with open(out / "scalar.csv", newline="") as handle:
+    with open(out / "suite_quick.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
+    assert {r["seed"] for r in rows} == {"0"}
     for case in (("knee", "correlated 0.1"), ("mni", "rician 0.05")):
         methods = {r["method"]: r for r in rows if (r["data"], r["noise"]) == case}
         assert {"noisy", "Gaussian blur", "NLM", "NLM, estimated sigma", "BSN", "diffusion + SRDS", DISTILLED,
@@ -64,9 +57,11 @@ def test_suite_scores_every_method_writes_figures_and_readme_and_resumes(tmp_pat
     assert "distilled - supervised ceiling" in text and "(suite/figures/knee.png)" in text
     assert "| knee | correlated 0.1 |" in text and "s/slice 64 x 64 | s/slice 96 x 96" in text
 
-    finished = (out / "cases" / "knee_correlated_0.1.csv").stat().st_mtime_ns
-    run(suite, ("scalar", "cost"), out, 0, True, None)  # resumed: nothing is recomputed
-    assert (out / "cases" / "knee_correlated_0.1.csv").stat().st_mtime_ns == finished
+    case = out / "suite_quick_cases" / "knee_correlated_0.1_seed0.md"
+    assert "noise analysis: correlated" in case.read_text()  # the case's note
+    finished = case.stat().st_mtime_ns
+    run(suite, ("scalar", "cost"), out, True, None)  # resumed: nothing is recomputed
+    assert case.stat().st_mtime_ns == finished
 
 
 def test_readme_without_markers_is_refused_with_the_fix(tmp_path):
@@ -104,40 +99,46 @@ def test_target_table_judges_each_case_against_the_issue_targets_over_the_seeds(
                                              "SSIM -0.010 [-0.010, -0.010] missed by 0.010"]
 
 
-def test_benchmark_cases_give_rician_noise_to_magnitude_mr_only():
-    cases = benchmark_cases(["knee", "t1", "lidc", "ct"], ["gaussian", "rician"])
-    assert cases == [("knee", "gaussian"), ("knee", "rician"), ("lidc", "gaussian"), ("t1", "gaussian"),
-                     ("t1", "rician"), ("ct", "gaussian")]
+def test_grid_cases_give_rician_noise_to_magnitude_mr_only():
+    cases = grid_cases(("knee", "t1", "lidc", "ct"), ("gaussian", "rician"))
+    assert cases == (("knee", "gaussian"), ("knee", "rician"), ("lidc", "gaussian"), ("t1", "gaussian"),
+                     ("t1", "rician"), ("ct", "gaussian"))
 
 
-def test_diffdenoise_case_scores_pipeline_peers_forced_puca_and_ablations(tmp_path, monkeypatch, knee_crop):
-    monkeypatch.setitem(PRESETS, "tiny", make_tiny_settings())
-    peers = peer_scores(tmp_path / "peers", "knee", "correlated", 0, knee_crop)
-    cached = (tmp_path / "peers" / "knee_correlated_seed0.csv").stat().st_mtime_ns
-    assert peer_scores(tmp_path / "peers", "knee", "correlated", 0, knee_crop) == peers  # read back, not rerun
-    assert (tmp_path / "peers" / "knee_correlated_seed0.csv").stat().st_mtime_ns == cached
+def test_a_grid_case_scores_pipeline_peers_forced_puca_and_ablations(tmp_path, knee_crop):
+    peers = peer_case(tmp_path / "peer_cases", "knee", "correlated", 0, knee_crop)
+    cached = (tmp_path / "peer_cases" / "knee_correlated_seed0.csv").stat().st_mtime_ns
+    again = peer_case(tmp_path / "peer_cases", "knee", "correlated", 0, knee_crop)  # read back, not rerun
+    assert again.scores == peers.scores and again.images.keys() == peers.images.keys() >= {"noisy", "NLM"}
+    assert (tmp_path / "peer_cases" / "knee_correlated_seed0.csv").stat().st_mtime_ns == cached
     spacing = tuple(read_volume(SAMPLE_KNEE).geometry.spacing)[::-1]  # numpy axis order, as the benchmark gives it
-    ours, notes = run_case("knee", knee_crop, "correlated", "tiny", 0, True, tmp_path / "checkpoints", spacing)
+    case = run_case("knee", knee_crop, "correlated", 0, make_tiny_settings(), tmp_path, spacing, ceiling=False,
+                    ablations=True, machine="here")
 
-    methods = {s.method: s for s in peers + ours}
+    methods = {s.method: s for s in case.scores}
     assert {"noisy", "NLM", "NLM, estimated sigma", "BSN", FORCED_PUCA, "diffusion + SRDS", DISTILLED,
             "ablation: single DDIM run", "ablation: paper's pairs (BSN(y) -> y, no recorruption)",
-            "ablation: diffusion conditioned on noisy (no BSN)"} <= set(methods)
-    assert methods["BSN"].setting == "LG-BPN" and notes[0].startswith("noise analysis: correlated")
-    assert "context: 0 slice(s) per side (slices 6.4x thicker than the pixels" in notes[0]  # the spacing reached it
+            "ablation: diffusion conditioned on noisy (no BSN)"} <= set(methods) and SUPERVISED not in methods
+    assert methods["BSN"].setting == "LG-BPN" and case.notes[0].startswith("noise analysis: correlated")
+    assert "context: 0 slice(s) per side (slices 6.4x thicker than the pixels" in case.notes[0]  # spacing reached it
+    assert case.notes[0].endswith("here, torch " + torch.__version__)
     assert all(np.isfinite([s.psnr_db, s.detail_psnr_db]).all() and -1 <= s.ssim <= 1 and s.seconds_per_slice >= 0
                for s in methods.values())
     assert methods["NLM"].psnr_db > methods["noisy"].psnr_db
+    # the single DDIM run samples the main run's diffusion network from the +eps half of each pair
+    assert methods["ablation: single DDIM run"].psnr_db != methods["diffusion + SRDS"].psnr_db
+    assert set(case.images) >= {"clean", "noisy", "BSN", DISTILLED} and case.images["clean"].shape == (64, 64)
 
     cases = tmp_path / "cases"
     cases.mkdir()
-    write_case(cases, 0, knee_crop.shape, peers + ours, notes)
-    assert sorted(f.name for f in cases.iterdir()) == ["knee_correlated_seed0.csv", "knee_correlated_seed0.md"]
-    combine(cases, tmp_path, "diffdenoise_tiny", "header", "tiny")
+    write_case(cases, 0, knee_crop.shape, case)
+    assert sorted(f.name for f in cases.iterdir()) == ["knee_correlated_seed0.csv", "knee_correlated_seed0.md",
+                                                        "knee_correlated_seed0.npz"]
+    rows = combine(cases, tmp_path, "diffdenoise_tiny", "header", (("knee", "correlated"),), "quick")
     assert "| knee, correlated | 1 | " in (tmp_path / "diffdenoise_tiny.md").read_text()
     with open(tmp_path / "diffdenoise_tiny.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == len(peers + ours) and {r["seed"] for r in rows} == {"0"}
+        written = list(csv.DictReader(handle))
+    assert len(written) == len(rows) == len(case.scores) and {r["seed"] for r in written} == {"0"}
 
 
 def test_recorruption_check_gaussian_twin_has_the_poisson_variance_and_no_skew():

@@ -106,6 +106,21 @@ def test_srds_pair_is_the_average_of_the_two_trajectories_run_separately():
     assert result.uncertainty.max() > 0
 
 
+def test_without_antithetic_pairs_srds_is_the_plain_ddim_average_of_the_plus_trajectories():
+    """The ablation setting: the same +eps starts, no -eps half, the spread of the draws as uncertainty."""
+    condition = torch.rand(2, 1, 16, 16)
+    model = conditioned_model(_network(), condition, CPU)
+    eps = torch.randn(3, 2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    result = srds_sample(model, eps, SCHEDULE, 4, antithetic=False)
+    plus = torch.stack([ddim_sample(model, eps[k], SCHEDULE, 4) for k in range(3)])
+    torch.testing.assert_close(result.mean, plus.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.uncertainty, (plus - plus.mean(0)).abs().mean(0), atol=1e-5, rtol=0)
+    assert not torch.allclose(result.mean, srds_sample(model, eps, SCHEDULE, 4).mean, atol=1e-4)
+    single = srds_sample(model, eps[:1], SCHEDULE, 4, antithetic=False)
+    torch.testing.assert_close(single.mean, plus[0], atol=1e-5, rtol=0)
+    assert single.uncertainty.abs().max() == 0
+
+
 def test_uncertainty_is_zero_exactly_where_the_trajectories_agree():
     clean = torch.rand(1, 1, 8, 8)
     oracle = _oracle(clean, SCHEDULE)

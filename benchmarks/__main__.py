@@ -1,12 +1,20 @@
-"""Every benchmark in one command: scalar images against every peer and the supervised ceiling, diffusion MRI,
-speed, memory and cost growth; CSV, markdown, figures, and the suite's section of docs/results.md.
+"""Every benchmark in one command: scalar images against every peer (and the supervised ceiling), diffusion MRI,
+speed, memory and cost growth, issue 27's grid with its targets and ablations; CSV, markdown, figures.
 
-    python -m benchmarks run --suite quick|full [--parts scalar dwi cost] [--resume] [--out DIR] [--no-page]
+    python -m benchmarks run --suite quick|full|grid-quick|grid-standard [--parts scalar dwi cost]
+        [--seeds 0 1 2] [--data knee mni ...] [--noise gaussian ...] [--ablations | --no-ablations] [--resume]
+        [--out DIR] [--no-page]
+    python -m benchmarks report --suite NAME [--out DIR]      # the combined page and CSV from the case files
 
 ``quick`` takes about 30 minutes on 2 CPU cores; ``full`` runs every dataset and noise with the standard preset
-(many hours on a CPU: use a GPU). Data comes from ``../shared/data``; absent datasets are skipped. Results go to
-``benchmarks/results/suite_<name>/``; finished cases are kept with ``--resume`` (a killed scalar case resumes its
-training from checkpoints).
+(many hours on a CPU: use a GPU); ``grid-quick`` and ``grid-standard`` are issue 27's grid (about 10 minutes a
+case at the quick preset on 2 cores). Data comes from ``../shared/data``; absent datasets are skipped. Results
+go to ``benchmarks/results/<the suite's folder>/``: each finished case in ``<stem>_cases/`` (:mod:`.scalar`),
+the peers' scores in ``peer_cases/`` (reused by every later run), all cases gathered in ``<stem>.md`` (issue 27's
+targets, mean and range over the seeds, then each case) and ``<stem>.csv``. ``--resume`` keeps what an earlier
+run finished: a killed case resumes its training from its checkpoints. The quick and full suites also write
+their section of docs/results.md (``--no-page``: not); the grid's pages follow with
+``python -m benchmarks.results_page``.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import matplotlib
@@ -29,7 +37,7 @@ from . import ddm2_benchmark, figures, report
 from .cost import measure_cost
 from .datasets import DATASETS, SHARED
 from .peers import careamics_status, missing_peers
-from .scalar import case_stem, read_case, run_case, write_case, write_scores
+from .scalar import Score, case_name, run_case, write_case
 from .suites import SUITES, Suite, describe
 from .volume_ablation import machine
 
@@ -38,25 +46,39 @@ RESULTS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 PARTS = ("scalar", "dwi", "cost")
 
 
-def run_scalar(suite: Suite, out: Path, seed: int, notes: list[str]) -> None:
-    cases = out / "cases"
+def run_scalar(suite: Suite, out: Path, seeds: tuple[int, ...], ablations: bool, notes: list[str]) -> None:
+    """Every case of ``suite`` at each of ``seeds`` not yet finished in ``out`` (every case at one seed before
+    the next seed: a run cut short still covers them all), the combined page and CSV after each."""
+    cases = out / f"{suite.stem}_cases"
     cases.mkdir(parents=True, exist_ok=True)
     progress = TqdmProgress()
-    for data, noise in suite.cases:
-        stem = case_stem(data, noise)
-        if not DATASETS[data].available:
-            notes.append(f"{data}, {noise}: skipped ({DATASETS[data].file} is absent)")
-            continue
-        if (cases / f"{stem}.csv").exists():
-            print(f"{data}, {noise}: kept from an earlier run", flush=True)
-            continue
-        print(f"{data}, {noise}", flush=True)
-        checkpoints = out / "checkpoints" / stem
-        clean = DATASETS[data].central_slices(suite.slices)
-        scores, images = run_case(data, clean, noise, suite.settings, seed, checkpoints, progress)
-        write_case(cases, scores, images)
-        shutil.rmtree(checkpoints, ignore_errors=True)
+    for seed in seeds:
+        for data, noise in suite.cases:
+            name = case_name(data, noise, seed)
+            if not DATASETS[data].available:
+                notes.append(f"{data}, {noise}: skipped ({DATASETS[data].file} is absent)")
+                continue
+            if (cases / f"{name}.md").exists():
+                print(f"{name}: kept from an earlier run", flush=True)
+                continue
+            print(name, flush=True)
+            clean = DATASETS[data].central_slices(suite.slices)
+            case = run_case(data, clean, noise, seed, suite.settings, out, DATASETS[data].spacing, suite.ceiling,
+                            ablations, machine(), progress)
+            print(write_case(cases, seed, clean.shape, case), flush=True)
+            shutil.rmtree(out / "checkpoints" / name, ignore_errors=True)
+            combine(suite, out)
     progress.close()
+
+
+def combine(suite: Suite, out: Path) -> list[tuple[int, Score]]:
+    """The finished cases of ``suite`` in ``out`` gathered into ``<stem>.md`` and ``<stem>.csv``."""
+    cases = out / f"{suite.stem}_cases"
+    seeds = sorted({seed for *_, seed in report.finished_cases(cases, suite.cases)})
+    # A suite may outlive a session and the CPU differ between sessions: each case's note names its own.
+    header = (f"`python -m benchmarks run --suite {suite.name}`: {describe(suite.settings)}; noise seeds "
+              f"{' '.join(map(str, seeds))}; where each case ran is in its note")
+    return report.combine(cases, out, suite.stem, header, suite.cases, suite.targets)
 
 
 def run_dwi(suite: Suite, out: Path, seed: int) -> None:
@@ -73,13 +95,15 @@ def run_cost(suite: Suite, out: Path) -> None:
     (out / "cost.json").write_text(json.dumps(asdict(cost), indent=1))
 
 
-def render(suite: Suite, out: Path, seed: int, notes: list[str], timings: dict[str, float], page: Path) -> str:
-    """Write the figures and ``report.md``; returns the section for ``page`` (its links relative to it)."""
+def render(suite: Suite, out: Path, notes: list[str], timings: dict[str, float], page: Path) -> str:
+    """Write the figures and ``report.md`` of a suite with a page; returns its section for ``page`` (links
+    relative to it). The tables and figures show the first noise seed's cases."""
     figure_folder = out / "figures"
     figure_folder.mkdir(exist_ok=True)
     link = os.path.relpath(out, page.resolve().parent)
-    scores = [s for data, noise in suite.cases if (path := out / "cases" / f"{case_stem(data, noise)}.csv").exists()
-              for s in read_case(path)]
+    pairs = combine(suite, out)
+    seed = min((s for s, _ in pairs), default=0)
+    scores = [score for s, score in pairs if s == seed]
     parts = [f"`python -m benchmarks run --suite {suite.name}` on {time.strftime('%Y-%m-%d')}, {machine()}, "
              f"torch {torch.__version__}; "
              f"wall time {sum(timings.values()) / 60:.1f} min ("
@@ -92,7 +116,7 @@ def render(suite: Suite, out: Path, seed: int, notes: list[str], timings: dict[s
         for data in dict.fromkeys(s.data for s in scores):
             cases = []
             for noise in dict.fromkeys(s.noise for s in scores if s.data == data):
-                with np.load(out / "cases" / f"{case_stem(data, noise)}.npz") as images:
+                with np.load(out / f"{suite.stem}_cases" / f"{case_name(data, noise, seed)}.npz") as images:
                     cases.append((noise, dict(images)))
             figures.case_grid(figure_folder / f"{data}.png", DATASETS[data].description, cases)
         figures.psnr_time_scatter(figure_folder / "psnr_vs_time.png", scores)
@@ -114,11 +138,13 @@ def render(suite: Suite, out: Path, seed: int, notes: list[str], timings: dict[s
     section = "\n".join(parts)
     (out / "report.md").write_text(f"# Benchmark suite {suite.name}\n\n{section}\n\n## Every score\n\n"
                                    + report.case_tables(scores) + "\n")
-    write_scores(out / "scalar.csv", scores)
     return section
 
 
-def run(suite: Suite, parts: tuple[str, ...], out: Path, seed: int, resume: bool, page: Path | None) -> None:
+def run(suite: Suite, parts: tuple[str, ...], out: Path, resume: bool, page: Path | None,
+        seeds: tuple[int, ...] | None = None, ablations: bool | None = None) -> None:
+    """Run ``parts`` of ``suite`` into ``out`` (the scalar cases at ``seeds``, default the suite's, with the
+    ablations when ``ablations``, default the suite's); write its page section into ``page`` when it has one."""
     if not SHARED.exists():
         raise SystemExit(f"skipped: {SHARED} not found (the shared data folder is absent)")
     matplotlib.use("Agg")  # files only
@@ -130,23 +156,35 @@ def run(suite: Suite, parts: tuple[str, ...], out: Path, seed: int, resume: bool
     notes = missing_peers()
     if status := careamics_status():
         notes.append(status)
-    for part, job in (("scalar", lambda: run_scalar(suite, out, seed, notes)),
-                      ("dwi", lambda: run_dwi(suite, out, seed)), ("cost", lambda: run_cost(suite, out))):
+    seeds = suite.seeds if seeds is None else seeds
+    jobs = {"scalar": lambda: run_scalar(suite, out, seeds, suite.ablations if ablations is None else ablations,
+                                         notes),
+            "dwi": lambda: run_dwi(suite, out, seeds[0]), "cost": lambda: run_cost(suite, out)}
+    for part in PARTS:
         done = {"dwi": out / "dwi.md", "cost": out / "cost.json"}.get(part)
-        if part not in parts or (done is not None and done.exists()):
+        if part not in parts or part not in suite.parts or (done is not None and done.exists()):
             continue
         if part == "dwi" and not ddm2_benchmark.DATA.exists():
             notes.append(f"DWI skipped: {ddm2_benchmark.DATA} is absent")
             continue
         started = time.perf_counter()
-        job()
+        jobs[part]()
         # the scalar part resumes case by case, so its time adds up over runs; the others run in one go
         timings[part] = (timings.get(part, 0.0) if part == "scalar" else 0.0) + time.perf_counter() - started
         timing_file.write_text(json.dumps(timings))
-    section = render(suite, out, seed, notes, timings, page or RESULTS_PAGE)
+    if not suite.page:
+        combine(suite, out)
+        return
+    section = render(suite, out, notes, timings, page or RESULTS_PAGE)
     if page is not None:
         report.replace_section(page, suite.name, section)
     print(section)
+
+
+def selected(suite: Suite, datas: list[str] | None, noises: list[str] | None) -> Suite:
+    """``suite`` with only the cases of ``datas`` and ``noises`` (None: all of them)."""
+    return replace(suite, cases=tuple((d, n) for d, n in suite.cases
+                                      if (datas is None or d in datas) and (noises is None or n in noises)))
 
 
 def main() -> None:
@@ -156,15 +194,26 @@ def main() -> None:
     command = commands.add_parser("run", help="run a suite")
     command.add_argument("--suite", default="quick", choices=list(SUITES))
     command.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--seeds", nargs="+", type=int, help="noise seeds, one case each (default: the suite's)")
+    command.add_argument("--data", nargs="+", choices=list(DATASETS), help="only these datasets' cases")
+    command.add_argument("--noise", nargs="+", help="only these noises' cases (as the suite names them)")
+    command.add_argument("--ablations", action=argparse.BooleanOptionalAction,
+                         help="also run the ablations in each case (default: the suite's)")
     command.add_argument("--resume", action="store_true", help="keep what an earlier run of this suite finished")
-    command.add_argument("--out", type=Path, help="results folder (default benchmarks/results/suite_<suite>)")
+    command.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<the suite's folder>)")
     command.add_argument("--no-page", dest="page", action="store_false",
                          help="do not rewrite this suite's section of docs/results.md")
+    again = commands.add_parser("report", help="gather a suite's finished cases into its page and CSV again")
+    again.add_argument("--suite", default="quick", choices=list(SUITES))
+    again.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<the suite's folder>)")
     args = parser.parse_args()
     suite = SUITES[args.suite]
-    run(suite, tuple(args.parts), args.out or RESULTS / f"suite_{suite.name}", args.seed, args.resume,
-        RESULTS_PAGE if args.page else None)
+    out = args.out or RESULTS / suite.folder
+    if args.command == "report":
+        combine(suite, out)
+        return
+    run(selected(suite, args.data, args.noise), tuple(args.parts), out, args.resume,
+        RESULTS_PAGE if args.page else None, tuple(args.seeds) if args.seeds else None, args.ablations)
 
 
 if __name__ == "__main__":

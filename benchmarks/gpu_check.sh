@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/gpu_check.sh WORK_DIR [STANDARD_SECONDS] [FULL_SECONDS]
 #
-# WORK_DIR gets issue27_gpu/ (benchmarks.diffdenoise_benchmark's files) and preset_cost/ (benchmarks.cost's);
+# WORK_DIR gets issue27_gpu/ (the grid-standard suite's files) and preset_cost/ (benchmarks.cost's);
 # each part stops at its time limit (default: none); $PYTHON (default python3) runs them. The case's peers are read from
 # WORK_DIR/issue27_gpu/peer_cases when copied there (they do not depend on the device; else BM3D and BM4D run on
 # the CPU, minutes).
@@ -13,7 +13,7 @@ set -uo pipefail
 work=${1:?usage: bash benchmarks/gpu_check.sh WORK_DIR [STANDARD_SECONDS] [FULL_SECONDS]}
 limit() { if [ "${1:-0}" -gt 0 ]; then echo "timeout $1"; fi; }
 status=0
-$(limit "${2:-0}") "${PYTHON:-python3}" -m benchmarks.diffdenoise_benchmark --preset standard --data lidc --noise gaussian \
+$(limit "${2:-0}") "${PYTHON:-python3}" -m benchmarks run --suite grid-standard --data lidc --noise gaussian \
   --seeds 0 --no-ablations --resume --out "$work/issue27_gpu" || status=$?
 $(limit "${3:-0}") "${PYTHON:-python3}" -m benchmarks.cost preset --preset full --slices 24 --size 256 --steps 100 \
   --out "$work/preset_cost" || status=$?

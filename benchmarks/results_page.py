@@ -8,7 +8,7 @@ GPU section is the GPU check's standard grid (its target table and the case's no
 (``benchmarks/gpu_check.sh``, results in ``benchmarks/results/issue27_gpu``); the caption of the demo figure
 is made from the report of ``diffdenoise demo`` (its figure and report copied to ``docs/demo.png`` and
 ``benchmarks/results/demo/report.txt``). Run it after
-``python -m benchmarks.diffdenoise_benchmark`` adds cases to ``benchmarks/results/issue27_quick``; a test checks
+``python -m benchmarks run --suite grid-quick`` adds cases to ``benchmarks/results/issue27_quick``; a test checks
 that the pages match the committed files.
 """
 

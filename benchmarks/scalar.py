@@ -1,19 +1,30 @@
-"""One scalar benchmark case: a clean image, one noise, every method on the same noisy copy, scored.
+"""One scalar benchmark case of any suite: a clean image, one noise at one noise seed, every method on the same
+noisy copy, scored; and the case's files, which every suite shares.
 
-Methods: the noisy input; the classical peers (:func:`.peers.classical_peers`: tuned blur and NLM, NLM with
-the noise level estimated, BM3D and BM4D told the true noise when importable); our BSN,
-diffusion + SRDS and distilled NAFNet from one ``denoise`` run; and the ceiling: the distilled NAFNet's
-architecture and training budget fitted to (noisy, clean) pairs, which self-supervised methods cannot see.
+Methods: the noisy input and the classical peers (:func:`.peers.classical_peers`: tuned blur and NLM, NLM with
+the noise level estimated, BM3D and BM4D told the true noise when importable), kept in a peer cache because they
+do not depend on our code or preset; our BSN, diffusion + SRDS and distilled NAFNet from one ``denoise`` run;
+where the noise analysis finds correlated noise, the BSN with PUCA forced (what LG-BPN buys); optionally the
+ablations (:data:`ABLATIONS`), each a setting of the public API; and optionally the ceiling, the distilled
+NAFNet's architecture and training budget fitted to (noisy, clean) pairs, which self-supervised methods cannot
+see.
+
+A finished case is three files named ``<data>_<noise>_seed<k>``: ``.csv`` (every score, columns
+:data:`CSV_FIELDS`), ``.npz`` (the middle slice of the clean image and of each output, for the figures) and
+``.md`` (the case's note and table), written last: its presence marks the case as done.
 """
 
 from __future__ import annotations
 
 import csv
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from DiffDenoiseLib.denoise import DenoiseResult, denoise
 from DiffDenoiseLib.metrics import detail_psnr, psnr, ssim
@@ -26,11 +37,13 @@ from DiffDenoiseLib.runtime.devices import resolve_device
 from DiffDenoiseLib.runtime.inference import predict_slices
 from DiffDenoiseLib.runtime.progress import ProgressCallback
 
-from .datasets import DATASETS, NOISES
-from .peers import MethodOutput, TrueNoise, classical_peers
+from .datasets import noise_of
+from .peers import MethodOutput, TrueNoise, classical_peers, method_label
 
 DISTILLED = "DiffDenoise (distilled NAFNet)"
+SRDS = "diffusion + SRDS"
 SUPERVISED = "supervised NAFNet (ceiling)"
+FORCED_PUCA = "BSN (PUCA, forced)"  # the row that shows what LG-BPN buys on correlated noise
 CSV_FIELDS = ("data", "noise", "method", "setting", "psnr_db", "ssim", "detail_psnr_db", "seconds_per_slice",
               "total_seconds")
 
@@ -48,6 +61,15 @@ class Score:
     detail_psnr_db: float
     seconds_per_slice: float
     total_seconds: float
+
+
+@dataclass
+class Case:
+    """A finished case: its scores, the middle slices of the clean image and every output, and its notes."""
+
+    scores: list[Score]
+    images: dict[str, np.ndarray]
+    notes: list[str]
 
 
 def supervised_ceiling(noisy: np.ndarray, clean: np.ndarray, distillation: DistillationSettings, seed: int,
@@ -84,9 +106,40 @@ def our_methods(noisy: np.ndarray, settings: PipelineSettings, seed: int, checkp
     bsn = bsn_label(result)
     bsn_total = t["train_bsn_s"] + t["bsn_inference_s"]
     return [MethodOutput("BSN", bsn, result.extras["bsn"], t["bsn_inference_s"] / n, bsn_total),
-            MethodOutput("diffusion + SRDS", f"{settings.sampling.pairs} pair(s), {settings.sampling.steps} steps",
+            MethodOutput(SRDS, f"{settings.sampling.pairs} pair(s), {settings.sampling.steps} steps",
                          result.extras["srds"], t["srds_s"] / n, bsn_total + t["train_diffusion_s"] + t["srds_s"]),
             MethodOutput(DISTILLED, "", result.denoised, t["nafnet_inference_s"] / n, t["total_s"])], result
+
+
+# Each ablation: its row's name, the settings change, and the stages it leaves as the main run trained them
+# (those resume from the main run's checkpoints instead of training again).
+ABLATIONS: dict[str, tuple[Callable[[PipelineSettings], PipelineSettings], tuple[str, ...]]] = {
+    "ablation: single DDIM run": (
+        lambda s: replace(s, sampling=replace(s.sampling, antithetic=False)), ("bsn", "diffusion")),
+    "ablation: paper's pairs (BSN(y) -> y, no recorruption)": (
+        lambda s: replace(s, diffusion=replace(s.diffusion, conditioning="bsn")), ("bsn",)),
+    "ablation: diffusion conditioned on noisy (no BSN)": (
+        lambda s: replace(s, diffusion=replace(s.diffusion, conditioning="identity")), ("bsn",)),
+}
+
+
+def ablation_outputs(noisy: np.ndarray, settings: PipelineSettings, seed: int, checkpoints: Path,
+                     progress: ProgressCallback | None, spacing: tuple[float, ...]) -> list[MethodOutput]:
+    """Each of :data:`ABLATIONS` as ``denoise(method="diffusion")`` with its setting, scored on its raw SRDS
+    output like the main run's SRDS row; the stages it keeps resume from ``checkpoints/pipeline`` (the main
+    run's) and its own train in ``checkpoints/<ablation>``."""
+    outputs = []
+    for index, (label, (change, kept)) in enumerate(ABLATIONS.items()):
+        folder = checkpoints / f"ablation{index}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for stage in kept:
+            if (checkpoints / "pipeline" / f"{stage}.pt").exists():
+                shutil.copy2(checkpoints / "pipeline" / f"{stage}.pt", folder / f"{stage}.pt")
+        result = denoise(noisy, method="diffusion", preset=change(settings), seed=seed, outputs=("srds",),
+                         checkpoint_dir=folder, progress=progress, spacing=spacing)
+        t = result.timings
+        outputs.append(MethodOutput(label, "", result.extras["srds"], t["srds_s"] / len(noisy), t["total_s"]))
+    return outputs
 
 
 def score(data: str, noise: str, output: MethodOutput, clean: np.ndarray, data_range: float) -> Score:
@@ -105,44 +158,106 @@ def noisy_case(clean: np.ndarray, kind: str, level: float, seed: int) -> tuple[n
     return noisy, high - low, TrueNoise(kind, level, float(np.std(noisy - clean)), low, high - low)
 
 
-def run_case(data: str, clean: np.ndarray, noise: str, settings: PipelineSettings, seed: int,
-             checkpoints: Path | None = None,
-             progress: ProgressCallback | None = None) -> tuple[list[Score], dict[str, np.ndarray]]:
-    """Every method on ``clean`` with ``noise`` added (seed ``seed``): the scores, and the middle slice of the
-    clean, noisy and every method's image (for the figures)."""
-    kind, level = NOISES[noise]
-    noisy, data_range, truth = noisy_case(clean, kind, level, seed)
-    outputs = [MethodOutput("noisy", "", noisy, 0.0, 0.0), *classical_peers(noisy, clean, data_range, truth)]
-    outputs += our_methods(noisy, settings, seed, checkpoints, progress, DATASETS[data].spacing)[0]
-    outputs.append(supervised_ceiling(noisy, clean, settings.distillation, seed, progress))
-    scores = [score(data, noise, o, clean, data_range) for o in outputs]
-    middle = len(clean) // 2
-    images = {"clean": clean[middle], **{o.method: o.image[middle] for o in outputs}}
-    return scores, images
+def case_name(data: str, noise: str, seed: int) -> str:
+    """The file stem of one case: dataset, noise and noise seed."""
+    return f"{data}_{noise.replace(' ', '_').replace('=', '')}_seed{seed}"
 
 
-def case_stem(data: str, noise: str) -> str:
-    return f"{data}_{noise.replace(' ', '_').replace('=', '')}"
+def middle(image: np.ndarray) -> np.ndarray:
+    """The middle slice of a (slices, H, W) image, as the figures show it."""
+    return image[len(image) // 2].astype(np.float32)
 
 
-def write_scores(path: Path, scores: list[Score]) -> None:
-    """``scores`` as CSV (columns ``CSV_FIELDS``)."""
+def peer_case(folder: Path, data: str, noise: str, seed: int, clean: np.ndarray) -> Case:
+    """The noisy input and every classical peer on one case, scored (with their middle slices): kept in
+    ``folder`` and read back from there when present, since they depend only on the image, the noise and its
+    seed, not on our code or preset (delete the folder when the peers change). A cache written before the
+    images were kept has scores only."""
+    path = folder / f"{case_name(data, noise, seed)}.csv"
+    if not path.exists():
+        noisy, data_range, truth = noisy_case(clean, *noise_of(noise), seed)
+        outputs = [MethodOutput("noisy", "", noisy, 0.0, 0.0), *classical_peers(noisy, clean, data_range, truth)]
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".npz.part"), "wb") as handle:
+            np.savez_compressed(handle, **{o.method: middle(o.image) for o in outputs})
+        path.with_suffix(".npz.part").replace(path.with_suffix(".npz"))
+        write_scores(path.with_suffix(".part"), [score(data, noise, o, clean, data_range) for o in outputs])
+        path.with_suffix(".part").replace(path)
+    images = {}
+    if path.with_suffix(".npz").exists():
+        with np.load(path.with_suffix(".npz")) as stored:
+            images = dict(stored)
+    return Case(read_case(path), images, [])  # as rounded in the file, like a later run that reads it
+
+
+def run_case(data: str, clean: np.ndarray, noise: str, seed: int, settings: PipelineSettings, folder: Path,
+             spacing: tuple[float, ...], ceiling: bool, ablations: bool, machine: str,
+             progress: ProgressCallback | None = None) -> Case:
+    """Every method on ``clean`` (a (slices, H, W) image of ``data`` with voxel ``spacing``, numpy order) with
+    ``noise`` added at noise seed ``seed``: the peers from the cache in ``folder/peer_cases``, our pipeline with
+    ``settings`` (its stages checkpointed in ``folder/checkpoints/<case>``, so a killed case resumes), the
+    forced-PUCA row on correlated noise, the ablations and the ceiling when asked. ``machine`` says where it ran,
+    for the note."""
+    peers = peer_case(folder / "peer_cases", data, noise, seed, clean)
+    noisy, data_range, _ = noisy_case(clean, *noise_of(noise), seed)
+    checkpoints = folder / "checkpoints" / case_name(data, noise, seed)
+    outputs, result = our_methods(noisy, settings, seed, checkpoints / "pipeline", progress, spacing)
+    notes = [run_note(result, machine)]
+    if result.noise.kind == "correlated":
+        puca = denoise(noisy, method="bsn", noise="iid", preset=settings, seed=seed,
+                       checkpoint_dir=checkpoints / "puca", progress=progress, spacing=spacing)
+        outputs.append(MethodOutput(FORCED_PUCA, "", puca.denoised, puca.timings["bsn_inference_s"] / len(noisy),
+                                    puca.timings["total_s"]))
+    if ablations:
+        outputs += ablation_outputs(noisy, settings, seed, checkpoints, progress, spacing)
+    if ceiling:
+        outputs.append(supervised_ceiling(noisy, clean, settings.distillation, seed, progress))
+    scores = peers.scores + [score(data, noise, o, clean, data_range) for o in outputs]
+    images = {"clean": middle(clean), "noisy": middle(noisy), **peers.images}  # a cache may hold no images
+    return Case(scores, images | {o.method: middle(o.image) for o in outputs}, notes)
+
+
+def run_note(result: DenoiseResult, machine: str) -> str:
+    """What a case's note says of our run: the noise analysis, the context, the blend weights, the times."""
+    t, record = result.timings, result.bundle.record
+    context, bsn, blend = record.context, record.bsn, record.output_blend_weight
+    return (f"noise analysis: {result.noise.kind} (correlation {result.noise.neighbour_correlation:+.3f}); "
+            f"context: {context.half_width} slice(s) per side ({context.reason}); "
+            f"BSN estimate's share in its Wiener blend {bsn.wiener_weight:.2f} (patches "
+            f"{bsn.wiener_depth} slice(s) deep); distilled NAFNet's share in its blend with the BSN estimate "
+            + (f"{blend:.2f}; " if blend is not None else "none (no blend); ") +
+            f"training s: BSN {t['train_bsn_s']:.0f}, diffusion {t['train_diffusion_s']:.0f}, "
+            f"NAFNet {t['train_nafnet_s']:.0f}; SRDS {t['srds_s']:.0f}; total {t['total_s']:.0f}; {machine}, "
+            f"torch {torch.__version__}")
+
+
+def write_scores(path: Path, scores: list[Score], seeds: list[int] | None = None) -> None:
+    """``scores`` as CSV (columns ``CSV_FIELDS``; with ``seeds``, one per score, a ``seed`` column first)."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(CSV_FIELDS)
-        writer.writerows([s.data, s.noise, s.method, s.setting, f"{s.psnr_db:.3f}", f"{s.ssim:.4f}",
-                          f"{s.detail_psnr_db:.3f}", f"{s.seconds_per_slice:.4f}", f"{s.total_seconds:.1f}"]
-                         for s in scores)
+        writer.writerow(CSV_FIELDS if seeds is None else ("seed", *CSV_FIELDS))
+        for index, s in enumerate(scores):
+            row = [s.data, s.noise, s.method, s.setting, f"{s.psnr_db:.3f}", f"{s.ssim:.4f}", f"{s.detail_psnr_db:.3f}",
+                   f"{s.seconds_per_slice:.4f}", f"{s.total_seconds:.1f}"]
+            writer.writerow(row if seeds is None else [seeds[index], *row])
 
 
-def write_case(folder: Path, scores: list[Score], images: dict[str, np.ndarray]) -> None:
-    """<stem>.csv and <stem>.npz, written atomically (the .csv last: its presence marks the case as done)."""
-    stem = case_stem(scores[0].data, scores[0].noise)
-    with open(folder / f"{stem}.npz.part", "wb") as handle:
-        np.savez_compressed(handle, **{name: image.astype(np.float32) for name, image in images.items()})
-    write_scores(folder / f"{stem}.csv.part", scores)
-    for suffix in ("npz", "csv"):
-        (folder / f"{stem}.{suffix}.part").replace(folder / f"{stem}.{suffix}")
+def write_case(folder: Path, seed: int, shape: tuple, case: Case) -> str:
+    """One case as ``<folder>/<case name>.csv``, ``.npz`` and ``.md``, atomically (the ``.md`` last: a killed
+    run leaves no half case); returns the ``.md`` text."""
+    data, noise = case.scores[0].data, case.scores[0].noise
+    name = case_name(data, noise, seed)
+    table = [f"**{data}** {shape}, {noise} noise, seed {seed}. " + " ".join(case.notes),
+             "", "| method | PSNR (dB) | SSIM | detail PSNR (dB) | s/slice |", "|---|---|---|---|---|",
+             *(f"| {method_label(s.method, s.setting)} | {s.psnr_db:.2f} | {s.ssim:.4f} | {s.detail_psnr_db:.2f} "
+               f"| {s.seconds_per_slice:.3f} |" for s in case.scores), ""]
+    write_scores(folder / f"{name}.csv.part", case.scores)
+    with open(folder / f"{name}.npz.part", "wb") as handle:
+        np.savez_compressed(handle, **case.images)
+    (folder / f"{name}.md.part").write_text("\n".join(table) + "\n", encoding="utf-8")
+    for suffix in ("csv", "npz", "md"):
+        (folder / f"{name}.{suffix}.part").replace(folder / f"{name}.{suffix}")
+    return "\n".join(table)
 
 
 def read_case(path: Path) -> list[Score]:

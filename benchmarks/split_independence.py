@@ -28,9 +28,9 @@ from DiffDenoiseLib.noise.model import exact_floor, fit_noise_model, with_family
 from DiffDenoiseLib.preprocessing import IntensityScaling, to_slices
 from DiffDenoiseLib.runtime.devices import cpu_model
 
-from .datasets import NOISES as NOISE_LEVELS
-from .diffdenoise_benchmark import NOISES, benchmark_cases, clean_volume
+from .datasets import DATASETS, GRID_NOISES, noise_of
 from .scalar import noisy_case
+from .suites import grid_cases
 
 FIELDS = ("data", "noise", "seed", "family", "gain_fitted_over_true", "copy_variance_ratio",
           "twin_variance_ratio", "correlation", "correlation_dark")
@@ -38,8 +38,8 @@ FIELDS = ("data", "noise", "seed", "family", "gain_fitted_over_true", "copy_vari
 
 def check(data: str, noise: str, seed: int) -> dict[str, object]:
     """One case's split statistics (:data:`FIELDS`)."""
-    clean = clean_volume(data)
-    kind, level = NOISE_LEVELS[NOISES[noise]]
+    clean = DATASETS[data].central_slices(24)  # as the issue-27 grid reads it
+    kind, level = noise_of(noise)
     noisy, _, truth = noisy_case(clean, kind, level, seed)
     if kind == "rician":  # the noise is about the biased mean, which the BSN learns and the split is drawn around
         sigma = level * truth.scale
@@ -65,11 +65,11 @@ def check(data: str, noise: str, seed: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=["knee", "mni", "lidc", "t1"])
-    parser.add_argument("--noise", nargs="+", default=list(NOISES), choices=list(NOISES))
+    parser.add_argument("--noise", nargs="+", default=list(GRID_NOISES), choices=list(GRID_NOISES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "split_independence")
     args = parser.parse_args()
-    rows = [check(data, noise, args.seed) for data, noise in benchmark_cases(args.data, args.noise)]
+    rows = [check(data, noise, args.seed) for data, noise in grid_cases(tuple(args.data), tuple(args.noise))]
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "split_independence.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, FIELDS)

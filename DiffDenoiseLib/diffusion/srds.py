@@ -26,16 +26,23 @@ class SRDSResult:
 
 def srds_sample(model: DenoisingModel, start_noise: torch.Tensor, schedule: NoiseSchedule, steps: int,
                 prediction: Prediction = "epsilon", progress: ProgressCallback | None = None,
-                cancel: CancelCheck | None = None, stage: str = "srds") -> SRDSResult:
+                cancel: CancelCheck | None = None, stage: str = "srds", antithetic: bool = True) -> SRDSResult:
     """Run one antithetic DDIM pair per start noise and average: ``start_noise`` is (pairs, N, C, H, W).
 
     All 2 x pairs trajectories of all N slices run batched, one network call per DDIM step; ``model`` receives
     a batch of 2 * pairs * N ordered +eps of every pair, then -eps, and must condition item i on slice
-    ``i % N``. Returns (N, C, H, W) mean and uncertainty.
+    ``i % N``. Returns (N, C, H, W) mean and uncertainty. Without ``antithetic`` (an ablation: what the -eps
+    half of each pair buys), only the +eps trajectories run, and the uncertainty is their mean absolute
+    deviation from their mean (zero for one trajectory).
     """
     pairs, *shape = start_noise.shape
-    starts = torch.cat([start_noise, -start_noise]).reshape(2 * pairs * shape[0], *shape[1:])
-    samples = ddim_sample(model, starts, schedule, steps, prediction=prediction, progress=progress,
-                          cancel=cancel, stage=stage).reshape(2, pairs, *shape)
+    signs = 2 if antithetic else 1
+    starts = torch.cat([start_noise, -start_noise]) if antithetic else start_noise
+    samples = ddim_sample(model, starts.reshape(signs * pairs * shape[0], *shape[1:]), schedule, steps,
+                          prediction=prediction, progress=progress, cancel=cancel,
+                          stage=stage).reshape(signs, pairs, *shape)
+    if not antithetic:
+        mean = samples[0].mean(dim=0)
+        return SRDSResult(mean=mean, uncertainty=(samples[0] - mean).abs().mean(dim=0))
     plus, minus = samples[0], samples[1]
     return SRDSResult(mean=((plus + minus) / 2).mean(dim=0), uncertainty=((plus - minus).abs() / 2).mean(dim=0))

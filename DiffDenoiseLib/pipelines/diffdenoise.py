@@ -105,13 +105,15 @@ class SamplingSettings:
 
     ``distill_slices`` caps how many evenly spaced slices are sampled to train the NAFNet (None = every slice).
     ``batch_slices`` is how many slices share one network call (their pairs too); 0 picks 1 on a CPU (cache-
-    bound, measured fastest) and 8 on a GPU.
+    bound, measured fastest) and 8 on a GPU. ``antithetic`` False runs only the +eps trajectory of each pair:
+    plain DDIM, the ablation that shows what SRDS's pairs add.
     """
 
     steps: int = 1
     pairs: int = 1
     distill_slices: int | None = None
     batch_slices: int = 0
+    antithetic: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.pairs < 1:
@@ -277,7 +279,8 @@ def sample_srds(network: nn.Module, condition: np.ndarray, schedule: NoiseSchedu
                            for i in range(count)], dim=1)
         model = conditioned_model(network.to(plan.device), to_model_range(chunk.to(plan.device)), plan.device,
                                   plan.tile)
-        result = srds_sample(model, eps.to(plan.device), schedule, settings.steps, prediction, cancel=cancel)
+        result = srds_sample(model, eps.to(plan.device), schedule, settings.steps, prediction, cancel=cancel,
+                             antithetic=settings.antithetic)
         # uncertainty: half of [-1, 1] units = normalised units
         return from_model_range(result.mean).cpu().numpy(), (result.uncertainty / 2).cpu().numpy()
 
