@@ -65,16 +65,20 @@ def _checkModelPath(saveModelPath: str | None) -> None:
 
 
 _addLibraryToPath()
-from DiffDenoiseNodes import (  # noqa: E402  (beside this file: MRML nodes <-> arrays)
+from DiffDenoiseNodes import (  # noqa: E402  (beside this file: MRML nodes <-> arrays, and their display)
     checkScalarInput,
     node_geometry,
     provenanceOf,
     recordProvenance,
     seriesArrays,
+    showResult,
+    uncertaintyOpacity,
     writeScalar,
     writeSeries,
 )
-from DiffDenoiseRequirements import (  # noqa: E402  (beside this file: Python version and packages needed)
+from DiffDenoiseRequirements import (  # noqa: E402  (beside this file: what this Slicer needs, and getting it)
+    deviceProblem,
+    installDependencies,
     missingRequirements,
     unsupportedPython,
 )
@@ -456,114 +460,6 @@ class BackgroundRun:
         """Kill the worker and remove its temporary files."""
         self.worker.cancel()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-#
-# What the panel does around a run: dependencies, device check, showing the result
-#
-
-
-def dependencyPlan(missing: list[str], pytorchExtension: bool) -> tuple[str | None, list[str]]:
-    """(the torch requirement for the PyTorch extension to install, or None; the requirements for pip) of the
-    ``missing`` requirement lines: torch goes through the extension when it is there (it picks the build that
-    matches the GPU), everything else through pip."""
-    from packaging.requirements import Requirement
-
-    torchLine = next((line for line in missing if Requirement(line).name == "torch"), None)
-    if torchLine is None or not pytorchExtension:
-        return None, list(missing)
-    return torchLine, [line for line in missing if line != torchLine]
-
-
-def installDependencies(missing: list[str]) -> None:
-    """Install the ``missing`` requirement lines (the user has agreed): torch through the PyTorch extension when
-    it is installed, the rest with Slicer's installer (``slicer.packaging`` from Slicer 5.12, which offers a
-    restart when an updated package was already imported; ``slicer.util.pip_install`` before)."""
-    from packaging.requirements import Requirement
-
-    try:
-        import PyTorchUtils
-    except ImportError:
-        PyTorchUtils = None
-    torchLine, rest = dependencyPlan(missing, PyTorchUtils is not None)
-    if torchLine is not None:
-        PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=False, torchVersionRequirement=str(Requirement(torchLine).specifier))
-        stillMissing = missingRequirements()  # torch may have brought numpy
-        rest = [line for line in rest if line in stillMissing]
-    if not rest:  # pip refuses an install without requirements
-        return
-    try:
-        import slicer.packaging as packaging  # Slicer >= 5.12
-    except ImportError:
-        packaging = None
-    if packaging is not None and hasattr(packaging, "pip_ensure"):
-        packaging.pip_ensure(rest, prompt_install=False, requester="DiffDenoise")  # the panel has asked
-    else:
-        slicer.util.pip_install(rest)
-
-
-def deviceProblem(device: str) -> str | None:
-    """Why the chosen device cannot run in this Slicer, naming the fix, or None (imports torch)."""
-    if device in ("auto", "cpu"):
-        return None
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        why = "its torch is a CPU-only build" if torch.version.cuda is None else "torch finds no CUDA GPU or driver"
-        return (f"Device cuda is not available in this Slicer: {why}. Choose Device auto or cpu, or install a "
-                "CUDA build of torch with the PyTorch extension (module PyTorch Utils) and restart Slicer.")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        return ("Device mps (Apple GPU) is not available here: it needs an Apple-silicon Mac with macOS 12.3 or "
-                "newer. Choose Device auto or cpu.")
-    return None
-
-
-# Slicer's colour tables of the extra outputs (IDs as vtkMRMLColorLogic.h lists them)
-EXTRA_COLORS = {"residual": "vtkMRMLColorTableNodeFileDivergingBlueRed.txt",  # signed: blue below 0, red above
-                "uncertainty": "vtkMRMLColorTableNodeFileInferno.txt"}  # 0 dark, high bright
-UNCERTAINTY_OPACITY = 0.4
-
-
-def displayRange(name: str, values: np.ndarray) -> tuple[float, float]:
-    """The window of an extra output: the residual centred on 0 out to the 99.5th percentile of its magnitude
-    on either side, the uncertainty from 0 to its 99.5th percentile (a few outlier voxels do not wash it out)."""
-    if name == "residual":
-        extent = float(np.percentile(np.abs(values), 99.5))
-        return -extent, extent
-    return 0.0, float(np.percentile(values, 99.5))
-
-
-def styleExtraOutputs(extras: dict) -> None:
-    """Colour map and window/level (:func:`displayRange`) of the residual and uncertainty nodes in ``extras``; a
-    colour table missing from the scene (no Slicer application) leaves the node's own."""
-    for name, node in extras.items():
-        display = node.GetDisplayNode()
-        if name not in EXTRA_COLORS or display is None:
-            continue
-        scene = node.GetScene()
-        if scene is not None and scene.GetNodeByID(EXTRA_COLORS[name]) is not None:
-            display.SetAndObserveColorNodeID(EXTRA_COLORS[name])
-        low, high = displayRange(name, slicer.util.arrayFromVolume(node))
-        display.AutoWindowLevelOff()
-        display.SetWindowLevelMinMax(low, max(high, low + 1e-6))  # a constant map still gets a valid window
-
-
-def uncertaintyOpacity(shown: bool) -> float:
-    """The slice views' foreground opacity of the uncertainty overlay, shown or hidden."""
-    return UNCERTAINTY_OPACITY if shown else 0.0
-
-
-def showResult(output, extras: dict, showUncertainty: bool) -> None:
-    """The result in the slice views (a sequence is left to the Sequences module), the extra outputs styled,
-    and the uncertainty map, when there is one, as an overlay on the result (opacity 0 when not shown)."""
-    styleExtraOutputs(extras)
-    if output.IsA("vtkMRMLSequenceNode"):
-        return
-    uncertainty = extras.get("uncertainty")
-    opacity = uncertaintyOpacity(showUncertainty) if uncertainty is not None else None
-    slicer.util.setSliceViewerLayers(background=output, foreground=uncertainty, foregroundOpacity=opacity,
-                                     fit=hasattr(slicer, "app"))  # fitting needs the application's views
 
 
 #

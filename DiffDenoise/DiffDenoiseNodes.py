@@ -1,5 +1,6 @@
 """MRML nodes <-> arrays for the DiffDenoise module: the input checks, the geometry of a volume node, scalar
-and diffusion-series nodes read into arrays and written back, and the provenance attributes of results.
+and diffusion-series nodes read into arrays and written back, the provenance attributes of results, and how
+results are shown (the extra outputs' colour maps and windows, the uncertainty overlay).
 
 Kept beside ``DiffDenoise.py`` so that its logic class reads like Slicer's scripted-module template; the
 library is imported where it is used (``DiffDenoise.py`` has put it on the path)."""
@@ -182,3 +183,50 @@ def _writeDWI(dwiNode, outputNode, series):
         setter(copy)
     slicer.util.updateVolumeFromArray(outputNode, np.ascontiguousarray(np.moveaxis(series, 0, -1), np.float32))
     return outputNode
+
+
+# Slicer's colour tables of the extra outputs (IDs as vtkMRMLColorLogic.h lists them)
+EXTRA_COLORS = {"residual": "vtkMRMLColorTableNodeFileDivergingBlueRed.txt",  # signed: blue below 0, red above
+                "uncertainty": "vtkMRMLColorTableNodeFileInferno.txt"}  # 0 dark, high bright
+UNCERTAINTY_OPACITY = 0.4
+
+
+def displayRange(name: str, values: np.ndarray) -> tuple[float, float]:
+    """The window of an extra output: the residual centred on 0 out to the 99.5th percentile of its magnitude
+    on either side, the uncertainty from 0 to its 99.5th percentile (a few outlier voxels do not wash it out)."""
+    if name == "residual":
+        extent = float(np.percentile(np.abs(values), 99.5))
+        return -extent, extent
+    return 0.0, float(np.percentile(values, 99.5))
+
+
+def styleExtraOutputs(extras: dict) -> None:
+    """Colour map and window/level (:func:`displayRange`) of the residual and uncertainty nodes in ``extras``; a
+    colour table missing from the scene (no Slicer application) leaves the node's own."""
+    for name, node in extras.items():
+        display = node.GetDisplayNode()
+        if name not in EXTRA_COLORS or display is None:
+            continue
+        scene = node.GetScene()
+        if scene is not None and scene.GetNodeByID(EXTRA_COLORS[name]) is not None:
+            display.SetAndObserveColorNodeID(EXTRA_COLORS[name])
+        low, high = displayRange(name, slicer.util.arrayFromVolume(node))
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(low, max(high, low + 1e-6))  # a constant map still gets a valid window
+
+
+def uncertaintyOpacity(shown: bool) -> float:
+    """The slice views' foreground opacity of the uncertainty overlay, shown or hidden."""
+    return UNCERTAINTY_OPACITY if shown else 0.0
+
+
+def showResult(output, extras: dict, showUncertainty: bool) -> None:
+    """The result in the slice views (a sequence is left to the Sequences module), the extra outputs styled,
+    and the uncertainty map, when there is one, as an overlay on the result (opacity 0 when not shown)."""
+    styleExtraOutputs(extras)
+    if output.IsA("vtkMRMLSequenceNode"):
+        return
+    uncertainty = extras.get("uncertainty")
+    opacity = uncertaintyOpacity(showUncertainty) if uncertainty is not None else None
+    slicer.util.setSliceViewerLayers(background=output, foreground=uncertainty, foregroundOpacity=opacity,
+                                     fit=hasattr(slicer, "app"))  # fitting needs the application's views

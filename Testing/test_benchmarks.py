@@ -14,7 +14,7 @@ from helpers import make_tiny_settings
 
 from benchmarks.__main__ import run
 from benchmarks.datasets import SHARED
-from benchmarks.report import combine, replace_section, target_table
+from benchmarks.report import combine, replace_marked, target_table
 from benchmarks.scalar import DISTILLED, FORCED_PUCA, SUPERVISED, Score, peer_case, run_case, write_case
 from benchmarks.suites import SUITES, grid_cases, with_steps
 from DiffDenoiseLib.data import SAMPLE_KNEE
@@ -23,15 +23,12 @@ from DiffDenoiseLib.presets import PRESETS
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
-def test_suite_scores_every_method_writes_figures_and_readme_and_resumes(tmp_path):
+def test_suite_scores_every_method_writes_figures_and_its_page_section_and_resumes(tmp_path):
     suite = replace(SUITES["quick"], settings=with_steps(PRESETS["quick"], 2, 2, 2),
                     cases=(("knee", "correlated 0.1"), ("mni", "rician 0.05")), slices=2,
                     cost_presets=("quick",), cost_steps=2, speed_sizes=(64, 96), growth_base=(1, 64))
-    readme = tmp_path / "README.md"
-    readme.write_text("# title\n<!-- benchmark-suite quick:start -->\nOLD SECTION\n"
-                      "<!-- benchmark-suite quick:end -->\ntail\n")
     out = tmp_path / "suite"
-    run(suite, ("scalar", "cost"), out, False, readme)
+    run(suite, ("scalar", "cost"), out, False, False)
 
     with open(out / "suite_quick.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -52,23 +49,22 @@ def test_suite_scores_every_method_writes_figures_and_readme_and_resumes(tmp_pat
     assert all(g[7] > 0.1 for g in growth)  # peak RSS of a real process (GB)
     for figure in ("knee.png", "mni.png", "psnr_vs_time.png", "growth.png"):
         assert (out / "figures" / figure).stat().st_size > 10_000
-    text = readme.read_text()
-    assert "OLD SECTION" not in text and text.startswith("# title\n") and text.endswith("tail\n")
-    assert "distilled - supervised ceiling" in text and "(suite/figures/knee.png)" in text
+    text = (out / "section.md").read_text()  # docs/results.md's section, its links relative to that page
+    assert "distilled - supervised ceiling" in text and "suite/figures/knee.png)" in text
     assert "| knee | correlated 0.1 |" in text and "s/slice 64 x 64 | s/slice 96 x 96" in text
 
     case = out / "suite_quick_cases" / "knee_correlated_0.1_seed0.md"
     assert "noise analysis: correlated" in case.read_text()  # the case's note
     finished = case.stat().st_mtime_ns
-    run(suite, ("scalar", "cost"), out, True, None)  # resumed: nothing is recomputed
+    run(suite, ("scalar", "cost"), out, True, False)  # resumed: nothing is recomputed
     assert case.stat().st_mtime_ns == finished
 
 
 def test_readme_without_markers_is_refused_with_the_fix(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("no markers here\n")
-    with pytest.raises(SystemExit, match="benchmark-suite quick:start"):
-        replace_section(readme, "quick", "table")
+    with pytest.raises(SystemExit, match="results-summary:start"):
+        replace_marked(readme, "results-summary", "table")
 
 
 def _scores(data: str, noise: str, table: tuple) -> dict[str, Score]:
@@ -263,13 +259,15 @@ def test_panel_figure_draws_the_four_images_and_the_overlay(tmp_path):
 
 
 def test_the_pages_show_the_committed_grid_as_the_benchmark_wrote_it():
-    """The README's results summary and GPU section and docs/results.md copy the committed grid files, made by
-    ``python -m benchmarks.results_page``: no number there is typed by hand or left stale."""
+    """The README's results summary and GPU section and the whole of docs/results.md copy the committed results
+    files, made by ``python -m benchmarks.results_page``: no number there is typed by hand or left stale."""
     from benchmarks import results_page
 
+    stale = "is stale: run python -m benchmarks.results_page"
+    assert results_page.FULL_PAGE.read_text(encoding="utf-8") == results_page.results_page(), f"docs/results.md {stale}"
     for page, name, body in results_page.sections():
         copy = page.read_text(encoding="utf-8").split(f"<!-- {name}:start -->\n")[1].split(f"\n<!-- {name}:end -->")[0]
-        assert copy == body.strip(), f"{page} is stale: run python -m benchmarks.results_page"
+        assert copy == body.strip(), f"{page} {stale}"
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")

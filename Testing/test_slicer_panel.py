@@ -242,7 +242,7 @@ def test_version_guard_names_the_supported_slicer_and_matches_the_library():
 
 
 def test_dependency_plan_gives_pip_nothing_when_only_torch_is_missing():
-    from DiffDenoise import dependencyPlan
+    from DiffDenoiseRequirements import dependencyPlan
 
     assert dependencyPlan(["torch>=2.4,<3"], pytorchExtension=True) == ("torch>=2.4,<3", [])
     assert dependencyPlan(["torch>=2.4,<3"], pytorchExtension=False) == (None, ["torch>=2.4,<3"])
@@ -252,8 +252,7 @@ def test_dependency_plan_gives_pip_nothing_when_only_torch_is_missing():
 
 def test_a_missing_device_is_refused_with_the_fix():
     import torch
-
-    from DiffDenoise import deviceProblem
+    from DiffDenoiseRequirements import deviceProblem
 
     assert deviceProblem("auto") is None and deviceProblem("cpu") is None
     if not torch.cuda.is_available():
@@ -288,7 +287,7 @@ def test_panel_paths_are_used_only_where_switched_on_and_checked_before_a_run(kn
 
 
 def test_extra_outputs_get_a_centred_residual_window_and_an_uncertainty_window_from_zero():
-    from DiffDenoise import showResult
+    from DiffDenoiseNodes import showResult
 
     scene = slicer.mrmlScene = slicer.vtkMRMLScene()
     values = np.linspace(-3, 1, 4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8)

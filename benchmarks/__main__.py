@@ -13,8 +13,9 @@ go to ``benchmarks/results/<the suite's folder>/``: each finished case in ``<ste
 the peers' scores in ``peer_cases/`` (reused by every later run), all cases gathered in ``<stem>.md`` (issue 27's
 targets, mean and range over the seeds, then each case) and ``<stem>.csv``. ``--resume`` keeps what an earlier
 run finished: a killed case resumes its training from its checkpoints. The quick and full suites also write
-their section of docs/results.md (``--no-page``: not); the grid's pages follow with
-``python -m benchmarks.results_page``.
+their section of docs/results.md (``section.md``, with figures); at the end the README's and docs/results.md's
+results are written again from the committed files (``--no-page``: not; ``python -m benchmarks.results_page``
+does it alone).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
@@ -33,7 +34,7 @@ import torch
 
 from DiffDenoiseLib.runtime.progress import TqdmProgress
 
-from . import ddm2_benchmark, figures, report
+from . import ddm2_benchmark, figures, report, results_page
 from .cost import measure_cost
 from .datasets import DATASETS, SHARED
 from .peers import careamics_status, missing_peers
@@ -42,30 +43,31 @@ from .suites import SUITES, Suite, describe
 from .volume_ablation import machine
 
 RESULTS = Path(__file__).parent / "results"
-RESULTS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+RESULTS_PAGE = results_page.FULL_PAGE
 PARTS = ("scalar", "dwi", "cost")
 
 
-def run_scalar(suite: Suite, out: Path, seeds: tuple[int, ...], ablations: bool, notes: list[str]) -> None:
-    """Every case of ``suite`` at each of ``seeds`` not yet finished in ``out`` (every case at one seed before
-    the next seed: a run cut short still covers them all), the combined page and CSV after each."""
-    cases = out / f"{suite.stem}_cases"
-    cases.mkdir(parents=True, exist_ok=True)
+def run_scalar(suite: Suite, cases: tuple[tuple[str, str], ...], out: Path, seeds: tuple[int, ...], ablations: bool,
+               notes: list[str]) -> None:
+    """Each of ``cases`` (of ``suite``) at each of ``seeds`` not yet finished in ``out`` (every case at one seed
+    before the next seed: a run cut short still covers them all), the suite's combined page and CSV after each."""
+    folder = out / f"{suite.stem}_cases"
+    folder.mkdir(parents=True, exist_ok=True)
     progress = TqdmProgress()
     for seed in seeds:
-        for data, noise in suite.cases:
+        for data, noise in cases:
             name = case_name(data, noise, seed)
             if not DATASETS[data].available:
                 notes.append(f"{data}, {noise}: skipped ({DATASETS[data].file} is absent)")
                 continue
-            if (cases / f"{name}.md").exists():
+            if (folder / f"{name}.md").exists():
                 print(f"{name}: kept from an earlier run", flush=True)
                 continue
             print(name, flush=True)
             clean = DATASETS[data].central_slices(suite.slices)
             case = run_case(data, clean, noise, seed, suite.settings, out, DATASETS[data].spacing, suite.ceiling,
                             ablations, machine(), progress)
-            print(write_case(cases, seed, clean.shape, case), flush=True)
+            print(write_case(folder, seed, clean.shape, case), flush=True)
             shutil.rmtree(out / "checkpoints" / name, ignore_errors=True)
             combine(suite, out)
     progress.close()
@@ -95,12 +97,13 @@ def run_cost(suite: Suite, out: Path) -> None:
     (out / "cost.json").write_text(json.dumps(asdict(cost), indent=1))
 
 
-def render(suite: Suite, out: Path, notes: list[str], timings: dict[str, float], page: Path) -> str:
-    """Write the figures and ``report.md`` of a suite with a page; returns its section for ``page`` (links
-    relative to it). The tables and figures show the first noise seed's cases."""
+def render(suite: Suite, out: Path, notes: list[str], timings: dict[str, float]) -> str:
+    """Write the figures, ``report.md`` and ``section.md`` (the section of docs/results.md, its links relative
+    to that page) of a suite with a page; returns the section. The tables and figures show the first noise
+    seed's cases."""
     figure_folder = out / "figures"
     figure_folder.mkdir(exist_ok=True)
-    link = os.path.relpath(out, page.resolve().parent)
+    link = os.path.relpath(out, RESULTS_PAGE.parent)
     pairs = combine(suite, out)
     seed = min((s for s, _ in pairs), default=0)
     scores = [score for s, score in pairs if s == seed]
@@ -116,9 +119,12 @@ def render(suite: Suite, out: Path, notes: list[str], timings: dict[str, float],
         for data in dict.fromkeys(s.data for s in scores):
             cases = []
             for noise in dict.fromkeys(s.noise for s in scores if s.data == data):
-                with np.load(out / f"{suite.stem}_cases" / f"{case_name(data, noise, seed)}.npz") as images:
-                    cases.append((noise, dict(images)))
-            figures.case_grid(figure_folder / f"{data}.png", DATASETS[data].description, cases)
+                path = out / f"{suite.stem}_cases" / f"{case_name(data, noise, seed)}.npz"
+                if path.exists():  # the images stay local: a checkout of committed cases has none
+                    with np.load(path) as images:
+                        cases.append((noise, dict(images)))
+            if cases:
+                figures.case_grid(figure_folder / f"{data}.png", DATASETS[data].description, cases)
         figures.psnr_time_scatter(figure_folder / "psnr_vs_time.png", scores)
         parts += ["", report.metric_table(scores, "psnr_db", "PSNR (dB)"), "",
                   report.metric_table(scores, "detail_psnr_db", "Detail PSNR (dB)"), "",
@@ -136,15 +142,18 @@ def render(suite: Suite, out: Path, notes: list[str], timings: dict[str, float],
                   "one; peak RSS of each run's own process)", "", report.cost_tables(cost), "",
                   f"![cost growth]({link}/figures/growth.png)", ""]
     section = "\n".join(parts)
+    (out / "section.md").write_text(section + "\n", encoding="utf-8")
     (out / "report.md").write_text(f"# Benchmark suite {suite.name}\n\n{section}\n\n## Every score\n\n"
-                                   + report.case_tables(scores) + "\n")
+                                   + report.case_tables(scores) + "\n", encoding="utf-8")
     return section
 
 
-def run(suite: Suite, parts: tuple[str, ...], out: Path, resume: bool, page: Path | None,
-        seeds: tuple[int, ...] | None = None, ablations: bool | None = None) -> None:
-    """Run ``parts`` of ``suite`` into ``out`` (the scalar cases at ``seeds``, default the suite's, with the
-    ablations when ``ablations``, default the suite's); write its page section into ``page`` when it has one."""
+def run(suite: Suite, parts: tuple[str, ...], out: Path, resume: bool, pages: bool,
+        seeds: tuple[int, ...] | None = None, ablations: bool | None = None,
+        cases: tuple[tuple[str, str], ...] | None = None) -> None:
+    """Run ``parts`` of ``suite`` into ``out``: its scalar ``cases`` (default all) at ``seeds`` (default the
+    suite's), with the ablations when ``ablations`` (default the suite's); with ``pages``, write the README's and
+    docs/results.md's results again (:mod:`.results_page`)."""
     if not SHARED.exists():
         raise SystemExit(f"skipped: {SHARED} not found (the shared data folder is absent)")
     matplotlib.use("Agg")  # files only
@@ -157,8 +166,8 @@ def run(suite: Suite, parts: tuple[str, ...], out: Path, resume: bool, page: Pat
     if status := careamics_status():
         notes.append(status)
     seeds = suite.seeds if seeds is None else seeds
-    jobs = {"scalar": lambda: run_scalar(suite, out, seeds, suite.ablations if ablations is None else ablations,
-                                         notes),
+    jobs = {"scalar": lambda: run_scalar(suite, suite.cases if cases is None else cases, out, seeds,
+                                         suite.ablations if ablations is None else ablations, notes),
             "dwi": lambda: run_dwi(suite, out, seeds[0]), "cost": lambda: run_cost(suite, out)}
     for part in PARTS:
         done = {"dwi": out / "dwi.md", "cost": out / "cost.json"}.get(part)
@@ -172,19 +181,17 @@ def run(suite: Suite, parts: tuple[str, ...], out: Path, resume: bool, page: Pat
         # the scalar part resumes case by case, so its time adds up over runs; the others run in one go
         timings[part] = (timings.get(part, 0.0) if part == "scalar" else 0.0) + time.perf_counter() - started
         timing_file.write_text(json.dumps(timings))
-    if not suite.page:
+    if suite.page:
+        print(render(suite, out, notes, timings))
+    else:
         combine(suite, out)
-        return
-    section = render(suite, out, notes, timings, page or RESULTS_PAGE)
-    if page is not None:
-        report.replace_section(page, suite.name, section)
-    print(section)
+    if pages:
+        results_page.main()
 
 
-def selected(suite: Suite, datas: list[str] | None, noises: list[str] | None) -> Suite:
-    """``suite`` with only the cases of ``datas`` and ``noises`` (None: all of them)."""
-    return replace(suite, cases=tuple((d, n) for d, n in suite.cases
-                                      if (datas is None or d in datas) and (noises is None or n in noises)))
+def selected(suite: Suite, datas: list[str] | None, noises: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """The cases of ``suite`` with a dataset of ``datas`` and a noise of ``noises`` (None: any)."""
+    return tuple((d, n) for d, n in suite.cases if (datas is None or d in datas) and (noises is None or n in noises))
 
 
 def main() -> None:
@@ -201,8 +208,9 @@ def main() -> None:
                          help="also run the ablations in each case (default: the suite's)")
     command.add_argument("--resume", action="store_true", help="keep what an earlier run of this suite finished")
     command.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<the suite's folder>)")
-    command.add_argument("--no-page", dest="page", action="store_false",
-                         help="do not rewrite this suite's section of docs/results.md")
+    command.add_argument("--no-page", dest="pages", action="store_false",
+                         help="do not write the results into the README and docs/results.md (python -m "
+                              "benchmarks.results_page does it later)")
     again = commands.add_parser("report", help="gather a suite's finished cases into its page and CSV again")
     again.add_argument("--suite", default="quick", choices=list(SUITES))
     again.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<the suite's folder>)")
@@ -212,8 +220,8 @@ def main() -> None:
     if args.command == "report":
         combine(suite, out)
         return
-    run(selected(suite, args.data, args.noise), tuple(args.parts), out, args.resume,
-        RESULTS_PAGE if args.page else None, tuple(args.seeds) if args.seeds else None, args.ablations)
+    run(suite, tuple(args.parts), out, args.resume, args.pages, tuple(args.seeds) if args.seeds else None,
+        args.ablations, selected(suite, args.data, args.noise))
 
 
 if __name__ == "__main__":

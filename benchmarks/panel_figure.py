@@ -1,7 +1,9 @@
 """The README's Slicer figure, from a real run of the panel's path: the module's logic on a real MRML scene
 (slicer-core) starts the background worker as Apply does, with the residual and uncertainty outputs; the
 figure shows the input, the result, and the two maps in the colours and windows the panel gives them
-(:func:`DiffDenoise.styleExtraOutputs`), with the panel's options of the run listed under it.
+(:func:`DiffDenoiseNodes.styleExtraOutputs`), with the panel's options of the run listed under it. Outside the
+Slicer application the module imports with the test suite's stand-ins for the application classes
+(``Testing/slicer_app_stand_ins.py``); the logic, the scene and the worker are the real ones.
 
     python -m benchmarks.panel_figure [--out docs/slicer_panel.png] [--preset quick]
 """
@@ -31,7 +33,13 @@ def run_panel(preset: str) -> tuple[dict[str, np.ndarray], dict[str, tuple[float
     the windows the panel sets, the panel's options, and the run's seconds."""
     import slicer
 
-    from DiffDenoise import DiffDenoiseLogic, displayRange, runOptions
+    sys.path.insert(0, str(ROOT / "Testing"))
+    from slicer_app_stand_ins import install
+
+    install()  # where slicer-core lacks the application classes the module derives from
+    from DiffDenoiseNodes import displayRange
+
+    from DiffDenoise import DiffDenoiseLogic, runOptions
 
     slicer.mrmlScene = slicer.vtkMRMLScene()
     volume = read_volume(SAMPLE_KNEE)
@@ -60,7 +68,7 @@ def run_panel(preset: str) -> tuple[dict[str, np.ndarray], dict[str, tuple[float
 def draw(path: Path, images: dict[str, np.ndarray], windows: dict[str, tuple[float, float]],
          options: dict[str, str], note: str) -> None:
     """Input | result | residual | uncertainty, and result with the uncertainty overlay, options underneath."""
-    from DiffDenoise import UNCERTAINTY_OPACITY
+    from DiffDenoiseNodes import UNCERTAINTY_OPACITY
 
     low, high = np.percentile(images["input"], (0.5, 99.5))
     panels = [("input", images["input"], "gray", (low, high)), ("result", images["result"], "gray", (low, high)),

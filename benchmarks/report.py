@@ -180,8 +180,3 @@ def replace_marked(page: Path, name: str, body: str) -> None:
     if not pattern.search(text):
         raise SystemExit(f"{page} has no '{start}' ... '{end}' markers: add them where the results go")
     page.write_text(pattern.sub(lambda _: f"{start}\n{body.strip()}\n{end}", text), encoding="utf-8")
-
-
-def replace_section(page: Path, suite: str, body: str) -> None:
-    """Put a suite's ``body`` between its markers (``<!-- benchmark-suite NAME:start/end -->``) in ``page``."""
-    replace_marked(page, f"benchmark-suite {suite}", body)

@@ -10,8 +10,9 @@ NAFNet's architecture and training budget fitted to (noisy, clean) pairs, which 
 see.
 
 A finished case is three files named ``<data>_<noise>_seed<k>``: ``.csv`` (every score, columns
-:data:`CSV_FIELDS`), ``.npz`` (the middle slice of the clean image and of each output, for the figures) and
-``.md`` (the case's note and table), written last: its presence marks the case as done.
+:data:`CSV_FIELDS`), ``.npz`` (the middle slice of the clean image and of each output, for the figures; it stays
+local, the others are committed) and ``.md`` (the case's note and table), written last: its presence marks the
+case as done.
 """
 
 from __future__ import annotations
