@@ -278,9 +278,9 @@ def cmd_cohort(args: argparse.Namespace, progress: Progress) -> Written:
     if options is not None and args.slice_axis == "bundle":
         raise InputError("--slice-axis bundle needs --model (the axis a saved bundle was trained along); to train "
                          "on each image, use auto or 0, 1, 2")
-    _plan_cohort(args)
+    jobs = _plan_cohort(args)
     bundle = load_bundle(args.model) if args.model else None
-    mine = distributed.shard(args.jobs) if bundle is not None else args.jobs
+    mine = distributed.shard(jobs) if bundle is not None else jobs
     failed: list[str] = []
     for number, (path, output) in enumerate(mine, start=1):
         try:
@@ -306,9 +306,9 @@ def cmd_cohort(args: argparse.Namespace, progress: Progress) -> Written:
     return args.written
 
 
-def _plan_cohort(args: argparse.Namespace) -> None:
-    """Check every input and every output path of a cohort before any image is read (``args.jobs``: the
-    (input, output) pairs); in every process, so that none writes while another is still checking."""
+def _plan_cohort(args: argparse.Namespace) -> list[tuple[Path, Path]]:
+    """Check every input and every output path of a cohort before any image is read, in every process, so
+    that none writes while another is still checking; returns the (input, output) pairs."""
     from .runtime import distributed
     from .write_plan import WritePlan
 
@@ -319,8 +319,8 @@ def _plan_cohort(args: argparse.Namespace) -> None:
     plan = WritePlan(args.overwrite)
     if args.model:
         plan.read(args.model, "model bundle")
-    args.jobs = [(path, args.out / path.name) for path in args.inputs]
-    for path, output in args.jobs:
+    jobs = [(path, args.out / path.name) for path in args.inputs]
+    for path, output in jobs:
         plan.read(path)
         _plan_images(plan, output, args, None, source=path)
     # Every process checks every path before any writes: one that finished its check early and wrote its first
@@ -333,6 +333,7 @@ def _plan_cohort(args: argparse.Namespace) -> None:
     problems = [message for message in distributed.gather(problem) if message]
     if problems:
         raise InputError(str(problems[0]))
+    return jobs
 
 
 def cmd_info(args: argparse.Namespace, progress: Progress) -> Written:

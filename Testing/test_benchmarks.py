@@ -60,6 +60,19 @@ def test_suite_scores_every_method_writes_figures_and_its_page_section_and_resum
     assert case.stat().st_mtime_ns == finished
 
 
+def test_a_fresh_run_clears_earlier_results_but_keeps_the_peer_cache(tmp_path):
+    from benchmarks.__main__ import clear_results
+
+    for name in ("peer_cases/knee_gaussian_seed0.csv", "diffdenoise_quick_cases/knee_gaussian_seed0.md",
+                 "checkpoints/knee_gaussian_seed0/pipeline/bsn.pt", "diffdenoise_quick.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("earlier")
+    clear_results(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*"))] == [
+        "peer_cases", "peer_cases/knee_gaussian_seed0.csv"]
+    clear_results(tmp_path / "absent")  # nothing there yet: nothing to do
+
+
 def test_readme_without_markers_is_refused_with_the_fix(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("no markers here\n")

@@ -158,7 +158,7 @@ def run(suite: Suite, parts: tuple[str, ...], out: Path, resume: bool, pages: bo
         raise SystemExit(f"skipped: {SHARED} not found (the shared data folder is absent)")
     matplotlib.use("Agg")  # files only
     if not resume:
-        shutil.rmtree(out, ignore_errors=True)
+        clear_results(out)
     out.mkdir(parents=True, exist_ok=True)
     timing_file = out / "timings.json"
     timings = json.loads(timing_file.read_text()) if timing_file.exists() else {}
@@ -187,6 +187,18 @@ def run(suite: Suite, parts: tuple[str, ...], out: Path, resume: bool, pages: bo
         combine(suite, out)
     if pages:
         results_page.main()
+
+
+def clear_results(out: Path) -> None:
+    """Remove what earlier runs wrote in ``out`` for a fresh run, except the peers' cache (``peer_cases``),
+    which does not depend on our code or preset."""
+    for entry in out.iterdir() if out.is_dir() else ():
+        if entry.name == "peer_cases":
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def selected(suite: Suite, datas: list[str] | None, noises: list[str] | None) -> tuple[tuple[str, str], ...]:

@@ -132,10 +132,12 @@ def finished_cases(folder: Path, cases: tuple[tuple[str, str], ...]) -> list[tup
     """(data, noise, seed) of every finished case of ``cases`` in ``folder``, in the order of ``cases``, each
     case's seeds in order."""
     order = {case: index for index, case in enumerate(cases)}
+    by_stem = {case_name(data, noise, 0).rsplit("_seed", 1)[0]: (data, noise) for data, noise in cases}
     found = []
     for path in folder.glob("*_seed*.md"):
         stem, seed = path.stem.rsplit("_seed", 1)
-        found += [(data, noise, int(seed)) for data, noise in cases if case_name(data, noise, int(seed)) == path.stem]
+        if stem in by_stem:
+            found.append((*by_stem[stem], int(seed)))
     return sorted(found, key=lambda key: (order[key[:2]], key[2]))
 
 

@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 from .report import replace_marked
+from .suites import SUITES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -30,7 +31,6 @@ GPU_GRID, GPU_COST = GPU_RESULTS / "diffdenoise_standard.md", GPU_RESULTS / "pre
 GPU = "gpu-results"
 DEMO_REPORT = RESULTS / "demo" / "report.txt"  # copied from `diffdenoise demo`'s folder
 DEMO = "demo-caption"
-SUITE_SECTIONS = {"quick": RESULTS / "suite_quick" / "section.md", "full": RESULTS / "suite_full" / "section.md"}
 # committed results of earlier code and of the one-question benchmarks, with what each measured
 EARLIER = {
     "diffdenoise_quick_cases": "issue 3's ablation study at the quick preset (code of that time: knee, MNI and the "
@@ -90,7 +90,7 @@ def demo_caption(report: str, page: Path) -> str:
 
 def suite_section(name: str) -> str:
     """What ``python -m benchmarks run --suite NAME`` wrote for this page, or how to run it."""
-    path = SUITE_SECTIONS[name]
+    path = RESULTS / SUITES[name].folder / "section.md"
     if not path.exists():
         return f"Not run yet: `python -m benchmarks run --suite {name}` writes this section."
     return path.read_text(encoding="utf-8").strip()

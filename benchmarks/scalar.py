@@ -169,6 +169,14 @@ def middle(image: np.ndarray) -> np.ndarray:
     return image[len(image) // 2].astype(np.float32)
 
 
+def save_images(path: Path, images: dict[str, np.ndarray]) -> None:
+    """``images`` as ``path`` (.npz), written under a temporary name and moved into place when complete."""
+    partial = path.with_suffix(".npz.part")
+    with open(partial, "wb") as handle:
+        np.savez_compressed(handle, **images)
+    partial.replace(path)
+
+
 def peer_case(folder: Path, data: str, noise: str, seed: int, clean: np.ndarray) -> Case:
     """The noisy input and every classical peer on one case, scored (with their middle slices): kept in
     ``folder`` and read back from there when present, since they depend only on the image, the noise and its
@@ -179,9 +187,7 @@ def peer_case(folder: Path, data: str, noise: str, seed: int, clean: np.ndarray)
         noisy, data_range, truth = noisy_case(clean, *noise_of(noise), seed)
         outputs = [MethodOutput("noisy", "", noisy, 0.0, 0.0), *classical_peers(noisy, clean, data_range, truth)]
         folder.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".npz.part"), "wb") as handle:
-            np.savez_compressed(handle, **{o.method: middle(o.image) for o in outputs})
-        path.with_suffix(".npz.part").replace(path.with_suffix(".npz"))
+        save_images(path.with_suffix(".npz"), {o.method: middle(o.image) for o in outputs})
         write_scores(path.with_suffix(".part"), [score(data, noise, o, clean, data_range) for o in outputs])
         path.with_suffix(".part").replace(path)
     images = {}
@@ -253,11 +259,10 @@ def write_case(folder: Path, seed: int, shape: tuple, case: Case) -> str:
              *(f"| {method_label(s.method, s.setting)} | {s.psnr_db:.2f} | {s.ssim:.4f} | {s.detail_psnr_db:.2f} "
                f"| {s.seconds_per_slice:.3f} |" for s in case.scores), ""]
     write_scores(folder / f"{name}.csv.part", case.scores)
-    with open(folder / f"{name}.npz.part", "wb") as handle:
-        np.savez_compressed(handle, **case.images)
+    (folder / f"{name}.csv.part").replace(folder / f"{name}.csv")
+    save_images(folder / f"{name}.npz", case.images)
     (folder / f"{name}.md.part").write_text("\n".join(table) + "\n", encoding="utf-8")
-    for suffix in ("csv", "npz", "md"):
-        (folder / f"{name}.{suffix}.part").replace(folder / f"{name}.{suffix}")
+    (folder / f"{name}.md.part").replace(folder / f"{name}.md")
     return "\n".join(table)
 
 
