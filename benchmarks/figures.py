@@ -102,3 +102,22 @@ def growth_curves(path: Path, growth: list[tuple]) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def fa_md_maps(path: Path, maps: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """One column per method: FA (top) and MD (bottom) of the first axial slice of (x, y, z) tensor maps."""
+    fig, axes = plt.subplots(2, len(maps), figsize=(2.2 * len(maps), 4.6), squeeze=False)
+    for column, (name, (fa, md)) in enumerate(maps.items()):
+        for row, (image, limits, label) in enumerate(((fa[:, :, 0], (0, 1), "FA"),
+                                                       (md[:, :, 0] * 1e3, (0, 3), "MD (um^2/ms)"))):
+            ax = axes[row, column]
+            ax.imshow(np.rot90(image), cmap="gray", vmin=limits[0], vmax=limits[1])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=7)
+            if column == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
