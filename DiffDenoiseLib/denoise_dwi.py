@@ -14,6 +14,7 @@ reuse them on another series of the protocol go into one bundle (:func:`apply_dw
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from .pipelines.ddm2 import (
     DDM2Settings,
     StateMatch,
     VolumeScaling,
+    choose_neighbours,
     match_states,
     neighbour_volumes,
     sample_ddm2,
@@ -49,6 +51,9 @@ from .runtime.progress import CancelCheck, ProgressCallback
 from .runtime.training import for_run, training_record
 
 MIN_VOLUMES = 3
+# A series with more than this fraction of its slices matched to step 0 has no noise the diffusion stage can
+# model: sampling would start at the chain's end, the setting where DDM2's users report blank outputs.
+LOW_NOISE_FRACTION = 0.5
 VOLUME_SCALING = "each volume's minimum and 99.9th percentile to [-1, 1]"  # recorded in bundles
 
 
@@ -58,7 +63,8 @@ class DWIDenoiseResult:
 
     ``matched_steps``: each slice's Markov-chain step (0 = no measurable noise, slice returned unchanged, see
     ``untouched``); ``outliers``: slices the sampler hardly changed (check them); ``stage1``: the Stage I
-    output in input units.
+    output in input units; ``notes``: what the run decided on its own (a series too clean for the diffusion
+    stage returns its Stage I output).
     """
 
     denoised: np.ndarray
@@ -68,11 +74,13 @@ class DWIDenoiseResult:
     outliers: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     bundle: ModelBundle | None = None
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A few lines for logs: matched steps, slices left as they were, outlier slices."""
         steps = self.matched_steps
-        lines = [f"matched Markov-chain steps: median {int(np.median(steps))}, range {steps.min()}-{steps.max()}"]
+        lines = [*self.notes,
+                 f"matched Markov-chain steps: median {int(np.median(steps))}, range {steps.min()}-{steps.max()}"]
         for name, mask, meaning in (("untouched", self.untouched, "matched step 0: no measurable noise, "
                                      "returned unchanged"),
                                     ("outliers", self.outliers, "little noise removed: inspect them")):
@@ -117,6 +125,15 @@ def check_bvalues(bvals: np.ndarray) -> None:
                          "multiply them by 1000 (e.g. 1.0 -> 1000)")
 
 
+def low_noise_reason(steps: np.ndarray) -> str | None:
+    """Why a series is too clean for the diffusion stage (more than :data:`LOW_NOISE_FRACTION` of its slices
+    matched to step 0), or None."""
+    untouched = float(np.mean(np.asarray(steps) == 0))
+    if untouched > LOW_NOISE_FRACTION:
+        return f"{untouched:.0%} of the series' slices show no measurable noise (Markov-chain step 0)"
+    return None
+
+
 def _with_overrides(settings: DDM2Settings, options: DWIOptions, checkpoint_dir: str | Path | None) -> DDM2Settings:
     """``settings`` with the run's options: seed, device and steps of both training stages (each checkpointed in
     ``checkpoint_dir``) and the Stage I and sampler choices where given."""
@@ -135,7 +152,8 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | Non
     Args:
         series: the noisy series, every volume (b0s included); never modified.
         bvals: one b-value per volume. Each shell's volumes predict each other in Stage I (see
-            :func:`.pipelines.ddm2.neighbour_volumes`); every slice is matched to its own noise level.
+            :func:`.pipelines.ddm2.neighbour_volumes`; how many, unless the options or preset say:
+            :func:`.pipelines.ddm2.choose_neighbours`); every slice is matched to its own noise level.
         options: how it runs (:class:`.options.DWIOptions`: method, preset, device, seed, steps, neighbours,
             sampler, sampler_steps); any of its fields can instead be given as a keyword (``option_values``).
             ``preset`` may be explicit :class:`.pipelines.ddm2.DDM2Settings`.
@@ -152,6 +170,8 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | Non
     started = time.perf_counter()
     check_series(series, bvals)
     settings = _with_overrides(ddm2_settings(preset), options, checkpoint_dir)
+    if settings.neighbours is None:
+        settings = replace(settings, neighbours=choose_neighbours(bvals, series.shape))
     torch_device = resolve_device(options.device)
     prepared = _prepare(series, bvals, settings.neighbours)
     check_slice_size(prepared.slices, max(settings.stage1_config.min_size, settings.diffusion_config.min_size))
@@ -161,6 +181,12 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | Non
     timings["train_stage1_s"] = summary.seconds
     stage1_output, match, timings["stage1_inference_and_matching_s"] = _stage1_and_match(
         stage1, prepared, settings.schedule, torch_device, progress, cancel)
+    notes = []
+    if method == "ddm2" and (reason := low_noise_reason(match.steps)):
+        notes.append(f"{reason}: DDM2's diffusion stage has nothing to remove, so the result is its Stage I "
+                     "output (trained on the series) and the bundle a Stage I bundle")
+        warnings.warn(notes[-1], stacklevel=2)
+        method = "stage1"
     if method == "ddm2":
         diffusion, summary = train_stage3(prepared.slices, match, prepared.inputs, prepared.weights, settings,
                                           progress, cancel)
@@ -171,6 +197,7 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | Non
                         shells=tuple(sorted(set(shell_of(bvals).tolist()))), training=training)
     bundle = ModelBundle(method, networks, INFERENCE_NETWORK[method], record.to_json())
     result = _finish(bundle, record, prepared, stage1_output, match, torch_device, progress, cancel)
+    result.notes = notes
     result.timings = {**{k: round(v, 3) for k, v in timings.items()}, **result.timings,
                       "total_s": round(time.perf_counter() - started, 3)}
     return result

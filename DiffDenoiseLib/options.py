@@ -252,7 +252,8 @@ class DWIOptions(_Options):
                          choices=DEVICE_CHOICES, accepts=_is_indexed_cuda)
     seed: int = option(0, "random seed of training and sampling", minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])
     steps: int | None = option(None, _in_preset("training steps of both stages"), minimum=1)
-    neighbours: int | None = option(None, _in_preset("volumes per Stage I input"), minimum=1)
+    neighbours: int | None = option(None, "volumes per Stage I input (default: the smallest repeated shell's other "
+                                          "volumes, 2 to 8)", minimum=1)
     sampler: str | None = option(None, _in_preset("accelerated: DDIM over a few steps; full: every step of the "
                                                   "chain"), choices=(None, *SAMPLERS))
     sampler_steps: int | None = option(None, _in_preset("steps of the accelerated sampler"), minimum=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -16,7 +18,9 @@ from DiffDenoiseLib.errors import BundleError, InputError
 from DiffDenoiseLib.io import DiffusionVolume, Volume, read_dwi, write_dwi
 from DiffDenoiseLib.models import NAFNet, NAFNetConfig
 from DiffDenoiseLib.pipelines.ddm2 import (
+    MAX_NEIGHBOURS,
     VolumeScaling,
+    choose_neighbours,
     match_states,
     neighbour_volumes,
     reverse_warmup_schedule,
@@ -100,6 +104,16 @@ def test_neighbours_come_from_the_same_shell_nearest_in_order():
     assert neighbours[5].tolist() == [6, 4]
     with pytest.raises(InputError, match="at least 3"):
         neighbour_volumes(np.array([0, 1000]), 2)
+
+
+def test_neighbour_count_follows_the_smallest_repeated_shell_within_bounds():
+    shape = (97, 2, 104, 104)
+    assert choose_neighbours(np.r_[np.zeros(7), np.full(30, 1000.0), np.full(60, 2000.0)], shape) == 6  # mdt, kept
+    assert choose_neighbours(np.r_[0.0, np.full(64, 1000.0)], shape) == MAX_NEIGHBOURS  # one b0: the shell of 64
+    phantom = np.r_[0, 100, np.full(7, 700.0), np.full(2, 1400.0), np.full(11, 2000.0)]
+    assert choose_neighbours(phantom, shape) == 2  # its smallest repeated shell has 2 volumes: the paper's 2
+    assert choose_neighbours(np.array([0.0, 1000.0, 2000.0]), shape) == 2  # nothing repeated, 2 others
+    assert choose_neighbours(np.r_[np.zeros(13), np.full(90, 1000.0)], (103, 200, 512, 512)) == 1  # memory
 
 
 def test_matching_picks_a_larger_step_for_noisier_slices():
@@ -235,7 +249,7 @@ def test_samplers_reach_a_perfect_clean_estimate():
 
 
 def test_slices_matched_to_step_zero_come_back_unchanged_and_flagged():
-    network = NAFNet(make_tiny_ddm2().diffusion_config)
+    network = NAFNet(replace(make_tiny_ddm2(), neighbours=2).diffusion_config)
     slices = np.random.default_rng(0).standard_normal((3, 1, 16, 16)).astype(np.float32)
     inputs = np.random.default_rng(1).standard_normal((3, 2, 16, 16)).astype(np.float32)
     result = sample_ddm2(network, slices, inputs, np.array([0, 5, 5]), reverse_warmup_schedule(), "accelerated", 2,
@@ -300,3 +314,27 @@ def test_cli_ddm2_writes_every_volume_with_bvals_and_bvecs(small_dwi, tmp_path, 
     assert main(["--no-progress", "ddm2", str(source), str(tmp_path / "x.nii.gz"), "--bval",
                  str(tmp_path / "missing.bval")]) == 2
     assert "missing.bval" in capsys.readouterr().err
+
+
+def test_a_series_without_measurable_noise_warns_and_returns_its_stage1_output(small_dwi):
+    """Every volume of a shell identical: Stage I (starting as the mean of its neighbours) predicts each slice
+    exactly, every slice matches step 0, and sampling from there is what leaves DDM2's users with blank images."""
+    series = np.repeat(small_dwi.volume.array[:1, :3].astype(np.float32), 4, axis=0)
+    bvals = np.zeros(4)
+    with pytest.warns(UserWarning, match="no measurable noise"):
+        result = denoise_dwi(series, bvals, preset=make_tiny_ddm2(steps=1), device="cpu")
+    assert result.bundle.method == "stage1" and "Stage I" in result.summary()
+    np.testing.assert_array_equal(result.denoised, result.stage1)
+    assert np.isfinite(result.denoised).all() and np.abs(result.denoised).max() > 0
+    np.testing.assert_allclose(result.denoised, series, rtol=1e-4, atol=1e-2 * np.abs(series).max())
+
+
+def test_stage3_training_draws_from_the_whole_chain_when_asked():
+    schedule = NoiseSchedule("reverse_warmup", 100, 5e-5, 1e-2, 30)
+    batch = torch.zeros(64, 6, 8, 8)
+    batch[:, 3], batch[:, 4] = 3.0, 1.0  # every slice matched to step 3
+    for timesteps_from, top in (("matched", 3), ("chain", 99)):
+        recorder = _Recorder(torch.zeros(64, 1, 8, 8))
+        stage3_loss(schedule, timesteps_from)(recorder, batch)
+        (_, timesteps), = recorder.seen
+        assert timesteps.max() <= top and (timesteps.max() > 3) == (timesteps_from == "chain")

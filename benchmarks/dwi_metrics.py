@@ -171,6 +171,15 @@ def tensor_fit(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.
     return TensorModel(gradient_table(bvals[keep], bvecs[keep])).fit(data[..., keep], mask=mask)
 
 
+WHITE_MATTER_FA = 0.2  # the usual white-matter threshold on FA
+
+
+def white_matter(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The voxels of ``mask`` whose FA (:func:`tensor_fit`) exceeds :data:`WHITE_MATTER_FA`."""
+    fa, _ = tensor_maps(data, bvals, bvecs, mask)
+    return mask & (fa > WHITE_MATTER_FA)
+
+
 def tensor_maps(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(FA, MD in mm^2/s) of :func:`tensor_fit`, zero outside ``mask``."""

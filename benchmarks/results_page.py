@@ -5,16 +5,18 @@
 ``docs/results.md`` is generated whole: issue 27's grid at the quick preset (``benchmarks/results/issue27_quick``,
 the combined file of ``python -m benchmarks run --suite grid-quick``), the standard grid case and full-preset
 cost measured on a GPU (``benchmarks/gpu_check.sh``, results in ``benchmarks/results/issue27_gpu``), the
-sections the quick and full suites wrote (``<folder>/section.md``), and links to the earlier runs' committed
-files. In the README it fills the results summary (the grid's header line and target table), the GPU section
-(the GPU grid's target table and the case's note, and the full preset's cost) and the caption of the demo
-figure (from the report of ``diffdenoise demo``, copied to ``benchmarks/results/demo/report.txt``). Run it
-after any of these results change; a test checks that the pages match the committed files.
+sections the quick and full suites wrote (``<folder>/section.md``), the DDM2 benchmark's tables
+(``benchmarks/results/ddm2``), and links to the earlier runs' committed files. In the README it fills the
+results summary (the grid's header line and target table), the GPU section (the GPU grid's target table and
+the case's note, and the full preset's cost) and the caption of the demo figure (from the report of
+``diffdenoise demo``, copied to ``benchmarks/results/demo/report.txt``). Run it after any of these results
+change; a test checks that the pages match the committed files.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -27,6 +29,7 @@ GRID = RESULTS / "issue27_quick" / "diffdenoise_quick.md"
 SUMMARY_PAGE, FULL_PAGE = ROOT / "README.md", ROOT / "docs" / "results.md"
 SUMMARY = "results-summary"
 GPU_RESULTS = RESULTS / "issue27_gpu"
+DDM2_RESULTS = RESULTS / "ddm2"
 GPU_GRID, GPU_COST = GPU_RESULTS / "diffdenoise_standard.md", GPU_RESULTS / "preset_cost" / "cost_full.md"
 GPU = "gpu-results"
 DEMO_REPORT = RESULTS / "demo" / "report.txt"  # copied from `diffdenoise demo`'s folder
@@ -96,6 +99,21 @@ def suite_section(name: str) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
+def ddm2_section(page: Path) -> str:
+    """What ``python -m benchmarks.ddm2_benchmark`` wrote (every ``benchmarks/results/ddm2/*.md``), its headings
+    one level down and its figures linked from ``page``."""
+    files = sorted(DDM2_RESULTS.glob("*.md"))
+    if not files:
+        return "Not run yet: `python -m benchmarks.ddm2_benchmark` writes this section."
+    folder = os.path.relpath(DDM2_RESULTS, page.parent)
+    parts = [f"Copied from {', '.join(_link(path, page) for path in files)}, written by "
+             "`python -m benchmarks.ddm2_benchmark` (the command and its protocols are in that module's docstring)."]
+    for path in files:
+        text = path.read_text(encoding="utf-8").strip()
+        parts.append(re.sub(r"\]\(([^/()]+\.png)\)", rf"]({folder}/\1)", text.replace("## ", "### ", 1)))
+    return "\n\n".join(parts)
+
+
 def results_page() -> str:
     """The whole of docs/results.md."""
     page = FULL_PAGE
@@ -124,6 +142,7 @@ def results_page() -> str:
         "## Benchmark suites: every peer, the supervised ceiling, DWI, cost", "", _prose(suites), "",
         "### Quick suite", "", suite_section("quick"), "",
         "### Full suite", "", suite_section("full"), "",
+        "## DDM2 on diffusion MRI", "", ddm2_section(page), "",
         "## Earlier runs", "", _prose(history), "", earlier, ""])
 
 

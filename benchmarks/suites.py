@@ -59,7 +59,7 @@ class Suite:
     ablations: bool = False
     page: bool = True
     dwi_settings: str | DDM2Settings | None = None
-    dwi_neighbours: int = 2
+    dwi_neighbours: int | None = None
     dwi_max_b: float | None = None
     mppca_radii: tuple[int, ...] = (2,)
     cost_presets: tuple[str, ...] = ()
@@ -117,13 +117,13 @@ SUITES: dict[str, Suite] = {
         "quick", "suite_quick", "suite_quick", with_steps(PRESETS["quick"], *QUICK_STEPS),
         (("mni", "rician 0.05"), ("knee", "correlated 0.1"), ("ct", "poisson 30"), ("xray", "gaussian 0.05"),
          ("ultrasound", "gamma L=4")),
-        slices=4, dwi_settings=QUICK_DWI, dwi_neighbours=2, dwi_max_b=1000.0, mppca_radii=(2,),
+        slices=4, dwi_settings=QUICK_DWI, dwi_max_b=1000.0, mppca_radii=(2,),
         cost_presets=("quick", "standard"), cost_steps=10, speed_sizes=(256, 512), growth_preset="quick",
         growth_base=(4, 128)),
     "full": Suite(
         "full", "suite_full", "suite_full", PRESETS["standard"],
         tuple((data.name, noise) for data in DATASETS.values() for noise in data.noises),
-        slices=24, targets="standard", dwi_settings="standard", dwi_neighbours=6, dwi_max_b=None,
+        slices=24, targets="standard", dwi_settings="standard", dwi_max_b=None,
         mppca_radii=(2, 5), cost_presets=("quick", "standard", "full"), cost_steps=10, speed_sizes=(256, 512),
         growth_preset="standard", growth_base=(8, 128)),
     "grid-quick": grid_suite("quick"),

@@ -33,6 +33,7 @@ from ..runtime.training import TrainConfig, TrainSummary
 from .diffdenoise import conditioned_model, train_new_nafnet
 
 Sampler = Literal["full", "accelerated"]
+Stage3Timesteps = Literal["matched", "chain"]
 # b-values closer than this (s/mm^2) belong to one shell (scanners report e.g. 995 and 1005 for b = 1000)
 SHELL_TOLERANCE = 100.0
 # a slice whose output differs from its input by less than this fraction of its matched noise level had
@@ -49,38 +50,50 @@ def reverse_warmup_schedule() -> NoiseSchedule:
 class DDM2Settings:
     """Networks, training and sampling of the three DDM2 stages.
 
-    ``neighbours`` volumes form each slice's Stage I input (and Stage III condition); ``sampler`` is ``full``
+    ``neighbours`` volumes form each slice's Stage I input (and Stage III condition; None: chosen from the
+    series by :func:`choose_neighbours`, which must happen before the networks are built); ``sampler`` is ``full``
     (ancestral DDPM over every step from the matched one) or ``accelerated`` (DDIM, ``sampler_steps`` steps).
+    ``stage3_timesteps``: where Stage III's training draws its steps: ``matched`` (0 to each slice's matched step,
+    the only steps sampling visits) or ``chain`` (the whole chain, as the paper's t ~ U(1, T)).
     """
 
     stage1_network: NAFNetConfig
     stage1_training: TrainConfig
     diffusion_network: NAFNetConfig
     diffusion_training: TrainConfig
-    neighbours: int = 2
+    neighbours: int | None = None
     schedule: NoiseSchedule = field(default_factory=reverse_warmup_schedule)
     sampler: Sampler = "accelerated"
     sampler_steps: int = 10
+    stage3_timesteps: Stage3Timesteps = "matched"
 
     def __post_init__(self) -> None:
-        if self.neighbours < 1:
+        if self.neighbours is not None and self.neighbours < 1:
             raise InputError("DDM2 needs at least 1 neighbouring volume per slice: use neighbours of 1 or more")
         if self.sampler not in ("full", "accelerated"):
             raise InputError(f"unknown DDM2 sampler '{self.sampler}': use full or accelerated")
+        if self.stage3_timesteps not in ("matched", "chain"):
+            raise InputError(f"unknown Stage III timesteps '{self.stage3_timesteps}': use matched or chain")
         if self.sampler_steps < 1:
             raise InputError("the accelerated sampler needs at least 1 step: use sampler_steps of 1 or more")
+
+    def _count(self) -> int:
+        if self.neighbours is None:
+            raise ValueError("the number of neighbours is chosen from the series (choose_neighbours) before the "
+                             "networks are built")
+        return self.neighbours
 
     @property
     def stage1_config(self) -> NAFNetConfig:
         """The Stage I network: ``stage1_network`` (width, blocks) reading the ``neighbours`` volumes."""
-        return replace(self.stage1_network, in_channels=self.neighbours, out_channels=1, residual="mean",
+        return replace(self.stage1_network, in_channels=self._count(), out_channels=1, residual="mean",
                        time_conditioned=False)
 
     @property
     def diffusion_config(self) -> NAFNetConfig:
         """The Stage III network: ``diffusion_network`` reading x_t and the neighbours, time-conditioned."""
         # Residual on x_t: at DDM2's low matched noise levels the clean estimate is x_t plus a small correction.
-        return replace(self.diffusion_network, in_channels=1 + self.neighbours, out_channels=1, residual="first",
+        return replace(self.diffusion_network, in_channels=1 + self._count(), out_channels=1, residual="first",
                        time_conditioned=True)
 
 
@@ -125,6 +138,29 @@ class VolumeScaling:
     def inverse(self, series: np.ndarray) -> np.ndarray:
         low, high = self._shape(self.low, series.ndim), self._shape(self.high, series.ndim)
         return ((series.astype(np.float64) + 1) / 2 * (high - low) + low).astype(np.float32)
+
+
+# Stage I's input volumes: at least the paper's 2, at most this many (each is a channel of every slice's input),
+# and no more than fit STAGE1_INPUT_BYTES as float32 (the inputs of every slice are held at once).
+MIN_NEIGHBOURS, MAX_NEIGHBOURS = 2, 8
+STAGE1_INPUT_BYTES = 2 * 1024 ** 3
+
+
+def choose_neighbours(bvals: np.ndarray, shape: tuple[int, ...]) -> int:
+    """How many volumes predict each slice in Stage I, from what the series offers.
+
+    Every volume of the smallest shell that has more than one volume sees all the others of its shell (usually
+    the b0s: their Stage I estimate is the average of the other b0s, and on mdt_b1k_b2k 6 neighbours scored
+    46.9 dB on held-out b0s against 41.9 with the paper's 2: docs/decisions.md). Bounded by
+    :data:`MIN_NEIGHBOURS`, :data:`MAX_NEIGHBOURS`, the memory of the inputs of the ``shape`` (volumes, z, y, x)
+    series and its other volumes; a series without a repeated shell (one b0, one volume per shell) gets the
+    paper's 2.
+    """
+    counts = np.unique(shell_of(bvals), return_counts=True)[1]
+    repeated = counts[counts > 1]
+    wanted = int(repeated.min()) - 1 if repeated.size else MIN_NEIGHBOURS
+    affordable = STAGE1_INPUT_BYTES // (4 * int(np.prod(shape)))
+    return int(max(1, min(max(wanted, MIN_NEIGHBOURS), MAX_NEIGHBOURS, affordable, len(bvals) - 1)))
 
 
 def shell_of(bvals: np.ndarray) -> np.ndarray:
@@ -249,19 +285,21 @@ def shuffle_pixels(images: torch.Tensor) -> torch.Tensor:
     return flat.gather(2, order[:, None, :].expand(-1, channels, -1)).reshape(images.shape)
 
 
-def stage3_loss(schedule: NoiseSchedule):
+def stage3_loss(schedule: NoiseSchedule, timesteps_from: Stage3Timesteps = "matched"):
     """The J-invariant objective on batches of [x, y, n, matched step, loss weight, condition...] channels.
 
-    t is drawn uniformly from 0..m (m = the slice's matched step; the reference draws from the whole chain,
-    but inference never visits steps above m), x_t = sqrt(abar_t) y + sqrt(1 - abar_t) shuffle(n), and the
-    network's clean estimate is compared with the noisy slice x, whose noise x_t does not contain.
+    t is drawn uniformly from 0..m (m = the slice's matched step: inference never visits steps above m) or,
+    with ``timesteps_from="chain"``, from the whole chain as the paper does;
+    x_t = sqrt(abar_t) y + sqrt(1 - abar_t) shuffle(n), and the network's clean estimate is compared with the
+    noisy slice x, whose noise x_t does not contain.
     """
 
     def loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         x, y, noise = batch[:, :1], batch[:, 1:2], batch[:, 2:3]
         matched, weights, condition = batch[:, 3, 0, 0].round().long().cpu(), batch[:, 4:5], batch[:, 5:]
         # drawn on the CPU from the generator that training checkpoints, so resumed runs are exact
-        timesteps = (torch.rand(len(batch)) * (matched + 1).float()).long().clamp(max=schedule.steps - 1)
+        top = matched + 1 if timesteps_from == "matched" else torch.full_like(matched, schedule.steps)
+        timesteps = (torch.rand(len(batch)) * top.float()).long().clamp(max=schedule.steps - 1)
         timesteps = timesteps.to(batch.device)
         x_t = schedule.add_noise(y, shuffle_pixels(noise), timesteps)
         prediction = model(torch.cat([x_t, condition], dim=1), timesteps)
@@ -277,7 +315,8 @@ def train_stage3(slices: np.ndarray, match: StateMatch, inputs: np.ndarray, weig
     loss weights."""
     return train_new_nafnet(settings.diffusion_config, settings.diffusion_training,
                             [slices, match.signal, match.noise, _channel(match.steps, slices.shape),
-                             _channel(weights, slices.shape), inputs], stage3_loss(settings.schedule),
+                             _channel(weights, slices.shape), inputs],
+                            stage3_loss(settings.schedule, settings.stage3_timesteps),
                             "train stage III", progress, cancel)
 
 
