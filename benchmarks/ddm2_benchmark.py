@@ -285,6 +285,41 @@ def stage3_table(runs: MethodRuns, data: DwiSeries, reference: np.ndarray, kept_
     return lines
 
 
+NEIGHBOUR_COLUMNS = ("neighbours", "heldout_b0_psnr_mean", "heldout_b0_psnr_std", "cv_r2_dti_lowest_shell",
+                     "cv_r2_dti_highest_shell", "seconds")
+
+
+def run_neighbour_sweep(preset: str | DDM2Settings, seed: int, counts: list[int]) -> DwiBenchmark:
+    """Stage I alone on the in-vivo series with each of ``counts`` neighbours: held-out-b0 PSNR and the DTI CV
+    R^2 of the lowest and highest shell (Stage I is what the neighbour count changes)."""
+    data = load()
+    kept, held_out = split_b0s(data.bvals)
+    reference = data.series[held_out].mean(axis=0)
+    data = data.subset(kept)
+    kept_b0 = np.flatnonzero(data.bvals < B0_THRESHOLD)
+    mask_xyz, raw_xyzv = data.mask.transpose(2, 1, 0), dwi_metrics.to_dipy(data.series)
+    shells = dwi_metrics.shells(data.bvals)
+    rows = []
+    for count in counts:
+        started = time.perf_counter()
+        result = denoise_dwi(data.series, data.bvals, method="stage1", preset=preset, seed=seed, neighbours=count)
+        seconds = time.perf_counter() - started
+        xyzv = dwi_metrics.to_dipy(result.stage1)
+        scores = [dwi_metrics.psnr_in_mask(result.stage1[i], reference, data.mask) for i in kept_b0]
+        r2 = [float(np.median(dwi_metrics.cv_fit_r2(xyzv, data.bvals, data.bvecs, mask_xyz,
+                                                      dwi_metrics.FitModel("dti", (shell,)), raw_xyzv, seed)))
+              for shell in (shells[0], shells[-1])]
+        rows.append({"neighbours": f"{count}", "heldout_b0_psnr_mean": float(np.mean(scores)),
+                     "heldout_b0_psnr_std": float(np.std(scores)), "cv_r2_dti_lowest_shell": r2[0],
+                     "cv_r2_dti_highest_shell": r2[1], "seconds": seconds})
+    raw = np.mean([dwi_metrics.psnr_in_mask(data.series[i], reference, data.mask) for i in kept_b0])
+    details = (f"Stage I alone on {len(data.bvals)} volumes ({len(kept_b0)} b0 kept, {len(held_out)} held out); "
+               f"DTI CV R^2 (median over the brain mask) on b = {shells[0]:g} and b = {shells[-1]:g} alone; "
+               f"raw b0s score {raw:.2f} dB; "
+               f"seed {seed}; {machine()}, {time.strftime('%Y-%m-%d')}")
+    return DwiBenchmark(rows, list(NEIGHBOUR_COLUMNS), [], details)
+
+
 # --- water phantom ---------------------------------------------------------------------------------------------
 
 PHANTOM_COLUMNS = ("method", "high_b_mean", "expected_high_b_mean", "floor_bias", "high_b_std", "mid_b_std",
@@ -334,7 +369,9 @@ HEADINGS = {"heldout_b0_psnr_mean": "held-out-b0 PSNR (dB)", "snr_change": "CC S
             "cv_r2_csd": "CV R^2 CSD", "seconds": "time (s)", "high_b_mean": "b_max mean",
             "expected_high_b_mean": "expected", "floor_bias": "floor bias", "high_b_std": "b_max spread",
             "mid_b_std": "b = 700 spread", "between_slices": "between-slice change / raw's",
-            "within_slices": "within-slice change / raw's"}
+            "within_slices": "within-slice change / raw's", "neighbours": "Stage I neighbours",
+            "cv_r2_dti_lowest_shell": "DTI CV R^2, lowest shell",
+            "cv_r2_dti_highest_shell": "DTI CV R^2, highest shell"}
 
 
 def _cell(row: dict, column: str) -> str:
@@ -358,10 +395,11 @@ def write_results(result: DwiBenchmark, stem: Path, title: str) -> str:
         writer.writerow(result.columns)
         writer.writerows([[row[c] if isinstance(row[c], str) else round(float(row[c]), 4) for c in result.columns]
                           for row in result.rows])
-    shown = [c for c in result.columns if c not in ("method", "heldout_b0_psnr_std")]
-    lines = [title, "", result.details, "", "| method | " + " | ".join(HEADINGS[c] for c in shown) + " |",
-             "|---|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join([str(row["method"]), *(_cell(row, c) for c in shown)]) + " |" for row in result.rows]
+    first = result.columns[0]
+    shown = [c for c in result.columns[1:] if c != "heldout_b0_psnr_std"]
+    lines = [title, "", result.details, "", f"| {HEADINGS.get(first, first)} | "
+             + " | ".join(HEADINGS[c] for c in shown) + " |", "|---|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join([str(row[first]), *(_cell(row, c) for c in shown)]) + " |" for row in result.rows]
     lines += ["", *[f"- {note}" for note in result.notes]]
     if result.stage3_table:
         lines += ["", "Stage III against Stage I:", "", *result.stage3_table]
@@ -382,6 +420,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--neighbours", type=int, default=None,
                         help="Stage I input volumes per slice (default: DDM2's choice from the series)")
+    parser.add_argument("--neighbour-sweep", type=int, nargs="+", metavar="N",
+                        help="instead: Stage I alone on mdt with each of these neighbour counts")
     parser.add_argument("--stage3-timesteps", default="matched", choices=("matched", "chain"),
                         help="where Stage III's training draws its steps (the ablation of the paper's whole chain)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -389,6 +429,11 @@ def main() -> None:
     suffix = (f"_{args.preset}" + ("" if args.neighbours is None else f"_n{args.neighbours}")
               + ("" if args.stage3_timesteps == "matched" else "_chain"))
     preset = replace(ddm2_settings(args.preset), stage3_timesteps=args.stage3_timesteps)
+    if args.neighbour_sweep:
+        result = run_neighbour_sweep(preset, args.seed, args.neighbour_sweep)
+        print(write_results(result, args.out / f"neighbours_{args.preset}",
+                            f"## DDM2's Stage I neighbours on mdt_b1k_b2k ({args.preset} preset)"))
+        return
     for name in args.series:
         folder = DATA if name == "mdt" else PHANTOM
         if not folder.exists():
