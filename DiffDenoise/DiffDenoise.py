@@ -71,6 +71,7 @@ from DiffDenoiseNodes import (  # noqa: E402  (beside this file: MRML nodes <-> 
     provenanceOf,
     recordProvenance,
     seriesArrays,
+    seriesGradients,
     showResult,
     uncertaintyOpacity,
     writeScalar,
@@ -289,8 +290,8 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
 
         chosen = DWIOptions.from_panel_names(options)
         _checkModelPath(saveModelPath)
-        result = denoise_dwi(series, bvals, chosen, checkpoint_dir=checkpointDir, progress=progressCallback,
-                             cancel=cancelCallback)
+        result = denoise_dwi(series, bvals, chosen, bvecs=seriesGradients(dwiNode), checkpoint_dir=checkpointDir,
+                             progress=progressCallback, cancel=cancelCallback)
         if saveModelPath:
             save_bundle(saveModelPath, result.bundle, overwrite=True)  # a chosen path
         self.lastSummary = result.summary()
@@ -308,8 +309,8 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
         from DiffDenoiseLib.denoise_dwi import apply_dwi_bundle
         from DiffDenoiseLib.provenance import Provenance
 
-        result = apply_dwi_bundle(load_bundle(modelPath), series, bvals, device=device, sampler=sampler,
-                                  progress=progressCallback, cancel=cancelCallback)
+        result = apply_dwi_bundle(load_bundle(modelPath), series, bvals, bvecs=seriesGradients(dwiNode),
+                                  device=device, sampler=sampler, progress=progressCallback, cancel=cancelCallback)
         self.lastSummary = result.summary()
         return writeSeries(dwiNode, outputNode, result.denoised, Provenance.of(result.bundle, False))
 
@@ -352,9 +353,11 @@ class DiffDenoiseLogic(ScriptedLoadableModuleLogic):
                 series, bvals = seriesArrays(inputNode, outputNode, bvals)
                 reference = inputNode if not inputNode.IsA("vtkMRMLSequenceNode") else inputNode.GetNthDataNode(0)
                 source = os.path.join(folder, "input.nii.gz")
-                # DDM2 uses the b-values only; the output node gets the input's own gradients back
-                write_dwi(source, DiffusionVolume(Volume(series, node_geometry(reference).with_series_axis()),
-                                                  bvals, np.zeros((len(bvals), 3))))
+                # DDM2 compares the gradients' angles only (a sequence has none: zeros, acquisition order); the
+                # output node gets the input's own gradients back
+                gradients = seriesGradients(inputNode)
+                write_dwi(source, DiffusionVolume(Volume(series, node_geometry(reference).with_series_axis()), bvals,
+                                                  np.zeros((len(bvals), 3)) if gradients is None else gradients))
                 arguments = ["ddm2", source, output]
             else:
                 checkScalarInput(inputNode, outputNode)

@@ -110,6 +110,14 @@ def seriesArrays(dwiNode, outputNode, bvals=None):
     return series, vtk_to_numpy(dwiNode.GetBValues()).astype(np.float64)
 
 
+def seriesGradients(node):
+    """A DWI node's (volumes, 3) gradient directions (its measurement frame: DDM2 compares their angles only), or
+    None for a sequence of scalar volumes, which has none."""
+    if node is None or not node.IsA("vtkMRMLDiffusionWeightedVolumeNode"):
+        return None
+    return vtk_to_numpy(node.GetDiffusionGradients()).astype(np.float64).reshape(-1, 3)
+
+
 def _sequenceArrays(sequenceNode, outputNode, bvals):
     count = sequenceNode.GetNumberOfDataNodes()
     items = [sequenceNode.GetNthDataNode(i) for i in range(count)]

@@ -20,6 +20,8 @@ from .pipelines.diffdenoise import BUNDLE_DEFAULT_PREDICTION, CONDITIONINGS, Sam
 INFERENCE_NETWORK = {"diffdenoise": "nafnet", "diffusion": "diffusion", "bsn": "bsn", "ddm2": "diffusion",
                      "stage1": "stage1"}
 DDM2_SAMPLERS = ("accelerated", "full")
+# how a DDM2 bundle chose Stage I neighbours in a weighted shell (bundles from before the choice: acquisition)
+NEIGHBOUR_ORDERS = ("acquisition", "direction")
 
 
 def is_int(value: object) -> bool:
@@ -137,7 +139,8 @@ class ScalarRecord:
 
 @dataclass(frozen=True)
 class DDM2Record:
-    """A DDM2 (or Stage I) bundle for 4D diffusion MRI: the Stage I neighbour volumes, the schedule, the sampler
+    """A DDM2 (or Stage I) bundle for 4D diffusion MRI: the Stage I neighbour volumes (how many, and whether a
+    weighted volume's are the nearest in gradient direction or in acquisition order), the schedule, the sampler
     and its seed, and how the series is scaled; ``shells`` are the training series' b-values per shell."""
 
     preset: str
@@ -151,11 +154,13 @@ class DDM2Record:
     prediction: str = "x0"
     shells: tuple[float, ...] = ()
     training: dict = field(default_factory=dict)
+    neighbour_order: str = "acquisition"
 
     def to_json(self) -> dict:
-        ddm2 = {"neighbours": self.neighbours, "schedule": asdict(self.schedule), "sampler": self.sampler,
-                "sampler_steps": self.sampler_steps, "seed": self.seed, "shell_tolerance": self.shell_tolerance,
-                "volume_scaling": self.volume_scaling, "prediction": self.prediction}
+        ddm2 = {"neighbours": self.neighbours, "neighbour_order": self.neighbour_order,
+                "schedule": asdict(self.schedule), "sampler": self.sampler, "sampler_steps": self.sampler_steps,
+                "seed": self.seed, "shell_tolerance": self.shell_tolerance, "volume_scaling": self.volume_scaling,
+                "prediction": self.prediction}
         return {"modality": "dwi", "preset": self.preset, "ddm2": ddm2, "shells": list(self.shells),
                 "training": self.training}
 
@@ -197,12 +202,15 @@ def _ddm2_record(check: MetadataCheck, metadata: dict) -> DDM2Record:
     check.positive_ints(ddm2, ("neighbours", "sampler_steps"), "ddm2")
     check.need(ddm2.get("sampler") in DDM2_SAMPLERS, f"unknown ddm2 sampler {ddm2.get('sampler')!r}")
     check.need(is_int(ddm2.get("seed")), "ddm2 seed must be a whole number")
+    check.need(ddm2.get("neighbour_order", "acquisition") in NEIGHBOUR_ORDERS,
+               f"unknown ddm2 neighbour order {ddm2.get('neighbour_order')!r}")
     check.need("stage1" in metadata["networks"], "a DDM2 bundle needs its 'stage1' network")
     schedule = check.builds(NoiseSchedule, ddm2["schedule"], "ddm2 schedule")
     return DDM2Record(str(metadata.get("preset", "custom")), ddm2["neighbours"], schedule, ddm2["sampler"],
                       ddm2["sampler_steps"], ddm2["seed"], ddm2.get("shell_tolerance", 0.0),
                       ddm2.get("volume_scaling", ""), ddm2.get("prediction", "x0"),
-                      tuple(metadata.get("shells", ())), metadata.get("training", {}))
+                      tuple(metadata.get("shells", ())), metadata.get("training", {}),
+                      ddm2.get("neighbour_order", "acquisition"))
 
 
 def _scalar_record(check: MetadataCheck, metadata: dict) -> ScalarRecord:

@@ -244,10 +244,10 @@ def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
     model_path = None if args.model else _plan_training(plan, args)
     plan.check()
     if args.model:
-        result = apply_dwi_bundle(load_bundle(args.model), series, dwi.bvals, device=options.device,
+        result = apply_dwi_bundle(load_bundle(args.model), series, dwi.bvals, bvecs=dwi.bvecs, device=options.device,
                                   sampler=options.sampler, sampler_steps=options.sampler_steps, progress=progress)
     else:
-        result = denoise_dwi(series, dwi.bvals, options, checkpoint_dir=args.checkpoint_dir,
+        result = denoise_dwi(series, dwi.bvals, options, bvecs=dwi.bvecs, checkpoint_dir=args.checkpoint_dir,
                              progress=progress)
     progress.close()
     if not distributed.is_main():

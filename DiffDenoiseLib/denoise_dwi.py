@@ -91,7 +91,7 @@ class DWIDenoiseResult:
         return "\n".join(lines)
 
 
-def check_series(series: np.ndarray, bvals: np.ndarray) -> None:
+def check_series(series: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray | None = None) -> None:
     """Refuse what DDM2 cannot denoise, with a message that says what to do."""
     if series.ndim != 4:
         raise InputError(f"DDM2 needs a 4D diffusion series (volumes, z, y, x); got a {series.ndim}D array of "
@@ -105,6 +105,9 @@ def check_series(series: np.ndarray, bvals: np.ndarray) -> None:
         raise InputError(f"{bvals.size} b-values for {len(series)} volumes: give one b-value per volume "
                          "(FSL .bval file)")
     check_bvalues(bvals)
+    if bvecs is not None and np.shape(bvecs) != (len(series), 3):
+        raise InputError(f"b-vectors of shape {np.shape(bvecs)} for {len(series)} volumes: give one (x, y, z) "
+                         "direction per volume (FSL .bvec file)")
 
 
 # Clinical b-values are 0-30000 s/mm^2; a largest b-value below this is almost surely in ms/um^2 (1.0 = 1000).
@@ -145,8 +148,9 @@ def _with_overrides(settings: DDM2Settings, options: DWIOptions, checkpoint_dir:
 
 
 def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | None = None, *,
-                checkpoint_dir: str | Path | None = None, progress: ProgressCallback | None = None,
-                cancel: CancelCheck | None = None, **option_values: Any) -> DWIDenoiseResult:
+                bvecs: np.ndarray | None = None, checkpoint_dir: str | Path | None = None,
+                progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
+                **option_values: Any) -> DWIDenoiseResult:
     """Denoise a 4D diffusion series ``(volumes, z, y, x)`` with DDM2, trained on the series itself.
 
     Args:
@@ -154,6 +158,9 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | Non
         bvals: one b-value per volume. Each shell's volumes predict each other in Stage I (see
             :func:`.pipelines.ddm2.neighbour_volumes`; how many, unless the options or preset say:
             :func:`.pipelines.ddm2.choose_neighbours`); every slice is matched to its own noise level.
+        bvecs: (volumes, 3) gradient directions, any frame: with them a weighted volume's Stage I neighbours are
+            the volumes of its shell nearest in direction (without, nearest in acquisition order, which for a
+            well-spread scheme averages unrelated directions and erases the anisotropy: docs/decisions.md).
         options: how it runs (:class:`.options.DWIOptions`: method, preset, device, seed, steps, neighbours,
             sampler, sampler_steps); any of its fields can instead be given as a keyword (``option_values``).
             ``preset`` may be explicit :class:`.pipelines.ddm2.DDM2Settings`.
@@ -168,12 +175,12 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | Non
     options = DWIOptions.of(options, option_values)
     method, preset, seed = options.method, options.preset, options.seed
     started = time.perf_counter()
-    check_series(series, bvals)
+    check_series(series, bvals, bvecs)
     settings = _with_overrides(ddm2_settings(preset), options, checkpoint_dir)
     if settings.neighbours is None:
         settings = replace(settings, neighbours=choose_neighbours(bvals, series.shape))
     torch_device = resolve_device(options.device)
-    prepared = _prepare(series, bvals, settings.neighbours)
+    prepared = _prepare(series, bvals, settings.neighbours, bvecs)
     check_slice_size(prepared.slices, max(settings.stage1_config.min_size, settings.diffusion_config.min_size))
     networks, training, timings = {}, {}, {}
     stage1, summary = train_stage1(prepared.slices, prepared.inputs, prepared.weights, settings, progress, cancel)
@@ -194,7 +201,8 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | Non
         timings["train_stage3_s"] = summary.seconds
     record = DDM2Record(preset if isinstance(preset, str) else "custom", settings.neighbours, settings.schedule,
                         settings.sampler, settings.sampler_steps, seed, SHELL_TOLERANCE, VOLUME_SCALING,
-                        shells=tuple(sorted(set(shell_of(bvals).tolist()))), training=training)
+                        shells=tuple(sorted(set(shell_of(bvals).tolist()))), training=training,
+                        neighbour_order="acquisition" if bvecs is None else "direction")
     bundle = ModelBundle(method, networks, INFERENCE_NETWORK[method], record.to_json())
     result = _finish(bundle, record, prepared, stage1_output, match, torch_device, progress, cancel)
     result.notes = notes
@@ -203,13 +211,15 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | Non
     return result
 
 
-def apply_dwi_bundle(bundle: ModelBundle, series: np.ndarray, bvals: np.ndarray, *, device: str = "auto",
+def apply_dwi_bundle(bundle: ModelBundle, series: np.ndarray, bvals: np.ndarray, *,
+                     bvecs: np.ndarray | None = None, device: str = "auto",
                      sampler: str | None = None, sampler_steps: int | None = None,
                      progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> DWIDenoiseResult:
     """Denoise a series of the same protocol with a trained DDM2 (or Stage I) bundle, without training.
 
     Every slice is matched to its own noise level again, so series noisier or cleaner than the training one
-    start from their own steps. ``sampler`` / ``sampler_steps`` override the bundle's.
+    start from their own steps. ``sampler`` / ``sampler_steps`` override the bundle's. ``bvecs`` are needed
+    when the bundle chose Stage I neighbours by gradient direction (as :func:`denoise_dwi` does when given them).
     """
     DWIOptions(device=device, sampler=sampler, sampler_steps=sampler_steps)  # checks them as for training
     record = bundle.record
@@ -217,11 +227,14 @@ def apply_dwi_bundle(bundle: ModelBundle, series: np.ndarray, bvals: np.ndarray,
         raise BundleError(f"this is a '{bundle.method}' bundle for scalar images, not a DDM2 bundle: apply it "
                           "with `diffdenoise apply` (per 3D volume)")
     started = time.perf_counter()
-    check_series(series, bvals)
+    check_series(series, bvals, bvecs)
+    if record.neighbour_order == "direction" and bvecs is None:
+        raise InputError("this DDM2 bundle picks each volume's Stage I neighbours by gradient direction: give the "
+                         "series' b-vectors (bvecs=..., or the .bvec file)")
     record = record.with_sampler(sampler, sampler_steps)
     bundle = bundle.with_record(record)  # the result's bundle says how this series was sampled
     torch_device = resolve_device(device)
-    prepared = _prepare(series, bvals, record.neighbours)
+    prepared = _prepare(series, bvals, record.neighbours, bvecs if record.neighbour_order == "direction" else None)
     check_slice_size(prepared.slices, max(net.min_size for net in bundle.networks.values()))
     stage1_output, match, matching_s = _stage1_and_match(bundle.networks["stage1"], prepared,
                                                          record.schedule, torch_device, progress, cancel)
@@ -243,10 +256,10 @@ class _PreparedSeries:
     weights: np.ndarray
 
 
-def _prepare(series: np.ndarray, bvals: np.ndarray, neighbours: int) -> _PreparedSeries:
+def _prepare(series: np.ndarray, bvals: np.ndarray, neighbours: int, bvecs: np.ndarray | None) -> _PreparedSeries:
     scaling = VolumeScaling.fit(series, bvals)
     scaled = scaling.forward(series)
-    chosen = neighbour_volumes(bvals, neighbours)
+    chosen = neighbour_volumes(bvals, neighbours, bvecs)
     return _PreparedSeries(series, scaling, slices_of(scaled), stage1_inputs(scaled, chosen),
                            shell_loss_weights(scaled, bvals, chosen))
 

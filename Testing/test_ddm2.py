@@ -106,6 +106,28 @@ def test_neighbours_come_from_the_same_shell_nearest_in_order():
         neighbour_volumes(np.array([0, 1000]), 2)
 
 
+def test_weighted_neighbours_are_the_nearest_gradient_directions_of_the_shell():
+    bvals = np.array([0, 1000, 1000, 1000, 1000, 0, 1000])
+    bvecs = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [-0.95, 0.31, 0], [0, 0, 1], [0, 0, 0], [0.7, 0.7, 0]])
+    neighbours = neighbour_volumes(bvals, 2, bvecs * 3)  # lengths do not matter, nor the sign of a gradient
+    assert neighbours[1].tolist() == [3, 6]  # x: -x tilted by 18 degrees, then the diagonal
+    assert neighbours[4].tolist() == [6, 3]  # z is as far from all: acquisition order (after, before) decides
+    assert neighbours[0].tolist() == [5, 1]  # b0s keep acquisition order
+    np.testing.assert_array_equal(neighbour_volumes(bvals, 2, np.zeros((7, 3))), neighbour_volumes(bvals, 2))
+
+
+def test_a_bundle_that_chose_neighbours_by_direction_needs_the_gradients_again(small_dwi):
+    series, bvals, bvecs = small_dwi.volume.array[:6, :2], small_dwi.bvals[:6], small_dwi.bvecs[:6]
+    result = denoise_dwi(series, bvals, method="stage1", preset=make_tiny_ddm2(), device="cpu", bvecs=bvecs)
+    assert result.bundle.record.neighbour_order == "direction"
+    with pytest.raises(InputError, match="b-vectors"):
+        apply_dwi_bundle(result.bundle, series, bvals, device="cpu")
+    again = apply_dwi_bundle(result.bundle, series, bvals, bvecs=bvecs, device="cpu")
+    np.testing.assert_allclose(again.denoised, result.denoised, atol=1e-4)
+    with pytest.raises(InputError, match="one \\(x, y, z\\) direction per volume"):
+        denoise_dwi(series, bvals, preset=make_tiny_ddm2(), device="cpu", bvecs=bvecs[:3])
+
+
 def test_neighbour_count_follows_the_smallest_repeated_shell_within_bounds():
     shape = (97, 2, 104, 104)
     assert choose_neighbours(np.r_[np.zeros(7), np.full(30, 1000.0), np.full(60, 2000.0)], shape) == 6  # mdt, kept

@@ -95,14 +95,14 @@ def split_b0s(bvals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.setdiff1d(np.arange(len(bvals)), held_out), held_out
 
 
-def flip_averaged(result: DWIDenoiseResult, series: np.ndarray, bvals: np.ndarray,
+def flip_averaged(result: DWIDenoiseResult, series: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
                   progress: Callable | None) -> tuple[np.ndarray, float]:
     """The trained DDM2 applied to the series and its three flipped copies, unflipped and averaged."""
     started = time.perf_counter()
     outputs = [result.denoised]
     for axes in FLIPS[1:]:
-        flipped = apply_dwi_bundle(result.bundle, np.flip(series, axes).copy(), bvals, sampler="accelerated",
-                                   progress=progress)
+        flipped = apply_dwi_bundle(result.bundle, np.flip(series, axes).copy(), bvals, bvecs=bvecs,
+                                   sampler="accelerated", progress=progress)
         outputs.append(np.flip(flipped.denoised, axes))
     return np.mean(outputs, axis=0).astype(np.float32), time.perf_counter() - started
 
@@ -163,19 +163,19 @@ def run_methods(data: DwiSeries, preset: str | DDM2Settings, seed: int, neighbou
     progress = TqdmProgress()
     started = time.perf_counter()
     result = denoise_dwi(series, bvals, preset=preset, seed=seed, neighbours=neighbours, sampler="accelerated",
-                         progress=progress)
+                         bvecs=data.bvecs, progress=progress)
     timings = result.timings
     outputs["DDM2 Stage I only"] = (result.stage1, timings["train_stage1_s"]
                                     + timings["stage1_inference_and_matching_s"])
     outputs["DDM2 accelerated (DDIM)"] = (result.denoised, time.perf_counter() - started)
     train_s = timings["train_stage1_s"] + timings.get("train_stage3_s", 0.0)
     if flips:
-        averaged, flip_s = flip_averaged(result, series, bvals, progress)
+        averaged, flip_s = flip_averaged(result, series, bvals, data.bvecs, progress)
         outputs["DDM2 accelerated, 4-flip average"] = (averaged, outputs["DDM2 accelerated (DDIM)"][1] + flip_s)
     sampling = f"sampling {timings['sampling_s']:.1f} s accelerated ({result.bundle.record.sampler_steps} steps)"
     outliers = f"outlier slices {int(result.outliers.sum())} accelerated"
     if full_chain:
-        full = apply_dwi_bundle(result.bundle, series, bvals, sampler="full", progress=progress)
+        full = apply_dwi_bundle(result.bundle, series, bvals, bvecs=data.bvecs, sampler="full", progress=progress)
         outputs["DDM2 full chain"] = (full.denoised, train_s + full.timings["total_s"])
         sampling += f" against {full.timings['sampling_s']:.1f} s full chain"
         outliers += f" / {int(full.outliers.sum())} full"
@@ -285,13 +285,14 @@ def stage3_table(runs: MethodRuns, data: DwiSeries, reference: np.ndarray, kept_
     return lines
 
 
-NEIGHBOUR_COLUMNS = ("neighbours", "heldout_b0_psnr_mean", "heldout_b0_psnr_std", "cv_r2_dti_lowest_shell",
+NEIGHBOUR_COLUMNS = ("neighbours", "order", "heldout_b0_psnr_mean", "heldout_b0_psnr_std", "cv_r2_dti_lowest_shell",
                      "cv_r2_dti_highest_shell", "seconds")
 
 
 def run_neighbour_sweep(preset: str | DDM2Settings, seed: int, counts: list[int]) -> DwiBenchmark:
-    """Stage I alone on the in-vivo series with each of ``counts`` neighbours: held-out-b0 PSNR and the DTI CV
-    R^2 of the lowest and highest shell (Stage I is what the neighbour count changes)."""
+    """Stage I alone on the in-vivo series with each of ``counts`` neighbours, a weighted volume's chosen nearest
+    in acquisition order and nearest in gradient direction: held-out-b0 PSNR and the DTI CV R^2 of the lowest and
+    highest shell (Stage I is what the neighbours change)."""
     data = load()
     kept, held_out = split_b0s(data.bvals)
     reference = data.series[held_out].mean(axis=0)
@@ -300,16 +301,17 @@ def run_neighbour_sweep(preset: str | DDM2Settings, seed: int, counts: list[int]
     mask_xyz, raw_xyzv = data.mask.transpose(2, 1, 0), dwi_metrics.to_dipy(data.series)
     shells = dwi_metrics.shells(data.bvals)
     rows = []
-    for count in counts:
+    for count, order in ((count, order) for count in counts for order in ("acquisition", "direction")):
         started = time.perf_counter()
-        result = denoise_dwi(data.series, data.bvals, method="stage1", preset=preset, seed=seed, neighbours=count)
+        result = denoise_dwi(data.series, data.bvals, method="stage1", preset=preset, seed=seed, neighbours=count,
+                             bvecs=None if order == "acquisition" else data.bvecs)
         seconds = time.perf_counter() - started
         xyzv = dwi_metrics.to_dipy(result.stage1)
         scores = [dwi_metrics.psnr_in_mask(result.stage1[i], reference, data.mask) for i in kept_b0]
         r2 = [float(np.median(dwi_metrics.cv_fit_r2(xyzv, data.bvals, data.bvecs, mask_xyz,
                                                       dwi_metrics.FitModel("dti", (shell,)), raw_xyzv, seed)))
               for shell in (shells[0], shells[-1])]
-        rows.append({"neighbours": f"{count}", "heldout_b0_psnr_mean": float(np.mean(scores)),
+        rows.append({"neighbours": f"{count}", "order": order, "heldout_b0_psnr_mean": float(np.mean(scores)),
                      "heldout_b0_psnr_std": float(np.std(scores)), "cv_r2_dti_lowest_shell": r2[0],
                      "cv_r2_dti_highest_shell": r2[1], "seconds": seconds})
     raw = np.mean([dwi_metrics.psnr_in_mask(data.series[i], reference, data.mask) for i in kept_b0])
@@ -370,6 +372,7 @@ HEADINGS = {"heldout_b0_psnr_mean": "held-out-b0 PSNR (dB)", "snr_change": "CC S
             "expected_high_b_mean": "expected", "floor_bias": "floor bias", "high_b_std": "b_max spread",
             "mid_b_std": "b = 700 spread", "between_slices": "between-slice change / raw's",
             "within_slices": "within-slice change / raw's", "neighbours": "Stage I neighbours",
+            "order": "a weighted volume's neighbours: nearest in",
             "cv_r2_dti_lowest_shell": "DTI CV R^2, lowest shell",
             "cv_r2_dti_highest_shell": "DTI CV R^2, highest shell"}
 
@@ -382,6 +385,8 @@ def _cell(row: dict, column: str) -> str:
         return f"{value:+.2f}"
     if column.startswith("cv_r2"):
         return f"{value:.4f}"
+    if column == "order":
+        return str(value)
     if column.endswith("_slices"):
         return f"{value:.3f}"
     return f"{value:.1f}" if isinstance(value, float) else str(value)

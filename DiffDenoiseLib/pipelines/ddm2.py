@@ -168,28 +168,41 @@ def shell_of(bvals: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(bvals, dtype=np.float64) / SHELL_TOLERANCE) * SHELL_TOLERANCE
 
 
-def neighbour_volumes(bvals: np.ndarray, count: int) -> np.ndarray:
+def neighbour_volumes(bvals: np.ndarray, count: int, bvecs: np.ndarray | None = None) -> np.ndarray:
     """The (V, count) volumes whose slices predict each volume's slices in Stage I.
 
-    Volumes of the same shell come first, nearest in acquisition order (wrapping around within the shell,
-    alternating after and before: v+1, v-1, v+2, ...), because they share the contrast; when the shell is too
-    small, volumes of the nearest shells fill the rest.
+    Volumes of the same shell come first, because they share the contrast: in a diffusion-weighted shell
+    with ``bvecs``, those whose gradient is nearest in angle (|cos| largest: g and -g measure the same), whose
+    signal is nearest the volume's own; in the b0s, or without gradients, those nearest in acquisition order
+    (wrapping around within the shell, alternating after and before: v+1, v-1, v+2, ...). When the shell is
+    too small, volumes of the nearest shells fill the rest.
     """
     shells = shell_of(bvals)
     volumes = len(shells)
     if volumes < count + 1:
         raise InputError(f"DDM2 predicts each volume from {count} other volumes, so it needs at least "
                          f"{count + 1}; this series has {volumes}. Use fewer neighbours or a longer series.")
+    directions = None if bvecs is None else unit_directions(bvecs)
     chosen = np.empty((volumes, count), dtype=np.int64)
     for v in range(volumes):
         same = np.flatnonzero(shells == shells[v])
         after = (np.arange(len(same)) - int(np.searchsorted(same, v))) % len(same)  # steps forward, wrapping
         distance = np.minimum(after, len(same) - after)
-        ranked = [int(same[i]) for i in np.lexsort((after > len(same) - after, distance)) if same[i] != v]
+        keys = [after > len(same) - after, distance]
+        if directions is not None and shells[v] > 0 and directions[same].any(axis=1).all():
+            keys.append(-np.abs(directions[same] @ directions[v]))  # the last key sorts first
+        ranked = [int(same[i]) for i in np.lexsort(keys) if same[i] != v]
         others = np.flatnonzero(shells != shells[v])
         ranked += others[np.lexsort((np.abs(others - v), np.abs(shells[others] - shells[v])))].tolist()
         chosen[v] = ranked[:count]
     return chosen
+
+
+def unit_directions(bvecs: np.ndarray) -> np.ndarray:
+    """(V, 3) gradient directions scaled to unit length (zero rows, the b0s', stay zero)."""
+    bvecs = np.nan_to_num(np.asarray(bvecs, dtype=np.float64))
+    norms = np.linalg.norm(bvecs, axis=1, keepdims=True)
+    return np.divide(bvecs, norms, out=np.zeros_like(bvecs), where=norms > 0)
 
 
 def slices_of(series: np.ndarray) -> np.ndarray:
