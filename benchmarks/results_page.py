@@ -106,8 +106,9 @@ def ddm2_section(page: Path) -> str:
     if not files:
         return "Not run yet: `python -m benchmarks.ddm2_benchmark` writes this section."
     folder = os.path.relpath(DDM2_RESULTS, page.parent)
-    parts = [f"Copied from {', '.join(_link(path, page) for path in files)}, written by "
-             "`python -m benchmarks.ddm2_benchmark` (the command and its protocols are in that module's docstring)."]
+    parts = [_prose(f"Copied from {', '.join(_link(path, page) for path in files)}, written by "
+                    "`python -m benchmarks.ddm2_benchmark` (the command and its protocols are in that module's "
+                    "docstring).")]
     for path in files:
         text = path.read_text(encoding="utf-8").strip()
         parts.append(re.sub(r"\]\(([^/()]+\.png)\)", rf"]({folder}/\1)", text.replace("## ", "### ", 1)))
