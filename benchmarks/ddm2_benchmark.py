@@ -46,7 +46,7 @@ from benchmarks.datasets import SHARED
 from benchmarks.volume_ablation import machine
 from DiffDenoiseLib.denoise_dwi import DWIDenoiseResult, apply_dwi_bundle, denoise_dwi
 from DiffDenoiseLib.io import read_dwi, read_volume
-from DiffDenoiseLib.pipelines.ddm2 import DDM2Settings
+from DiffDenoiseLib.pipelines.ddm2 import DDM2Settings, shell_of
 from DiffDenoiseLib.presets import ddm2_settings
 from DiffDenoiseLib.runtime.progress import TqdmProgress
 
@@ -93,6 +93,27 @@ def split_b0s(bvals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     b0s = np.flatnonzero(bvals < B0_THRESHOLD)
     held_out = b0s[1::2]
     return np.setdiff1d(np.arange(len(bvals)), held_out), held_out
+
+
+@dataclass
+class HeldOut:
+    """The in-vivo series without its held-out b0s, their mean (the reference) and the kept b0s' indices."""
+
+    data: DwiSeries
+    reference: np.ndarray
+    kept_b0: np.ndarray
+    held_out: int
+
+
+def held_out_protocol(max_b: float | None = None) -> HeldOut:
+    """The in-vivo series (volumes with b <= ``max_b``; all when None) split as :func:`split_b0s` says."""
+    data = load()
+    if max_b is not None:
+        data = data.subset(np.flatnonzero(data.bvals <= max_b))
+    kept, held_out = split_b0s(data.bvals)
+    reference = data.series[held_out].mean(axis=0)
+    data = data.subset(kept)
+    return HeldOut(data, reference, np.flatnonzero(data.bvals < B0_THRESHOLD), len(held_out))
 
 
 def flip_averaged(result: DWIDenoiseResult, series: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
@@ -211,14 +232,9 @@ class DwiBenchmark:
 def run_benchmark(preset: str | DDM2Settings, seed: int, neighbours: int | None, max_b: float | None = None,
                   mppca_radii: tuple[int, ...] = (2,), flips: bool = True) -> DwiBenchmark:
     """The in-vivo protocol of the module docstring on the volumes with b <= ``max_b`` (all when None)."""
-    data = load()
-    if max_b is not None:
-        data = data.subset(np.flatnonzero(data.bvals <= max_b))
-    kept, held_out = split_b0s(data.bvals)
-    reference = data.series[held_out].mean(axis=0)
-    data = data.subset(kept)
+    protocol = held_out_protocol(max_b)
+    data, reference, kept_b0 = protocol.data, protocol.reference, protocol.kept_b0
     runs = run_methods(data, preset, seed, neighbours, mppca_radii, flips)
-    kept_b0 = np.flatnonzero(data.bvals < B0_THRESHOLD)
     mask_xyz = data.mask.transpose(2, 1, 0)
     raw_xyzv = dwi_metrics.to_dipy(data.series)
     callosum = dwi_metrics.CorpusCallosum.of(raw_xyzv, data.bvals, data.bvecs, mask_xyz)
@@ -245,7 +261,7 @@ def run_benchmark(preset: str | DDM2Settings, seed: int, neighbours: int | None,
         maps[name] = dwi_metrics.tensor_maps(xyzv, data.bvals, data.bvecs, mask_xyz)
     columns = [*IN_VIVO_COLUMNS[:-1], *(f"cv_r2_{m.name}" for m in models), "seconds"]
     shells = "all shells" if max_b is None else f"b <= {max_b:g} only"
-    details = (f"{len(data.bvals)} volumes denoised ({len(kept_b0)} b0 kept, {len(held_out)} b0 held out as "
+    details = (f"{len(data.bvals)} volumes denoised ({len(kept_b0)} b0 kept, {protocol.held_out} b0 held out as "
                f"reference), {shells}; CV R^2 (median) of {', '.join(m.label for m in models) or 'no model'}, DTI over "
                f"the brain mask ({int(mask_xyz.sum())} voxels), DKI and CSD over its white matter (FA > "
                f"{dwi_metrics.WHITE_MATTER_FA}, {int(white.sum())} voxels); corpus-callosum "
@@ -276,7 +292,7 @@ def stage3_table(runs: MethodRuns, data: DwiSeries, reference: np.ndarray, kept_
               + " | ".join(variants) + " |", "|---|---|---|" + "---|" * len(variants)]
     for shell in dwi_metrics.shells(data.bvals):
         model = dwi_metrics.FitModel("dti", (shell,))
-        members = np.round(data.bvals / 100) * 100 == shell
+        members = shell_of(data.bvals) == shell
         scores = [float(np.median(dwi_metrics.cv_fit_r2(dwi_metrics.to_dipy(runs.outputs[name][0]), data.bvals,
                                                         data.bvecs, mask_xyz, model, raw_xyzv, seed)))
                   for name in ("DDM2 Stage I only", *variants)]
@@ -293,11 +309,8 @@ def run_neighbour_sweep(preset: str | DDM2Settings, seed: int, counts: list[int]
     """Stage I alone on the in-vivo series with each of ``counts`` neighbours, a weighted volume's chosen nearest
     in acquisition order and nearest in gradient direction: held-out-b0 PSNR and the DTI CV R^2 of the lowest and
     highest shell (Stage I is what the neighbours change)."""
-    data = load()
-    kept, held_out = split_b0s(data.bvals)
-    reference = data.series[held_out].mean(axis=0)
-    data = data.subset(kept)
-    kept_b0 = np.flatnonzero(data.bvals < B0_THRESHOLD)
+    protocol = held_out_protocol()
+    data, reference, kept_b0 = protocol.data, protocol.reference, protocol.kept_b0
     mask_xyz, raw_xyzv = data.mask.transpose(2, 1, 0), dwi_metrics.to_dipy(data.series)
     shells = dwi_metrics.shells(data.bvals)
     rows = []
@@ -315,7 +328,7 @@ def run_neighbour_sweep(preset: str | DDM2Settings, seed: int, counts: list[int]
                      "heldout_b0_psnr_std": float(np.std(scores)), "cv_r2_dti_lowest_shell": r2[0],
                      "cv_r2_dti_highest_shell": r2[1], "seconds": seconds})
     raw = np.mean([dwi_metrics.psnr_in_mask(data.series[i], reference, data.mask) for i in kept_b0])
-    details = (f"Stage I alone on {len(data.bvals)} volumes ({len(kept_b0)} b0 kept, {len(held_out)} held out); "
+    details = (f"Stage I alone on {len(data.bvals)} volumes ({len(kept_b0)} b0 kept, {protocol.held_out} held out); "
                f"DTI CV R^2 (median over the brain mask) on b = {shells[0]:g} and b = {shells[-1]:g} alone; "
                f"raw b0s score {raw:.2f} dB; "
                f"seed {seed}; {machine()}, {time.strftime('%Y-%m-%d')}")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import binary_dilation
 
+from DiffDenoiseLib.pipelines.ddm2 import shell_of
+
 B0_THRESHOLD = 50.0
 # dipy's corpus-callosum limits on the colour FA (red 0.6-1, green and blue 0-0.1: left-right fibres), then
 # looser ones for series of a few slices that cut the callosum where its fibres bend (mdt_b1k_b2k holds the
@@ -58,15 +60,14 @@ def gradient_table(bvals: np.ndarray, bvecs: np.ndarray):
 
 
 def shells(bvals: np.ndarray) -> list[float]:
-    """The non-zero shells (b rounded to 100 s/mm^2), ascending."""
-    rounded = np.round(np.asarray(bvals) / 100) * 100
+    """The non-zero shells (DDM2's :func:`shell_of`), ascending."""
+    rounded = shell_of(bvals)
     return sorted(float(b) for b in np.unique(rounded[rounded >= B0_THRESHOLD]))
 
 
 def select(bvals: np.ndarray, keep: list[float]) -> np.ndarray:
     """Indices of the b0s and of the volumes of the shells in ``keep``."""
-    rounded = np.round(np.asarray(bvals) / 100) * 100
-    return np.flatnonzero((bvals < B0_THRESHOLD) | np.isin(rounded, keep))
+    return np.flatnonzero((bvals < B0_THRESHOLD) | np.isin(shell_of(bvals), keep))
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def fit_models(bvals: np.ndarray) -> list[FitModel]:
     if len(available) >= 2:
         models.append(FitModel("dki", tuple(available)))
     top = available[-1]
-    directions = int(np.sum(np.isin(np.round(np.asarray(bvals) / 100) * 100, [top])))
+    directions = int(np.sum(shell_of(bvals) == top))
     in_fit = directions - directions // cv_folds(directions)
     order = max((o for o in (8, 6, 4) if (o + 1) * (o + 2) // 2 + 6 <= in_fit), default=0)
     if order:
