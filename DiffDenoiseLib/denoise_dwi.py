@@ -33,6 +33,7 @@ from .pipelines.ddm2 import (
     StateMatch,
     VolumeScaling,
     choose_neighbours,
+    gradient_directions,
     match_states,
     neighbour_volumes,
     sample_ddm2,
@@ -202,7 +203,7 @@ def denoise_dwi(series: np.ndarray, bvals: np.ndarray, options: DWIOptions | Non
     record = DDM2Record(preset if isinstance(preset, str) else "custom", settings.neighbours, settings.schedule,
                         settings.sampler, settings.sampler_steps, seed, SHELL_TOLERANCE, VOLUME_SCALING,
                         shells=tuple(sorted(set(shell_of(bvals).tolist()))), training=training,
-                        neighbour_order="acquisition" if bvecs is None else "direction")
+                        neighbour_order="acquisition" if gradient_directions(bvecs) is None else "direction")
     bundle = ModelBundle(method, networks, INFERENCE_NETWORK[method], record.to_json())
     result = _finish(bundle, record, prepared, stage1_output, match, torch_device, progress, cancel)
     result.notes = notes
@@ -228,7 +229,7 @@ def apply_dwi_bundle(bundle: ModelBundle, series: np.ndarray, bvals: np.ndarray,
                           "with `diffdenoise apply` (per 3D volume)")
     started = time.perf_counter()
     check_series(series, bvals, bvecs)
-    if record.neighbour_order == "direction" and bvecs is None:
+    if record.neighbour_order == "direction" and gradient_directions(bvecs) is None:
         raise InputError("this DDM2 bundle picks each volume's Stage I neighbours by gradient direction: give the "
                          "series' b-vectors (bvecs=..., or the .bvec file)")
     record = record.with_sampler(sampler, sampler_steps)

@@ -124,6 +124,11 @@ def test_a_bundle_that_chose_neighbours_by_direction_needs_the_gradients_again(s
         apply_dwi_bundle(result.bundle, series, bvals, device="cpu")
     again = apply_dwi_bundle(result.bundle, series, bvals, bvecs=bvecs, device="cpu")
     np.testing.assert_allclose(again.denoised, result.denoised, atol=1e-4)
+    with pytest.raises(InputError, match="b-vectors"):  # zeros carry no direction: they cannot order neighbours
+        apply_dwi_bundle(result.bundle, series, bvals, bvecs=np.zeros((6, 3)), device="cpu")
+    unknown = denoise_dwi(series, bvals, method="stage1", preset=make_tiny_ddm2(), device="cpu", bvecs=np.zeros((6, 3)))
+    assert unknown.bundle.record.neighbour_order == "acquisition"  # as a Slicer sequence is sent: no gradients
+    apply_dwi_bundle(unknown.bundle, series, bvals, device="cpu")
     with pytest.raises(InputError, match="one \\(x, y, z\\) direction per volume"):
         denoise_dwi(series, bvals, preset=make_tiny_ddm2(), device="cpu", bvecs=bvecs[:3])
 

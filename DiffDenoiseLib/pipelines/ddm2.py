@@ -182,7 +182,7 @@ def neighbour_volumes(bvals: np.ndarray, count: int, bvecs: np.ndarray | None = 
     if volumes < count + 1:
         raise InputError(f"DDM2 predicts each volume from {count} other volumes, so it needs at least "
                          f"{count + 1}; this series has {volumes}. Use fewer neighbours or a longer series.")
-    directions = None if bvecs is None else unit_directions(bvecs)
+    directions = gradient_directions(bvecs)
     chosen = np.empty((volumes, count), dtype=np.int64)
     for v in range(volumes):
         same = np.flatnonzero(shells == shells[v])
@@ -198,11 +198,15 @@ def neighbour_volumes(bvals: np.ndarray, count: int, bvecs: np.ndarray | None = 
     return chosen
 
 
-def unit_directions(bvecs: np.ndarray) -> np.ndarray:
-    """(V, 3) gradient directions scaled to unit length (zero rows, the b0s', stay zero)."""
+def gradient_directions(bvecs: np.ndarray | None) -> np.ndarray | None:
+    """(V, 3) gradient directions scaled to unit length (zero rows, the b0s', stay zero), or None when there
+    are none or none has a direction (all zeros: a series whose gradients are unknown), so that the neighbours
+    follow acquisition order."""
+    if bvecs is None:
+        return None
     bvecs = np.nan_to_num(np.asarray(bvecs, dtype=np.float64))
     norms = np.linalg.norm(bvecs, axis=1, keepdims=True)
-    return np.divide(bvecs, norms, out=np.zeros_like(bvecs), where=norms > 0)
+    return np.divide(bvecs, norms, out=np.zeros_like(bvecs), where=norms > 0) if norms.any() else None
 
 
 def slices_of(series: np.ndarray) -> np.ndarray:
