@@ -16,7 +16,6 @@ weights. Results go to ``memory_<preset>.md``.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +30,7 @@ from DiffDenoiseLib.bundle import save_bundle
 from DiffDenoiseLib.denoise import denoise
 from DiffDenoiseLib.io import Geometry, Volume, read_volume, write_volume
 from DiffDenoiseLib.noise.simulate import add_noise
+from DiffDenoiseLib.runtime.devices import describe_device
 
 KNEE = SHARED / DATASETS["knee"].file
 
@@ -87,8 +87,7 @@ def main() -> None:
             rows.append((f"cohort of {count} knee volume{'s' * (count > 1)} (24 x 256 x 256)",
                          f"{count} x 3 MB int16", gb, seconds))
 
-    lines = [f"Preset {args.preset} networks, CPU; {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}", "",
+    lines = [f"Preset {args.preset} networks; {describe_device(torch.device('cpu'))}, torch {torch.__version__}", "",
              "| run | input | peak RSS (GB) | wall (s) |", "|---|---|---|---|"]
     lines += [f"| {name} | {size} | {gb:.2f} | {seconds:.0f} |" for name, size, gb, seconds in rows]
     report = "\n".join(lines) + "\n"
