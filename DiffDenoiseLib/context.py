@@ -58,9 +58,11 @@ def stack_context(slices: np.ndarray, half_width: int, indices: Sequence[int] | 
     return np.stack([slices[row, 0] for row in rows])
 
 
-# Noise correlation between adjacent slices above which the neighbours' blind spot is masked too. White noise
-# measures |r| <= 0.012 on the dev volumes (MNI, knee; Gaussian, Poisson, Rician, in-plane correlated noise),
-# noise shared between slices (a 0.7-slice Gaussian along z, or 50 % overlapping slices) 0.46 to 0.54.
+# Noise correlation between adjacent slices above which the neighbours' blind spot is masked too. Measured
+# (benchmarks/results/slice_correlation): noise of each slice's own (Gaussian 0.1, Poisson 30, correlated 0.1
+# in-plane over 1-2 px) -0.03 to +0.06 on the four dev volumes, 0.67 mm T1 included; noise shared by a
+# 0.5-slice Gaussian along z 0.21 to 0.26, by a 0.7-slice one 0.48 to 0.49. Where a neighbour's noise is
+# 0.1 of the slice's, reading it whole hands the network at most about 2 % of the noise power to copy.
 SLICE_CORRELATION_THRESHOLD = 0.1
 
 

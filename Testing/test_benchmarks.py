@@ -291,3 +291,13 @@ def test_the_poisson_split_of_the_knee_grid_case_has_independent_halves():
     assert row["family"] == "poisson" and abs(row["correlation_dark"]) < 0.02 and abs(row["correlation"]) < 0.02
     assert row["copy_variance_ratio"] == pytest.approx(1.25, rel=0.02)
     assert row["twin_variance_ratio"] == pytest.approx(5.0, rel=0.02)
+
+
+def test_slice_correlation_benchmark_judges_each_noise_on_the_volume(tmp_path, shared_data):
+    from benchmarks.slice_correlation import AS_READ, OWN_NOISES, SHARED_NOISES, main
+
+    main(["--data", "knee", "--seeds", "0", "--slices", "8", "--out", str(tmp_path)])
+    rows = list(csv.DictReader((tmp_path / "slice_correlation.csv").open(newline="")))
+    assert [r["noise"] for r in rows] == [AS_READ, *OWN_NOISES, *SHARED_NOISES]
+    assert all(r["decision_right"] == "True" for r in rows[1:])  # the knee's own noise is not shared (4 mm slices)
+    assert "| shared 0.7 slice | yes |" in (tmp_path / "slice_correlation.md").read_text()

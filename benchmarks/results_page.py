@@ -53,6 +53,8 @@ EARLIER = {
     "rician_bias": "the Rician bias, removed or kept",
     "recorruption_check": "recorruption noise of Poisson images: exact split against Gaussian of the same variance",
     "split_independence": "the recorruption split's copy and twin: variance ratios and correlation",
+    "slice_correlation": "noise of each slice's own against noise shared between slices, as the noise analysis "
+                         "measures it (whether the neighbours' blind spot is masked)",
 }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 from . import rician
-from .analysis import image_blocks
+from .analysis import image_blocks, remove_plane
 
 BLOCK = 16  # px per side of the analysed blocks (i.i.d. noise)
 CORRELATED_BLOCK = 32  # larger blocks for correlated noise: its spectrum has detail at low frequencies
@@ -226,15 +226,6 @@ def _periodograms(blocks: np.ndarray) -> np.ndarray:
     return np.abs(np.fft.fft2(blocks * window)) ** 2 / (window**2).sum()
 
 
-def _remove_plane(blocks: np.ndarray) -> np.ndarray:
-    """Each (S, S) block minus its least-squares plane a + b y + c x."""
-    count, size, _ = blocks.shape
-    rows, columns = np.mgrid[:size, :size]
-    design = np.stack([np.ones(size * size), rows.ravel(), columns.ravel()], axis=1)
-    coefficients = np.linalg.lstsq(design, blocks.reshape(count, -1).T, rcond=None)[0]
-    return blocks - (design @ coefficients).T.reshape(count, size, size)
-
-
 def _correlated_noise(noisy: np.ndarray, signal: np.ndarray) -> tuple[float, np.ndarray]:
     """(noise variance, colouring kernel) of correlated noise from the flattest blocks of the whole stack.
 
@@ -250,7 +241,7 @@ def _correlated_noise(noisy: np.ndarray, signal: np.ndarray) -> tuple[float, np.
     flat = np.argsort(structure)[:max(1, round(FLAT_FRACTION * len(structure)))]
     residual = image_blocks(noisy - signal, size)[flat]
     variance = float(_periodograms(residual - residual.mean(axis=(1, 2), keepdims=True)).mean())
-    spectrum = _periodograms(_remove_plane(image_blocks(noisy, size)[flat])).mean(axis=0)
+    spectrum = _periodograms(remove_plane(image_blocks(noisy, size)[flat])).mean(axis=0)
     if variance <= 0 or spectrum.sum() <= 0:  # a noise-free image: nothing to colour
         return 0.0, np.ones((1, 1))
     kernel = np.fft.fftshift(np.real(np.fft.ifft2(np.sqrt(spectrum / spectrum.mean()))))

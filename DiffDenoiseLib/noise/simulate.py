@@ -18,11 +18,15 @@ NoiseKind = Literal["gaussian", "poisson", "gamma", "rician", "correlated"]
 NOISE_KINDS: tuple[str, ...] = ("gaussian", "poisson", "gamma", "rician", "correlated")
 
 
-def correlated_gaussian(shape: tuple[int, ...], correlation_sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Unit-variance Gaussian noise correlated within each 2D slice (Gaussian kernel of ``correlation_sigma`` px)."""
+def correlated_gaussian(shape: tuple[int, ...], correlation_sigma: float, rng: np.random.Generator,
+                        through_plane_sigma: float = 0.0) -> np.ndarray:
+    """Unit-variance Gaussian noise correlated within each 2D slice (Gaussian kernel of ``correlation_sigma`` px)
+    and, with ``through_plane_sigma`` (in slices), shared between neighbouring slices of a volume, as an
+    interpolation or overlapping reconstructed slices share it."""
     white = rng.standard_normal(shape)
-    in_plane = [0.0] * (len(shape) - 2) + [correlation_sigma, correlation_sigma]
-    field = ndimage.gaussian_filter(white, sigma=in_plane, mode="wrap")
+    through = [through_plane_sigma] if len(shape) > 2 else []
+    kernel = [0.0] * (len(shape) - 2 - len(through)) + through + [correlation_sigma, correlation_sigma]
+    field = ndimage.gaussian_filter(white, sigma=kernel, mode="wrap")
     return field / field.std()
 
 
