@@ -236,11 +236,12 @@ def test_bsn_wiener_benchmark_scores_both_outputs_with_the_fitted_weight(tmp_pat
 def test_bsn_wiener_depth_benchmark_compares_2d_patches_with_patches_across_slices(tmp_path):
     from benchmarks.bsn_wiener_depth import main
 
-    main(["--data", "mni", "--noise", "gaussian 0.1", "--steps", "2", "--slices", "3", "--out", str(tmp_path)])
+    main(["--data", "mni", "--noise", "gaussian 0.1", "--steps", "2", "--slices", "4", "--out", str(tmp_path)])
     finished = sorted(tmp_path.glob("*.csv"))
     rows = list(csv.DictReader(finished[0].open(newline="")))
-    # the 1 mm MNI reads its neighbours whole; the patches span the 3 slices there are
-    assert [r["wiener_depth"] for r in rows] == ["1", "3"]
+    # the 1 mm MNI reads its neighbours whole (4 slices: the fewest the between-slice measure reads); the
+    # patches span the 4 slices there are
+    assert [r["wiener_depth"] for r in rows] == ["1", "4"]
     assert all(0 <= float(r["weight"]) <= 1 and np.isfinite(float(r["psnr_db"])) for r in rows)
     assert rows[0]["psnr_db"] != rows[1]["psnr_db"]
     assert "| mni | gaussian 0.1 | 0 | 2 |" in (tmp_path / "bsn_wiener_depth.md").read_text()
