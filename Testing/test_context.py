@@ -22,8 +22,8 @@ from DiffDenoiseLib.denoise import apply_bundle, denoise
 from DiffDenoiseLib.errors import BundleError, InputError
 from DiffDenoiseLib.io import read_volume
 from DiffDenoiseLib.models import LGBPN, PUCA, LGBPNConfig, PUCAConfig
-from DiffDenoiseLib.noise.analysis import robust_range, slice_correlation
-from DiffDenoiseLib.noise.simulate import add_noise, correlated_gaussian
+from DiffDenoiseLib.noise.analysis import slice_correlation
+from DiffDenoiseLib.noise.simulate import add_noise
 
 
 @given(count=st.integers(3, 40), half_width=st.integers(1, MAX_HALF_WIDTH), data=st.data())
@@ -86,16 +86,11 @@ def knee_volume() -> np.ndarray:
     return read_volume(SAMPLE_KNEE).array.astype(np.float32)
 
 
-def _shared_noise(volume: np.ndarray, in_plane: float, through_plane: float, seed: int) -> np.ndarray:
-    low, high = robust_range(volume)
-    field = correlated_gaussian(volume.shape, in_plane, np.random.default_rng(seed), through_plane)
-    return volume + 0.1 * (high - low) * field
-
-
 def test_slice_correlation_separates_independent_from_shared_noise(knee_volume):
     own = [slice_correlation(add_noise(knee_volume, kind, level, seed=1, correlation_sigma=in_plane))
            for kind, level, in_plane in (("gaussian", 0.1, 1.0), ("rician", 0.05, 1.0), ("correlated", 0.1, 2.0))]
-    shared = [slice_correlation(_shared_noise(knee_volume, in_plane, through, seed=2))
+    shared = [slice_correlation(add_noise(knee_volume, "correlated", 0.1, seed=2, correlation_sigma=in_plane,
+                                          through_plane_sigma=through))
               for in_plane, through in ((0.0, 0.5), (1.0, 0.7))]
     assert max(map(abs, own)) < SLICE_CORRELATION_THRESHOLD < min(shared)
     assert 0.15 < shared[0] < 0.35 < shared[1] < 0.65  # a 0.5-slice Gaussian shares 0.25 of the noise, 0.7: 0.54
@@ -112,7 +107,8 @@ def test_slice_correlation_counts_the_noise_not_the_anatomy_of_thin_slices(share
         pytest.skip(f"{path.name} is absent")
     volume = read_volume(path).array[12:36, 64:320, 9:265].astype(np.float32)  # the benchmarks' 24 x 256 x 256
     own = slice_correlation(add_noise(volume, "correlated", 0.1, seed=1))
-    assert own < SLICE_CORRELATION_THRESHOLD < slice_correlation(_shared_noise(volume, 1.0, 0.5, seed=2))
+    shared = add_noise(volume, "correlated", 0.1, seed=2, correlation_sigma=1.0, through_plane_sigma=0.5)
+    assert own < SLICE_CORRELATION_THRESHOLD < slice_correlation(shared)
 
 
 def test_choose_context():

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from DiffDenoiseLib.context import SLICE_CORRELATION_THRESHOLD
-from DiffDenoiseLib.noise.analysis import robust_range, slice_correlation
-from DiffDenoiseLib.noise.simulate import add_noise, correlated_gaussian
+from DiffDenoiseLib.noise.analysis import slice_correlation
+from DiffDenoiseLib.noise.simulate import add_noise
 
 from .datasets import DATASETS
 
@@ -40,8 +40,6 @@ SHARED_NOISES: dict[str, tuple[float, float]] = {
     "shared 0.5 slice": (0.0, 0.5), "shared 0.5 slice, 1 px in-plane": (1.0, 0.5),
     "shared 0.7 slice": (0.0, 0.7), "shared 0.7 slice, 1 px in-plane": (1.0, 0.7),
 }
-
-
 AS_READ = "none added (the volume as read)"
 
 
@@ -54,9 +52,8 @@ def noisy_volume(clean: np.ndarray, noise: str, seed: int) -> np.ndarray:
         kind, level, correlation = OWN_NOISES[noise]
         return add_noise(clean, kind, level, seed=seed, correlation_sigma=correlation)
     in_plane, through_plane = SHARED_NOISES[noise]
-    low, high = robust_range(clean)
-    field = correlated_gaussian(clean.shape, in_plane, np.random.default_rng(seed), through_plane)
-    return (clean + LEVEL * (high - low) * field).astype(np.float32)
+    return add_noise(clean, "correlated", LEVEL, seed=seed, correlation_sigma=in_plane,
+                     through_plane_sigma=through_plane)
 
 
 def measure(datas: list[str], seeds: list[int], slices: int) -> list[dict]:

@@ -24,20 +24,22 @@ def correlated_gaussian(shape: tuple[int, ...], correlation_sigma: float, rng: n
     and, with ``through_plane_sigma`` (in slices), shared between neighbouring slices of a volume, as an
     interpolation or overlapping reconstructed slices share it."""
     white = rng.standard_normal(shape)
-    through = [through_plane_sigma] if len(shape) > 2 else []
-    kernel = [0.0] * (len(shape) - 2 - len(through)) + through + [correlation_sigma, correlation_sigma]
+    kernel = [0.0] * (len(shape) - 2) + [correlation_sigma, correlation_sigma]
+    if len(shape) > 2:
+        kernel[-3] = through_plane_sigma
     field = ndimage.gaussian_filter(white, sigma=kernel, mode="wrap")
     return field / field.std()
 
 
 def add_noise(clean: np.ndarray, kind: NoiseKind, level: float, seed: int = 0,
-              correlation_sigma: float = 1.0) -> np.ndarray:
+              correlation_sigma: float = 1.0, through_plane_sigma: float = 0.0) -> np.ndarray:
     """Return a noisy float32 copy of ``clean``.
 
     Args:
         clean: image of any dimensionality (2D slices are the last two axes).
         kind: ``gaussian`` (additive, std = level x robust range), ``correlated`` (same, but filtered in-plane
-            by a Gaussian of ``correlation_sigma`` px), ``rician`` (magnitude of complex Gaussian noise of
+            by a Gaussian of ``correlation_sigma`` px and, in a volume, along the slices by one of
+            ``through_plane_sigma`` slices), ``rician`` (magnitude of complex Gaussian noise of
             std level x range, as in MR magnitude images), ``poisson`` (photon counting with
             ``level`` = counts at the top of the robust range, the "peak"), ``gamma`` (multiplicative speckle
             with ``level`` = number of looks L; mean 1, variance 1/L).
@@ -53,7 +55,8 @@ def add_noise(clean: np.ndarray, kind: NoiseKind, level: float, seed: int = 0,
     if kind == "gaussian":
         noisy = image + level * scale * rng.standard_normal(image.shape)
     elif kind == "correlated":
-        noisy = image + level * scale * correlated_gaussian(image.shape, correlation_sigma, rng)
+        noisy = image + level * scale * correlated_gaussian(image.shape, correlation_sigma, rng,
+                                                                  through_plane_sigma)
     elif kind == "rician":
         sigma = level * scale
         noisy = np.hypot(image + sigma * rng.standard_normal(image.shape), sigma * rng.standard_normal(image.shape))
