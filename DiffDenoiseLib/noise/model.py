@@ -190,10 +190,11 @@ def _above_floor(levels: np.ndarray, floor: float | None) -> np.ndarray:
     the level function, chose the family (T1, Poisson 30, noise seed 2: gamma 0.93 against Poisson 20.0 with
     the floor's level, Poisson 0.011 against gamma 0.89 without it).
     """
-    if floor is None:
-        return np.ones(levels.shape, dtype=bool)
-    clear = levels - floor > FLOOR_MARGIN * (levels.max() - floor)
-    return clear if np.count_nonzero(clear) >= 3 else np.ones(levels.shape, dtype=bool)
+    if floor is not None:
+        clear = levels - floor > FLOOR_MARGIN * (levels.max() - floor)
+        if np.count_nonzero(clear) >= 3:
+            return clear
+    return np.ones(levels.shape, dtype=bool)
 
 
 def _forced(model: NoiseModel, family: str, zero: float, floor: float | None) -> NoiseModel:
