@@ -302,3 +302,24 @@ def test_slice_correlation_benchmark_judges_each_noise_on_the_volume(tmp_path, s
     assert [r["noise"] for r in rows] == [AS_READ, *OWN_NOISES, *SHARED_NOISES]
     assert all(r["decision_right"] == "True" for r in rows[1:])  # the knee's own noise is not shared (4 mm slices)
     assert "| shared 0.7 slice | yes |" in (tmp_path / "slice_correlation.md").read_text()
+
+
+def test_network_speed_times_every_network_with_both_gradients(tmp_path, monkeypatch):
+    from benchmarks import network_speed
+    from DiffDenoiseLib.models.blocks import DepthwiseConv2d
+
+    conv = DepthwiseConv2d(4, dilation=2)
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    with network_speed.native_gradients():
+        assert type(conv(x).grad_fn).__name__ == "ConvolutionBackward0"  # PyTorch's own backward
+    assert type(conv(x).grad_fn).__name__ != "ConvolutionBackward0"
+
+    monkeypatch.setattr(network_speed, "TRAIN_BATCH", (2, 16))  # tiny sizes: the machinery, not the timings
+    monkeypatch.setattr(network_speed, "INFERENCE_BATCH", (1, 24))
+    network_speed.main(["--repeats", "1", "--out", str(tmp_path)])
+    rows = list(csv.DictReader((tmp_path / "network_speed.csv").open(newline="")))
+    assert [(r["network"], r["context_slices"]) for r in rows] == [
+        (name, context) for context in ("0", "2") for name in ("PUCA", "LG-BPN", "NAFNet (distilled)")]
+    assert all(float(r[field]) > 0 for r in rows for field in network_speed.FIELDS[2:])
+    table = (tmp_path / "network_speed.md").read_text()
+    assert table.count("\n| PUCA |") == 2 and "2 x 16 x 16 patches" in table and "1 x 24 x 24 slices" in table

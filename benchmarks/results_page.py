@@ -55,6 +55,8 @@ EARLIER = {
     "split_independence": "the recorruption split's copy and twin: variance ratios and correlation",
     "slice_correlation": "noise of each slice's own against noise shared between slices, as the noise analysis "
                          "measures it (whether the neighbours' blind spot is masked)",
+    "network_speed": "the quick preset's networks: a training step and an inference pass, with PyTorch's own and "
+                     "our gradients of the dilated depthwise convolutions",
 }
 
 
