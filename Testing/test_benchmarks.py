@@ -130,6 +130,7 @@ def test_a_grid_case_scores_pipeline_peers_forced_puca_and_ablations(tmp_path, k
             "ablation: diffusion conditioned on noisy (no BSN)"} <= set(methods) and SUPERVISED not in methods
     assert methods["BSN"].setting == "LG-BPN" and case.notes[0].startswith("noise analysis: correlated")
     assert "context: 0 slice(s) per side (slices 6.4x thicker than the pixels" in case.notes[0]  # spacing reached it
+    assert "training steps: BSN 4;" in case.notes[0]  # the steps the LG-BPN trained (make_tiny_settings: share 1)
     assert case.notes[0].endswith("here, torch " + torch.__version__)
     assert all(np.isfinite([s.psnr_db, s.detail_psnr_db]).all() and -1 <= s.ssim <= 1 and s.seconds_per_slice >= 0
                for s in methods.values())

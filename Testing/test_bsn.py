@@ -85,3 +85,22 @@ def test_a_stored_config_records_the_self_ensemble_and_one_without_it_runs_one_p
     for bad in (0, 3, True):
         with pytest.raises(ValueError, match="self_ensemble"):
             build_network("puca", config | {"self_ensemble": bad})
+
+
+def test_the_lgbpn_trains_its_share_of_the_pucas_steps():
+    """Correlated noise turns the quick preset's PUCA into an LG-BPN trained for ``lgbpn_step_share`` of the
+    steps; i.i.d. noise keeps the PUCA and its steps; an explicit LG-BPN keeps the steps it was given."""
+    from DiffDenoiseLib.errors import InputError
+    from DiffDenoiseLib.models import LGBPNConfig
+    from DiffDenoiseLib.pipelines.bsn import BsnSettings, for_noise
+    from DiffDenoiseLib.presets import PRESETS
+
+    quick = PRESETS["quick"].bsn
+    assert quick.training.steps == 900 and quick.lgbpn_steps() == 600
+    correlated, iid = for_noise(quick, "correlated"), for_noise(quick, "iid")
+    assert isinstance(correlated.network, LGBPNConfig) and correlated.training.steps == 600
+    assert isinstance(iid.network, PUCAConfig) and iid.training.steps == 900
+    assert for_noise(correlated, "correlated").training.steps == 600  # not shortened twice
+    assert for_noise(PRESETS["standard"].bsn, "correlated").training.steps == PRESETS["standard"].bsn.training.steps
+    with pytest.raises(InputError, match="share of the training steps"):
+        BsnSettings(quick.network, quick.training, lgbpn_step_share=0)

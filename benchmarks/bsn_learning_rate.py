@@ -1,4 +1,4 @@
-"""The blind-spot network's learning rate at a fixed budget: the BSN alone, scored, per volume and rate.
+"""The blind-spot network's learning rate and training steps: the BSN stage, scored, per volume, rate and steps.
 
     python -m benchmarks.bsn_learning_rate [--data mni knee lidc] [--noise "gaussian 0.1"] [--rates 2e-3 5e-3]
         [--preset quick] [--steps 300] [--seed 0] [--slices 24] [--out benchmarks/results/bsn_learning_rate]
@@ -44,9 +44,11 @@ def run_case(data: str, noise: str, seed: int, preset: str, steps: int, rate: fl
 def write_report(folder: Path, preset: str) -> None:
     """``bsn_learning_rate.md``: one row per finished run."""
     rows = [row for path in sorted(folder.glob("*.csv")) for row in csv.DictReader(path.open(newline=""))]
-    lines = ["# Learning rate of the blind-spot network (written by benchmarks.bsn_learning_rate)", "",
-             f"The {preset} preset's BSN alone, its step count as given; PSNR dB / SSIM / detail PSNR dB against the "
-             f"clean volume. CPU: {cpu_model()}.", "",
+    lines = ["# Learning rate and training steps of the blind-spot network (written by benchmarks.bsn_learning_rate)",
+             "",
+             f"The {preset} preset's BSN stage as `denoise(method=\"bsn\")` ran it in the code of each run (the "
+             "300-step rows: the network alone, before its noisy-pixel combination and Wiener blend), its step count "
+             f"as given; PSNR dB / SSIM / detail PSNR dB against the clean volume. CPU: {cpu_model()}.", "",
              "| data | noise | seed | steps | learning rate | PSNR dB | SSIM | detail PSNR dB | training s |",
              "|---|---|---|---|---|---|---|---|---|",
              *(f"| {r['data']} | {r['noise']} | {r['seed']} | {r['steps']} | {r['learning_rate']} | {r['psnr_db']} | "

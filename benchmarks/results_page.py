@@ -48,7 +48,7 @@ EARLIER = {
     "bsn_wiener": "the BSN estimate with and without its Wiener blend",
     "bsn_wiener_depth": "Wiener patches in 2D and across 4 slices",
     "bsn_posterior": "the BSN output combined with the noisy pixel its blind spot left out",
-    "bsn_learning_rate": "the blind-spot network's learning rate",
+    "bsn_learning_rate": "the blind-spot network's learning rate and training steps",
     "srds_sweep": "SRDS: prediction target, DDIM steps and pairs",
     "rician_bias": "the Rician bias, removed or kept",
     "recorruption_check": "recorruption noise of Poisson images: exact split against Gaussian of the same variance",

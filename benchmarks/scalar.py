@@ -233,6 +233,7 @@ def run_note(result: DenoiseResult, machine: str) -> str:
             f"BSN estimate's share in its Wiener blend {bsn.wiener_weight:.2f} (patches "
             f"{bsn.wiener_depth} slice(s) deep); distilled NAFNet's share in its blend with the BSN estimate "
             + (f"{blend:.2f}; " if blend is not None else "none (no blend); ") +
+            f"training steps: BSN {result.bundle.record.training['bsn']['config']['steps']}; "
             f"training s: BSN {t['train_bsn_s']:.0f}, diffusion {t['train_diffusion_s']:.0f}, "
             f"NAFNet {t['train_nafnet_s']:.0f}; SRDS {t['srds_s']:.0f}; total {t['total_s']:.0f}; {machine}, "
             f"torch {torch.__version__}")

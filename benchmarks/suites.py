@@ -86,7 +86,8 @@ def with_steps(settings: PipelineSettings, bsn: int, diffusion: int, distillatio
 
 def describe(settings: PipelineSettings) -> str:
     """Training steps and sampling of ``settings``, for the reports."""
-    return (f"training steps BSN {settings.bsn.training.steps}, diffusion {settings.diffusion.training.steps}, "
+    lgbpn = f" (LG-BPN {settings.bsn.lgbpn_steps()})" if settings.bsn.lgbpn_step_share != 1 else ""
+    return (f"training steps BSN {settings.bsn.training.steps}{lgbpn}, diffusion {settings.diffusion.training.steps}, "
             f"NAFNet {settings.distillation.training.steps}; SRDS {settings.sampling.pairs} pair(s) x "
             f"{settings.sampling.steps} DDIM steps")
 
@@ -107,7 +108,7 @@ def grid_suite(preset: str) -> Suite:
                  slices=24, seeds=(0, 1, 2), targets=preset, ceiling=False, page=False)
 
 
-QUICK_STEPS = (300, 800, 300)  # BSN, diffusion, NAFNet (the quick preset: 600, 2000, 600)
+QUICK_STEPS = (300, 800, 300)  # BSN, diffusion, NAFNet (the quick preset: 900, 600, 400)
 QUICK_DWI = replace(DDM2_PRESETS["quick"],
                     stage1_training=replace(DDM2_PRESETS["quick"].stage1_training, steps=400),
                     diffusion_training=replace(DDM2_PRESETS["quick"].diffusion_training, steps=800))

@@ -26,17 +26,25 @@ class BsnSettings:
     output is combined with the noisy pixel the blind spot left out (:mod:`..posterior`), and with ``wiener``
     that estimate is blended with its empirical Wiener filtering, the weight fitted on a recorrupted copy
     (:mod:`..wiener`), whose patches span ``wiener_depth`` slices where the network reads its neighbouring
-    slices whole (docs/decisions.md, "Wiener patches across slices")."""
+    slices whole (docs/decisions.md, "Wiener patches across slices"). Where correlated noise turns a PUCA config
+    into an LG-BPN, the LG-BPN trains ``lgbpn_step_share`` of the PUCA's steps (its steps cost more)."""
 
     network: PUCAConfig | LGBPNConfig
     training: TrainConfig
     posterior: bool = True
     wiener: bool = True
     wiener_depth: int = 4
+    lgbpn_step_share: float = 1.0
 
     def __post_init__(self) -> None:
         if self.wiener_depth < 1:
             raise InputError(f"the Wiener patch depth must be at least 1 slice, got {self.wiener_depth}")
+        if not 0 < self.lgbpn_step_share <= 1:
+            raise InputError(f"the LG-BPN's share of the training steps must be in (0, 1], got {self.lgbpn_step_share}")
+
+    def lgbpn_steps(self) -> int:
+        """Training steps of the LG-BPN that :func:`for_noise` makes of these settings' PUCA."""
+        return max(1, round(self.training.steps * self.lgbpn_step_share))
 
     def wiener_patch_depth(self, slice_count: int) -> int:
         """Slices the Wiener patches of a volume of ``slice_count`` slices span: ``wiener_depth`` (at most the
@@ -55,7 +63,8 @@ LGBPN_CORRELATED = {"pd_train": 1, "pd_infer": 1, "r3_passes": 0}
 
 
 def for_noise(settings: BsnSettings, noise_kind: str) -> BsnSettings:
-    """Adapt BSN settings to ``iid`` (PUCA) or ``correlated`` (LG-BPN of the same width) noise."""
+    """Adapt BSN settings to ``iid`` (PUCA) or ``correlated`` (LG-BPN of the same width, trained for
+    ``lgbpn_step_share`` of the steps) noise."""
     network = settings.network
     if isinstance(network, LGBPNConfig):  # an explicit LG-BPN is kept for either noise kind
         return settings
@@ -66,7 +75,7 @@ def for_noise(settings: BsnSettings, noise_kind: str) -> BsnSettings:
                         in_channels=network.in_channels, context_slices=network.context_slices,
                         blind_context=network.blind_context, self_ensemble=network.self_ensemble,
                         **LGBPN_CORRELATED)
-    return replace(settings, network=lgbpn)
+    return replace(settings, network=lgbpn, training=replace(settings.training, steps=settings.lgbpn_steps()))
 
 
 def build_bsn(config: PUCAConfig | LGBPNConfig) -> BlindSpotNetwork:
