@@ -77,13 +77,18 @@ class _DilatedDepthwiseOnCpu(torch.autograd.Function):
 
 class DepthwiseConv2d(nn.Conv2d):
     """A depthwise ``kernel_size`` x ``kernel_size`` convolution with 'same' padding at ``dilation``; dilated and
-    training on the CPU, its gradients come from :class:`_DilatedDepthwiseOnCpu` (the same values, faster)."""
+    training on the CPU, its gradients come from :class:`_DilatedDepthwiseOnCpu` (the same values, faster), and
+    dilated :data:`WIDE_DILATION` or more on the CPU it reads standard (NCHW) memory."""
 
     def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 1) -> None:
         super().__init__(channels, channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
                          groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and self.dilation[0] >= WIDE_DILATION:
+            # A layer norm's permutes leave channels-last memory, on which the CPU's widely dilated depthwise
+            # convolution ran about 5x slower (docs/decisions.md, "Widely dilated convolutions on the CPU").
+            x = x.contiguous()
         if self.dilation[0] > 1 and x.device.type == "cpu" and torch.is_grad_enabled():
             return _DilatedDepthwiseOnCpu.apply(x, self.weight, self.bias, self.dilation[0])
         return super().forward(x)
@@ -148,12 +153,7 @@ class GatedBlock(nn.Module):
         if self.modulation is not None:
             scale, shift = self.modulation(condition)[:, :, None, None].chunk(2, dim=1)
             y = y * (1 + scale) + shift
-        y = self.expand(y)
-        if y.device.type == "cpu" and self.depthwise.dilation[0] >= WIDE_DILATION:
-            # The layer norm's permutes leave channels-last memory, on which the CPU's widely dilated depthwise
-            # convolution ran about 5x slower (docs/decisions.md, "Widely dilated convolutions on the CPU").
-            y = y.contiguous()
-        y = self.gate(self.depthwise(y))
+        y = self.gate(self.depthwise(self.expand(y)))
         if self.attention is not None:
             y = y * self.attention(y)
         x = x + self.beta * self.project(y)
