@@ -146,7 +146,8 @@ def denoise(image: np.ndarray, options: DenoiseOptions | None = None, *, slice_a
               cancel)
     run.timings["analysis_s"] = time.perf_counter() - started
     METHODS[options.method].train(run, settings, tuple(options.outputs))
-    denoised = scaling.denormalise(from_slices(_unbiased(run.noise_model, run.output), image.shape, axis))
+    output = _unbiased(run.noise_model, run.output, run.stages.get("bsn"))
+    denoised = scaling.denormalise(from_slices(output, image.shape, axis))
     extras = _extras(image, denoised, tuple(options.outputs), run.stages, scaling, axis, run.noise_model)
     record = _training_record(run, options, analysis, slice_axis, slice_context)
     bundle = ModelBundle(options.method, run.networks, INFERENCE_NETWORK[options.method], record.to_json())
@@ -169,11 +170,12 @@ def _training_record(run: Run, options: DenoiseOptions, analysis: NoiseAnalysis,
         from_bsn=run.from_bsn, output_blend_weight=run.output_blend_weight)
 
 
-def _unbiased(noise_model: NoiseModel | None, estimate: np.ndarray) -> np.ndarray:
-    """A stage's output with the noise's bias taken out (Rician noise; see :meth:`NoiseModel.unbiased`).
+def _unbiased(noise_model: NoiseModel | None, estimate: np.ndarray, bsn: np.ndarray | None) -> np.ndarray:
+    """A stage's output with the noise's bias taken out (Rician noise; see :meth:`NoiseModel.unbiased`), out
+    of the ``bsn`` estimate where the run has one, the stage's departure from it kept as it is.
     The networks learn the noisy image's mean, and the later stages are trained on the earlier ones' biased
     outputs, so only what is handed to the user is corrected."""
-    return estimate if noise_model is None else noise_model.unbiased(estimate)
+    return estimate if noise_model is None else noise_model.unbiased(estimate, bsn)
 
 
 def _spacing_ratio(spacing: tuple[float, ...] | None, axis: int) -> float | None:
@@ -199,7 +201,8 @@ def _extras(image: np.ndarray, denoised: np.ndarray, outputs: tuple[str, ...], s
             extras[name] = (from_slices(stages[name], image.shape, axis) * (scaling.high - scaling.low)
                             ).astype(np.float32)
         else:
-            extras[name] = scaling.denormalise(from_slices(_unbiased(noise_model, stages[name]), image.shape, axis))
+            extras[name] = scaling.denormalise(from_slices(_unbiased(noise_model, stages[name], stages.get("bsn")),
+                                                          image.shape, axis))
     return extras
 
 
@@ -239,7 +242,8 @@ def apply_bundle(bundle: ModelBundle, image: np.ndarray, *, device: str = "auto"
     method.apply(run, bundle, record)
     if record.output_blend_weight is not None:  # bundles before the blend: none
         run.output = blend(run.output, run.stages["bsn"], record.output_blend_weight)
-    denoised = scaling.denormalise(from_slices(_unbiased(run.noise_model, run.output), image.shape, axis))
+    output = _unbiased(run.noise_model, run.output, run.stages.get("bsn"))
+    denoised = scaling.denormalise(from_slices(output, image.shape, axis))
     extras = _extras(image, denoised, tuple(outputs), run.stages, scaling, axis, run.noise_model)
     return Denoised(denoised, extras, {"total_s": round(time.perf_counter() - started, 3)},
                     residual_outliers(slices[:, 0], run.output[:, 0]))

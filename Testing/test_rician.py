@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from DiffDenoiseLib.denoise import apply_bundle, denoise
 from DiffDenoiseLib.noise import rician
-from DiffDenoiseLib.noise.model import fit_noise_model, with_family
+from DiffDenoiseLib.noise.model import NoiseModel, fit_noise_model, with_family
 
 SIGMA = 0.05
 
@@ -34,6 +34,20 @@ def test_amplitude_inverts_the_mean_and_is_zero_below_the_floor():
                                atol=1e-3 * SIGMA, rtol=1e-4)
     assert np.all(rician.amplitude(np.array([-1.0, 0.0, 1.2 * SIGMA]), SIGMA) == 0)
 
+
+
+def test_a_later_stage_keeps_its_departure_from_the_bsn_estimate_unamplified():
+    model = replace(NoiseModel.white(SIGMA), family="rician", gain=SIGMA**2)
+    floor, bright = SIGMA * rician.normalised_mean(0.0), SIGMA * rician.normalised_mean(20.0)
+    reference = np.array([floor, bright], np.float32)
+    np.testing.assert_allclose(model.unbiased(reference, reference), model.unbiased(reference), atol=1e-7)
+    estimate = reference + np.float32(0.1 * SIGMA)
+    kept, inverted = model.unbiased(estimate, reference), model.unbiased(estimate)
+    # in bright tissue the mean rises with slope 1: both ways agree
+    assert kept[1] == pytest.approx(inverted[1], abs=0.01 * SIGMA)
+    # at the floor, inverting the estimate itself turns a 0.1 sigma departure into more than 0.5 sigma of signal
+    assert inverted[0] > 0.5 * SIGMA and kept[0] == pytest.approx(0.1 * SIGMA, abs=1e-6)
+    assert model.unbiased(reference - np.float32(SIGMA), reference)[0] == 0  # never below the offset
 
 def _phantom() -> np.ndarray:
     """(6, 128, 128): a dark background with no signal (as outside the head) and flat tissue discs."""

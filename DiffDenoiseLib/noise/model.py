@@ -96,12 +96,22 @@ class NoiseModel:
         z = self.draw(signal, rng)
         return (noisy + alpha * z).astype(np.float32), (noisy - z / alpha).astype(np.float32)
 
-    def unbiased(self, estimate: np.ndarray) -> np.ndarray:
+    def unbiased(self, estimate: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
         """The noise-free signal whose noisy mean ``estimate`` is (what a network trained on the noisy image
-        learns): ``estimate`` itself for zero-mean noise, the Rician amplitude for Rician noise."""
+        learns): ``estimate`` itself for zero-mean noise, the Rician amplitude for Rician noise.
+
+        With a ``reference`` estimate of the same mean (the BSN's, which later stages refine), the bias is
+        taken out of the reference and ``estimate``'s departure from it is kept as it is. The Rician mean
+        rises with slope 1 in bright tissue but flat just above its floor, so inverting ``estimate`` itself
+        would multiply its own error there without bound (a later stage's spread on an empty background came
+        back as signal); kept at slope 1, the departure is exact in bright tissue and not amplified in the
+        dark (docs/decisions.md, "Rician noise and its bias")."""
         if self.family != "rician":
             return estimate
-        return (self.offset + rician.amplitude(estimate - self.offset, np.sqrt(self.gain))).astype(estimate.dtype)
+        if reference is None:
+            return (self.offset + rician.amplitude(estimate - self.offset, np.sqrt(self.gain))).astype(estimate.dtype)
+        unbiased_reference = self.unbiased(reference)
+        return np.maximum(unbiased_reference + (estimate - reference), self.offset).astype(estimate.dtype)
 
     def describe(self) -> dict:
         """JSON-friendly summary: family, the noise level function and the lag-1 correlation of the colouring."""
