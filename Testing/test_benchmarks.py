@@ -181,6 +181,24 @@ def test_volume_ablation_report_gathers_finished_runs(tmp_path):
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+def test_output_blend_scores_the_fitted_weight_beside_the_best_and_resumes(tmp_path):
+    from benchmarks.output_blend import KINDS, main
+
+    arguments = ["--data", "knee", "--noise", "gaussian", "--steps", "2", "2", "2", "--slices", "3", "--out",
+                 str(tmp_path)]
+    main(arguments)  # raises if the weight refitted from the kept stages is not the run's own
+    finished = tmp_path / "knee_gaussian_seed0.csv"
+    rows = list(csv.DictReader(finished.open(newline="")))
+    assert [row["weight_kind"] for row in rows] == list(KINDS)
+    weights = {row["weight_kind"]: float(row["weight"]) for row in rows}
+    assert weights["BSN"] == 0 and weights["NAFNet"] == 1 and 0 <= weights["fitted"] <= 1
+    stamp = finished.stat().st_mtime_ns
+    main(arguments)
+    assert finished.stat().st_mtime_ns == stamp
+    assert "| knee | gaussian | 0 |" in (tmp_path / "output_blend.md").read_text()
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
 def test_bsn_learning_rate_sweep_scores_each_rate_and_resumes(tmp_path):
     from benchmarks.bsn_learning_rate import main
 
