@@ -35,7 +35,6 @@ def test_amplitude_inverts_the_mean_and_is_zero_below_the_floor():
     assert np.all(rician.amplitude(np.array([-1.0, 0.0, 1.2 * SIGMA]), SIGMA) == 0)
 
 
-
 def test_a_later_stage_keeps_its_departure_from_the_bsn_estimate_unamplified():
     model = replace(NoiseModel.white(SIGMA), family="rician", gain=SIGMA**2)
     floor, bright = SIGMA * rician.normalised_mean(0.0), SIGMA * rician.normalised_mean(20.0)
@@ -48,6 +47,7 @@ def test_a_later_stage_keeps_its_departure_from_the_bsn_estimate_unamplified():
     # at the floor, inverting the estimate itself turns a 0.1 sigma departure into more than 0.5 sigma of signal
     assert inverted[0] > 0.5 * SIGMA and kept[0] == pytest.approx(0.1 * SIGMA, abs=1e-6)
     assert model.unbiased(reference - np.float32(SIGMA), reference)[0] == 0  # never below the offset
+
 
 def _phantom() -> np.ndarray:
     """(6, 128, 128): a dark background with no signal (as outside the head) and flat tissue discs."""

@@ -29,6 +29,7 @@ from unittest import mock
 import numpy as np
 
 from DiffDenoiseLib.denoise import denoise, from_slices, to_slices
+from DiffDenoiseLib.metrics import psnr
 from DiffDenoiseLib.noise import rician
 from DiffDenoiseLib.noise.model import NoiseModel
 from DiffDenoiseLib.pipelines import methods
@@ -63,14 +64,16 @@ def run_case(data: str, noise: str, seed: int, settings: PipelineSettings, slice
     kept: dict = {}
     fit_output_blend = methods.blend_with_bsn
 
-    def keep_stages(run, settings, estimates, final_stage):  # noqa: ANN001 (the patched function's signature)
+    def keep_stages(run, settings, estimates, final_stage):
+        def keep_copy_output(noisy: np.ndarray, signal: np.ndarray) -> np.ndarray:  # the NAFNet on the copy
+            kept["copy_nafnet"] = final_stage(noisy, signal)
+            return kept["copy_nafnet"]
+
         nafnet = run.output.copy()
-        fit_output_blend(run, settings, estimates, final_stage)
+        fit_output_blend(run, settings, estimates, keep_copy_output)
         if run.output_blend_weight is None:
             raise SystemExit("these settings do not blend the output with the BSN estimate: nothing to measure")
-        copy_bsn = estimates.recorrupted_output
-        kept.update(run=run, nafnet=nafnet, copy_nafnet=final_stage(estimates.recorrupted, copy_bsn),
-                    copy_bsn=copy_bsn, twin=estimates.twin)
+        kept.update(run=run, nafnet=nafnet, copy_bsn=estimates.recorrupted_output, twin=estimates.twin)
 
     with mock.patch.object(methods, "blend_with_bsn", keep_stages):
         denoise(noisy, preset=settings, seed=seed, spacing=dataset.spacing)
@@ -82,16 +85,12 @@ def run_case(data: str, noise: str, seed: int, settings: PipelineSettings, slice
         estimate = blend(nafnet, bsn, weight)
         return run.scaling.denormalise(from_slices(model.unbiased(estimate, bsn), clean.shape, 0))
 
-    def psnr_at(weight: float) -> float:
-        error = final(weight).astype(np.float64) - clean
-        return float(-10 * np.log10(np.mean(error**2) / data_range**2))
-
     fitted = blend_weight(kept["copy_nafnet"], kept["copy_bsn"], kept["twin"])
     if abs(fitted - run.output_blend_weight) > 1e-6:  # the stages kept are not the ones the pipeline fitted on
         raise RuntimeError(f"refitted weight {fitted:.6f} differs from the run's {run.output_blend_weight:.6f}")
     weights = {"BSN": 0.0, "NAFNet": 1.0, "fitted": fitted,
                "best on the copy": blend_weight(kept["copy_nafnet"], kept["copy_bsn"], noisy_mean(clean_slices, model)),
-               "best": max(np.linspace(0, 1, 101), key=psnr_at)}
+               "best": max(np.linspace(0, 1, 101), key=lambda weight: psnr(clean, final(weight), data_range))}
     return [{"data": data, "noise": noise, "seed": seed, "weight_kind": kind, "weight": f"{weight:.2f}",
              **scores(clean, final(weight), data_range)} for kind, weight in weights.items()]
 
