@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
+from scipy import ndimage
 from scipy.signal import fftconvolve
 
 from . import rician
@@ -28,7 +29,9 @@ from .analysis import image_blocks, remove_plane
 BLOCK = 16  # px per side of the analysed blocks (i.i.d. noise)
 CORRELATED_BLOCK = 32  # larger blocks for correlated noise: its spectrum has detail at low frequencies
 LEVEL_BINS = 8  # intensity bins of the noise level function
-FLAT_FRACTION = 0.3  # flattest share analysed: of each intensity bin (i.i.d.), of all blocks (correlated)
+FLAT_FRACTION = 0.3  # flattest share of each intensity bin analysed (i.i.d. noise)
+CORRELATED_FLAT_FRACTION = 0.05  # flattest share of all blocks analysed (correlated noise)
+CORRELATED_MIN_BLOCKS = 16  # but at least this many: the spectrum of fewer is too noisy to colour with
 FAMILIES = ("gaussian", "poisson", "gamma", "rician")
 NoiseFamily = Literal["gaussian", "poisson", "gamma", "rician"]
 
@@ -259,19 +262,36 @@ def _periodograms(blocks: np.ndarray) -> np.ndarray:
 def _correlated_noise(noisy: np.ndarray, signal: np.ndarray) -> tuple[float, np.ndarray]:
     """(noise variance, colouring kernel) of correlated noise from the flattest blocks of the whole stack.
 
-    * Level: the mean power of the BSN residual (block mean removed). One level for the whole image: per
-      intensity bin, the flattest blocks of bright tissue still carry texture, and recorruption noise too
-      strong by that much costs an R2R network dearly (docs/decisions.md).
+    Correlated noise has its power at the low frequencies where texture has most of its own, and a finely
+    textured image has few blocks without any: only the flattest :data:`CORRELATED_FLAT_FRACTION` of the
+    blocks count (at least :data:`CORRELATED_MIN_BLOCKS`; blocks touching an exact floor, a clip or masked
+    background without noise, are left out while others remain). A block's flatness is the signal estimate's
+    mean gradient magnitude over it and its eight neighbours: the estimate keeps some low-frequency noise, and
+    judged by its own block alone the flattest of a large background are those where the noise happened to
+    be weakest (knee: 0.93 of the level, 0.98 judged with the neighbours).
+
     * Colouring: the pooled spectrum of the noisy blocks with their plane removed. The BSN residual would
       lack the noise's low frequencies, which the BSN output keeps from the ring around its blind patch (its
       colouring decorrelated too fast).
+    * Level: the lower of that spectrum's mean power and the BSN residual's (block mean removed). The first
+      counts what texture is left in the blocks, the second the BSN's own error there: whichever is smaller
+      is closer (docs/decisions.md, "The level of correlated noise").
     """
     size = min(CORRELATED_BLOCK, *noisy.shape[1:])
-    structure = image_blocks(signal, size).std(axis=(1, 2))
-    flat = np.argsort(structure)[:max(1, round(FLAT_FRACTION * len(structure)))]
+    blocks = image_blocks(noisy, size)
+    gradient = image_blocks(np.hypot(*np.gradient(signal, axis=(1, 2))), size).mean(axis=(1, 2))
+    rows, columns = noisy.shape[1] // size, noisy.shape[2] // size
+    flatness = ndimage.uniform_filter(gradient.reshape(-1, rows, columns), (1, 3, 3), mode="nearest").ravel()
+    floor = exact_floor(noisy)
+    if floor is not None:
+        clear = ~np.any(blocks == floor, axis=(1, 2))
+        flatness = np.where(clear, flatness, np.inf) if clear.any() else flatness
+    count = min(len(blocks), max(round(CORRELATED_FLAT_FRACTION * len(blocks)), CORRELATED_MIN_BLOCKS))
+    flat = np.argsort(flatness, kind="stable")[:count]
+    spectrum = _periodograms(remove_plane(blocks[flat])).mean(axis=0)
     residual = image_blocks(noisy - signal, size)[flat]
-    variance = float(_periodograms(residual - residual.mean(axis=(1, 2), keepdims=True)).mean())
-    spectrum = _periodograms(remove_plane(image_blocks(noisy, size)[flat])).mean(axis=0)
+    variance = min(float(spectrum.mean()),
+                   float(_periodograms(residual - residual.mean(axis=(1, 2), keepdims=True)).mean()))
     if variance <= 0 or spectrum.sum() <= 0:  # a noise-free image: nothing to colour
         return 0.0, np.ones((1, 1))
     kernel = np.fft.fftshift(np.real(np.fft.ifft2(np.sqrt(spectrum / spectrum.mean()))))
