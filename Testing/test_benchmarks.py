@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -132,6 +133,8 @@ def test_a_grid_case_scores_pipeline_peers_forced_puca_and_ablations(tmp_path, k
     assert "context: 0 slice(s) per side (slices 6.4x thicker than the pixels" in case.notes[0]  # spacing reached it
     assert "training steps: BSN 4;" in case.notes[0]  # the steps the LG-BPN trained (make_tiny_settings: share 1)
     assert case.notes[0].endswith("here, torch " + torch.__version__)
+    assert re.fullmatch(r"Noise model: std \d\.\d{3} x the added noise's, neighbour correlation [+-]\d\.\d\d "
+                        r"\(added [+-]\d\.\d\d\)\.", case.notes[1])
     assert all(np.isfinite([s.psnr_db, s.detail_psnr_db]).all() and -1 <= s.ssim <= 1 and s.seconds_per_slice >= 0
                for s in methods.values())
     assert methods["NLM"].psnr_db > methods["noisy"].psnr_db
