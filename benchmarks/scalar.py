@@ -244,7 +244,8 @@ def noise_model_note(result: DenoiseResult, added: np.ndarray, truth: TrueNoise)
     ``added`` (noisy - clean): where the model is Gaussian (Gaussian and correlated noise), its std (the mean
     over its intensity levels) as a multiple of the added noise's and the correlation of neighbouring pixels
     in both; else nothing. Volumes with noise of their own (LIDC, T1) come out above 1 by that much."""
-    model, record = result.bundle.record.noise.model, result.bundle.record
+    record = result.bundle.record
+    model = record.noise.model
     if model is None or model["family"] != "gaussian":
         return ""
     low, high = record.normalization["training_range"]

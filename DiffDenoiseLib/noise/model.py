@@ -292,7 +292,7 @@ def _correlated_noise(noisy: np.ndarray, signal: np.ndarray) -> tuple[float, np.
     residual = image_blocks(noisy - signal, size)[flat]
     variance = min(float(spectrum.mean()),
                    float(_periodograms(residual - residual.mean(axis=(1, 2), keepdims=True)).mean()))
-    if variance <= 0 or spectrum.sum() <= 0:  # a noise-free image: nothing to colour
+    if variance <= 0:  # a noise-free image: nothing to colour
         return 0.0, np.ones((1, 1))
     kernel = np.fft.fftshift(np.real(np.fft.ifft2(np.sqrt(spectrum / spectrum.mean()))))
     return variance, kernel / np.sqrt((kernel**2).sum())
