@@ -5,8 +5,9 @@ Recorded with one CPU thread (the sums of a convolution can round differently wi
 another way) and in float32 (bfloat16 on AMX CPUs is switched off for the comparison). On a CPU with the
 recording's kernels (``torch.backends.cpu.get_cpu_capability()``) the outputs must be bit-identical; on
 another the kernels round differently, and they must agree to 1e-4 of the intensity range, far below any
-change of logic (one training step more moves them by 1e-2). Record again, on purpose and in its own
-commit, only for a change that is meant to change results::
+change of logic (one training step more moves the BSN method's output by 1.5e-3 of the range: 1e-2 before
+the correlated noise model's level changed). Record again, on purpose and in its own commit, only for a change
+that is meant to change results::
 
     python Testing/test_recorded_outputs.py --record
 """
@@ -33,6 +34,7 @@ from DiffDenoiseLib.io import read_dwi, read_volume  # noqa: E402
 from DiffDenoiseLib.runtime import devices  # noqa: E402
 
 RECORDED = Path(__file__).parent / "data" / "recorded_outputs.npz"
+TOLERANCE = 1e-4  # of the intensity range, on a CPU with other kernels than the recording's
 CAPABILITY_KEY = "cpu_capability"
 
 
@@ -104,18 +106,19 @@ def test_outputs_equal_the_recorded_ones(run):
             np.testing.assert_array_equal(output, expected, err_msg=name)
         else:
             span = float(expected.max() - expected.min())
-            np.testing.assert_allclose(output, expected, rtol=0, atol=1e-4 * span, err_msg=name)
+            np.testing.assert_allclose(output, expected, rtol=0, atol=TOLERANCE * span, err_msg=name)
 
 
 def test_the_comparison_would_catch_one_training_step_more():
-    """The tolerance of another CPU is far below what a change of logic moves: one step more of every stage."""
+    """The tolerance of another CPU is far below (a tenth or less of) what a change of logic moves: one step more
+    of every stage."""
     image = _knee(slice(64, 128))
     with _one_thread():
         settings = make_tiny_settings()
         longer = denoise(image, method="bsn", preset=settings, device="cpu", seed=3, steps=5).denoised
     expected = np.load(RECORDED)["denoise_bsn"]
     span = float(expected.max() - expected.min())
-    assert np.abs(longer - expected).max() > 1e-2 * span
+    assert np.abs(longer - expected).max() > 10 * TOLERANCE * span
 
 
 if __name__ == "__main__":
