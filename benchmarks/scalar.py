@@ -206,10 +206,10 @@ def run_case(data: str, clean: np.ndarray, noise: str, seed: int, settings: Pipe
     forced-PUCA row on correlated noise, the ablations and the ceiling when asked. ``machine`` says where it ran,
     for the note."""
     peers = peer_case(folder / "peer_cases", data, noise, seed, clean)
-    noisy, data_range, truth = noisy_case(clean, *noise_of(noise), seed)
+    noisy, data_range, _ = noisy_case(clean, *noise_of(noise), seed)
     checkpoints = folder / "checkpoints" / case_name(data, noise, seed)
     outputs, result = our_methods(noisy, settings, seed, checkpoints / "pipeline", progress, spacing)
-    notes = [note for note in (run_note(result, machine), noise_model_note(result, noisy - clean, truth)) if note]
+    notes = [note for note in (run_note(result, machine), noise_model_note(result, noisy - clean)) if note]
     if result.noise.kind == "correlated":
         puca = denoise(noisy, method="bsn", noise="iid", preset=settings, seed=seed,
                        checkpoint_dir=checkpoints / "puca", progress=progress, spacing=spacing)
@@ -239,7 +239,7 @@ def run_note(result: DenoiseResult, machine: str) -> str:
             f"torch {torch.__version__}")
 
 
-def noise_model_note(result: DenoiseResult, added: np.ndarray, truth: TrueNoise) -> str:
+def noise_model_note(result: DenoiseResult, added: np.ndarray) -> str:
     """What a case's note says of the recorruption noise model our run fitted, against the noise the case
     ``added`` (noisy - clean): where the model is Gaussian (Gaussian and correlated noise), its std (the mean
     over its intensity levels) as a multiple of the added noise's and the correlation of neighbouring pixels
@@ -252,7 +252,7 @@ def noise_model_note(result: DenoiseResult, added: np.ndarray, truth: TrueNoise)
     noise = added.astype(np.float64)
     neighbours = 0.5 * (np.corrcoef(noise[..., 1:].ravel(), noise[..., :-1].ravel())[0, 1]
                         + np.corrcoef(noise[..., 1:, :].ravel(), noise[..., :-1, :].ravel())[0, 1])
-    return (f"Noise model: std {np.mean(model['std']) * (high - low) / truth.sigma:.3f} x the added noise's, "
+    return (f"Noise model: std {np.mean(model['std']) * (high - low) / noise.std():.3f} x the added noise's, "
             f"neighbour correlation {model['neighbour_correlation']:+.2f} (added {neighbours:+.2f}).")
 
 
