@@ -30,6 +30,7 @@ from DiffDenoiseLib.pipelines.ddm2 import (
     shuffle_pixels,
     stage3_loss,
 )
+from DiffDenoiseLib.presets import DDM2_PRESETS
 
 FIXTURE = SMALL_DWI
 
@@ -254,8 +255,8 @@ def test_stage3_loss_targets_the_noisy_slice_from_a_state_without_its_noise():
 
 
 def test_stage1_network_starts_as_the_mean_of_its_neighbours():
-    network = NAFNet(NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,), in_channels=2,
-                                  residual="mean"))
+    tiny = NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,))
+    network = NAFNet(replace(DDM2_PRESETS["quick"], stage1_network=tiny, neighbours=2).stage1_config)
     neighbours = torch.randn(3, 2, 16, 16)
     torch.testing.assert_close(network(neighbours), neighbours.mean(dim=1, keepdim=True))
 

@@ -13,9 +13,19 @@ from DiffDenoiseLib.diffusion import (
     split_prediction,
     srds_sample,
 )
+from DiffDenoiseLib.errors import InputError
 from DiffDenoiseLib.models import NAFNet, NAFNetConfig
 from DiffDenoiseLib.noise.model import NoiseModel
-from DiffDenoiseLib.pipelines.diffdenoise import SamplingSettings, conditioned_model, sample_srds
+from DiffDenoiseLib.noise.normalisation import NoiseNormaliser
+from DiffDenoiseLib.pipelines.diffdenoise import (
+    DiffusionSettings,
+    SamplingSettings,
+    conditioned_model,
+    diffusion_condition,
+    diffusion_loss,
+    sample_srds,
+)
+from DiffDenoiseLib.runtime.training import TrainConfig
 
 SCHEDULE = NoiseSchedule(steps=100)
 CPU = torch.device("cpu")
@@ -172,3 +182,47 @@ def test_recorruption_is_independent_of_noise_drawn_with_the_same_seed():
     noise = 0.1 * np.random.default_rng(0).standard_normal(clean.shape).astype(np.float32)
     first, second = recorrupt(clean + noise, NoiseModel.white(0.1), clean, alpha=0.5, seed=0)
     assert abs(np.corrcoef(noise.ravel(), (second - clean).ravel())[0, 1] - 1 / np.sqrt(5)) < 0.05
+
+
+class _TimestepRecorder(torch.nn.Module):
+    """A stand-in network that records the timesteps it is called with and predicts zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        self.seen += timesteps.tolist()
+        return torch.zeros_like(x[:, :1])
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_diffusion_training_draws_only_the_timesteps_sampling_visits(steps):
+    batch = torch.randn(64, 3, 8, 8)
+    visited = ddim_timesteps(SCHEDULE, steps)
+    sampled, every = _TimestepRecorder(), _TimestepRecorder()
+    diffusion_loss(SCHEDULE, "v", visited)(sampled, batch)
+    diffusion_loss(SCHEDULE, "v")(every, batch)
+    assert set(sampled.seen) == set(visited)
+    assert len(set(every.seen)) > 20  # the default: the whole schedule
+
+
+def test_diffusion_settings_refuse_unknown_training_timesteps():
+    with pytest.raises(InputError, match="sampled or all"):
+        DiffusionSettings(NAFNetConfig(), TrainConfig(), timesteps="late")
+
+
+def test_an_untrained_diffusion_network_samples_the_bsn_output_back():
+    """The network starts at zero (it generates deviations from the BSN output): SRDS of an untrained one is the
+    BSN output itself, so training moves the output away from it only where the targets ask for that."""
+    settings = DiffusionSettings(NAFNetConfig(width=8, encoder_blocks=(1,), middle_blocks=1, decoder_blocks=(1,)),
+                                 TrainConfig(steps=1))
+    network = NAFNet(settings.network_config).eval()
+    rng = np.random.default_rng(0)
+    signal = rng.random((2, 1, 16, 16), dtype=np.float32)
+    noisy = (signal + 0.1 * rng.standard_normal(signal.shape)).astype(np.float32)
+    normaliser = NoiseNormaliser(np.array([0.0, 1.0]), np.array([0.1, 0.1]))
+    condition = diffusion_condition(settings.conditioning, noisy, signal, normaliser)
+    denoised, _ = sample_srds(network, condition, SCHEDULE, SamplingSettings(steps=1), CPU, normaliser=normaliser,
+                              signal=signal, prediction=settings.prediction)
+    np.testing.assert_allclose(denoised, signal, atol=1e-6)

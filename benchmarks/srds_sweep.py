@@ -8,7 +8,9 @@ One ``denoise(method="diffusion")`` run trains the BSN and the diffusion network
 (quick networks at the given budget; through-plane context as ``auto`` chooses); its bundle is then sampled
 again with every (pairs, DDIM steps) setting, and each output scored against the clean volume (PSNR, SSIM,
 detail PSNR), beside the BSN output. ``--prediction`` is what the diffusion network is trained to output
-(noise, clean slice or velocity), ``--alpha`` the recorruption strength. Results:
+(noise, clean slice or velocity), ``--alpha`` the recorruption strength. The network trains at every timestep
+(``timesteps="all"``), not only those its own sampling visits as the presets do, so that every step count
+sampled afterwards meets timesteps it was trained at. Results:
 ``DATA_NOISE_PREDICTION[_alphaA].csv`` and ``.md`` in ``--out``.
 """
 
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = with_steps(PRESETS["quick"], *args.steps)
     alpha = settings.diffusion.recorruption_alpha if args.alpha is None else args.alpha
     settings = replace(settings, diffusion=replace(settings.diffusion, prediction=args.prediction,
-                                                   recorruption_alpha=alpha))
+                                                   recorruption_alpha=alpha, timesteps="all"))
     dataset = DATASETS[args.data]
     clean = dataset.central_slices(args.slices)
     kind, level = NOISES[args.noise]

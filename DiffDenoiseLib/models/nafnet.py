@@ -34,9 +34,11 @@ class NAFNetConfig:
         in_channels: input channels (1 for a denoiser; 1 + condition channels for ``[x_t, c]`` in diffusion).
         out_channels: output channels.
         residual: what the output is a correction of: ``first`` input channel (a denoiser), ``mean`` of the
-            input channels (DDM2 Stage I predicts a slice from other volumes; with the last convolution zeroed,
-            training starts from their plain mean instead of from noise) or ``none``.
+            input channels (DDM2 Stage I predicts a slice from other volumes) or ``none``.
         time_conditioned: take a diffusion timestep as second argument of ``forward``.
+        zero_start: the last convolution starts at zero, so training starts from the residual alone instead of
+            from noise: DDM2 Stage I from the plain mean of its inputs, the diffusion network (which generates
+            deviations from the BSN output) from the BSN output itself.
         self_ensemble: flips and turns averaged in eval mode (1, 2, 4 or 8; :func:`.blocks.dihedral_average`).
     """
 
@@ -49,6 +51,7 @@ class NAFNetConfig:
     residual: Literal["none", "first", "mean"] = "first"
     time_conditioned: bool = False
     self_ensemble: int = 1
+    zero_start: bool = False
 
     def __post_init__(self) -> None:
         self.encoder_blocks = tuple(self.encoder_blocks)
@@ -102,7 +105,7 @@ class NAFNet(nn.Module):
             channels //= 2
             self.decoders.append(self._level(channels, count))
         self.ending = nn.Conv2d(width, config.out_channels, 3, padding=1)
-        if config.residual == "mean":
+        if config.zero_start:
             nn.init.zeros_(self.ending.weight)
             nn.init.zeros_(self.ending.bias)
         self.multiple = 2 ** len(config.encoder_blocks)

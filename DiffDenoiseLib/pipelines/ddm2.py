@@ -87,7 +87,7 @@ class DDM2Settings:
     def stage1_config(self) -> NAFNetConfig:
         """The Stage I network: ``stage1_network`` (width, blocks) reading the ``neighbours`` volumes."""
         return replace(self.stage1_network, in_channels=self._count(), out_channels=1, residual="mean",
-                       time_conditioned=False)
+                       time_conditioned=False, zero_start=True)
 
     @property
     def diffusion_config(self) -> NAFNetConfig:

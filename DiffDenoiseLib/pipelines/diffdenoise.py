@@ -7,7 +7,7 @@ given the BSN output, and the NAFNet learns to reproduce the SRDS output from th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from ..context import context_channels, stack_context
 from ..diffusion import PREDICTIONS, NoiseSchedule, prediction_target, srds_sample
-from ..diffusion.ddim import DenoisingModel, Prediction
+from ..diffusion.ddim import DenoisingModel, Prediction, ddim_timesteps
 from ..errors import InputError
 from ..models import NAFNet, NAFNetConfig
 from ..noise.model import NoiseModel
@@ -70,6 +70,12 @@ class DiffusionSettings:
 
     ``prediction`` is what the network outputs (:data:`..diffusion.ddim.Prediction`): ``v`` keeps the clean
     estimate well conditioned at the start of sampling, where few DDIM steps take their largest step.
+
+    ``timesteps``: ``sampled`` (default) trains only at the timesteps SRDS's DDIM visits (one step: T - 1 alone,
+    where the network's output is its estimate of the mean of what it would generate), so the small network
+    spends its training on the steps sampling uses; ``all`` draws them from 0..T-1 as DDPM does. The network
+    starts at zero (``NAFNetConfig.zero_start``): sampling starts from the BSN output, and training moves it
+    only where the targets support a change (measurements: docs/decisions.md, "SRDS: the timesteps trained").
     """
 
     network: NAFNetConfig
@@ -79,8 +85,11 @@ class DiffusionSettings:
     recorruption_alpha: float = 0.5
     context_slices: int = 0
     prediction: Prediction = "v"
+    timesteps: Literal["sampled", "all"] = "sampled"
 
     def __post_init__(self) -> None:
+        if self.timesteps not in ("sampled", "all"):
+            raise InputError(f"unknown diffusion training timesteps '{self.timesteps}': use sampled or all")
         if self.conditioning not in CONDITIONINGS:
             raise InputError(f"unknown conditioning '{self.conditioning}': use recorrupted, bsn or identity")
         if self.prediction not in PREDICTIONS:
@@ -91,7 +100,8 @@ class DiffusionSettings:
         """The network this stage builds: ``network`` (its width and blocks) with the channels, residual and
         time input the stage needs, derived here rather than written over the given config."""
         channels = condition_channels(self.conditioning, self.context_slices)
-        return replace(self.network, in_channels=1 + channels, out_channels=1, residual="none", time_conditioned=True)
+        return replace(self.network, in_channels=1 + channels, out_channels=1, residual="none", time_conditioned=True,
+                       zero_start=True)
 
 
 @dataclass
@@ -198,16 +208,19 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
     return x / 2
 
 
-def diffusion_loss(schedule: NoiseSchedule, prediction: Prediction = "epsilon"):
+def diffusion_loss(schedule: NoiseSchedule, prediction: Prediction = "epsilon",
+                   timesteps: Sequence[int] | None = None):
     """The DDPM objective on (B, 1 + C, H, W) batches of [noisy slice, condition]: predict the added noise, the
-    clean slice or the velocity (``prediction``), by mean squared error."""
+    clean slice or the velocity (``prediction``), by mean squared error, at timesteps drawn uniformly from
+    ``timesteps`` (default: all of the schedule's)."""
 
     alphas_cumprod = schedule.alphas_cumprod()  # once, not on every training step
+    choices = torch.arange(schedule.steps) if timesteps is None else torch.as_tensor(list(timesteps))
 
     def loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         x0, condition = to_model_range(batch[:, :1]), to_model_range(batch[:, 1:])
         # Drawn from the CPU generator that training checkpoints, so resumed runs are exact on any device.
-        timesteps = torch.randint(schedule.steps, (batch.shape[0],)).to(batch.device)
+        timesteps = choices[torch.randint(len(choices), (batch.shape[0],))].to(batch.device)
         noise = torch.randn(x0.shape).to(batch.device, x0.dtype)
         x_t = schedule.add_noise(x0, noise, timesteps)
         abar = alphas_cumprod.to(batch.device)[timesteps].to(x0.dtype).view(-1, 1, 1, 1)
@@ -223,12 +236,15 @@ def distillation_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(model(batch[:, :-1]).float(), batch[:, -1:].float())
 
 
-def train_diffusion(noisy: np.ndarray, condition: np.ndarray, settings: DiffusionSettings,
+def train_diffusion(noisy: np.ndarray, condition: np.ndarray, settings: DiffusionSettings, sampling_steps: int,
                     progress: ProgressCallback | None = None,
                     cancel: CancelCheck | None = None) -> tuple[NAFNet, TrainSummary]:
-    """Train the conditional diffusion network on (N, 1, H, W) noisy slices and their (N, C, H, W) condition."""
+    """Train the conditional diffusion network on (N, 1, H, W) noisy slices and their (N, C, H, W) condition,
+    for sampling with ``sampling_steps`` DDIM steps (the timesteps it trains at, unless ``settings.timesteps``
+    is ``all``)."""
+    timesteps = ddim_timesteps(settings.schedule, sampling_steps) if settings.timesteps == "sampled" else None
     return train_new_nafnet(settings.network_config, settings.training, [noisy, condition],
-                            diffusion_loss(settings.schedule, settings.prediction),
+                            diffusion_loss(settings.schedule, settings.prediction, timesteps),
                             "train diffusion", progress, cancel)
 
 

@@ -357,7 +357,7 @@ def train_diffusion_stage(run: Run, settings: PipelineSettings, estimates: BsnEs
         training_condition = diffusion_condition(conditioning, estimates.recorrupted, signal, normaliser,
                                                  run.half_width)
     network, summary = train_diffusion(to_diffusion_data(targets, signal, normaliser), training_condition,
-                                       settings.diffusion, run.progress, run.cancel)
+                                       settings.diffusion, settings.sampling.steps, run.progress, run.cancel)
     run.trained("diffusion", network, settings.diffusion.training, summary)
     sampler = Sampler(network, conditioning, settings.diffusion.schedule, settings.sampling,
                       settings.diffusion.prediction, normaliser, run.seed)
