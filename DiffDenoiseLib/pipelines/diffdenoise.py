@@ -220,12 +220,12 @@ def diffusion_loss(schedule: NoiseSchedule, prediction: Prediction = "epsilon",
     def loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         x0, condition = to_model_range(batch[:, :1]), to_model_range(batch[:, 1:])
         # Drawn from the CPU generator that training checkpoints, so resumed runs are exact on any device.
-        timesteps = choices[torch.randint(len(choices), (batch.shape[0],))].to(batch.device)
+        drawn = choices[torch.randint(len(choices), (batch.shape[0],))].to(batch.device)
         noise = torch.randn(x0.shape).to(batch.device, x0.dtype)
-        x_t = schedule.add_noise(x0, noise, timesteps)
-        abar = alphas_cumprod.to(batch.device)[timesteps].to(x0.dtype).view(-1, 1, 1, 1)
+        x_t = schedule.add_noise(x0, noise, drawn)
+        abar = alphas_cumprod.to(batch.device)[drawn].to(x0.dtype).view(-1, 1, 1, 1)
         target = prediction_target(x0, noise, abar, prediction)
-        return F.mse_loss(model(torch.cat([x_t, condition], dim=1), timesteps).float(), target.float())
+        return F.mse_loss(model(torch.cat([x_t, condition], dim=1), drawn).float(), target.float())
 
     return loss
 
