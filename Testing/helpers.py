@@ -23,6 +23,20 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMALL_DWI = Path(__file__).parent / "data" / "small_64D.nii.gz"
 
 
+class LossRecorder(nn.Module):
+    """A fixed estimate standing in for a time-conditioned network: it records the (inputs, timesteps) a
+    training loss hands it, to test the loss's contract rather than our network."""
+
+    def __init__(self, estimate: torch.Tensor) -> None:
+        super().__init__()
+        self.estimate = estimate
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, inputs: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        self.seen.append((inputs, timesteps))
+        return self.estimate
+
+
 def make_tiny_settings() -> PipelineSettings:
     """Every stage of the pipeline at toy size: seconds on a CPU, for contracts, not quality."""
     training = TrainConfig(steps=4, batch_size=2, patch_size=32)

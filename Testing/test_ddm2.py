@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import SMALL_DWI, make_tiny_ddm2
+from helpers import SMALL_DWI, LossRecorder, make_tiny_ddm2
 
 from DiffDenoiseLib.bundle import load_bundle, save_bundle
 from DiffDenoiseLib.cli import main
@@ -217,19 +217,6 @@ def test_stage3_loss_trains_against_the_noisy_slice_with_its_weight():
     assert stage3_loss(schedule)(network, batch) == 0
 
 
-class _Recorder(torch.nn.Module):
-    """A fixed clean estimate that records what the loss hands it (the loss's contract, not our network)."""
-
-    def __init__(self, estimate: torch.Tensor) -> None:
-        super().__init__()
-        self.estimate = estimate
-        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def forward(self, inputs: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        self.seen.append((inputs, timesteps))
-        return self.estimate
-
-
 def test_stage3_loss_targets_the_noisy_slice_from_a_state_without_its_noise():
     """A wrong target (the matched signal y, or x_t itself) or a state built from the unshuffled noise fails."""
     torch.manual_seed(0)
@@ -240,7 +227,7 @@ def test_stage3_loss_targets_the_noisy_slice_from_a_state_without_its_noise():
     condition = torch.randn(3, 2, 8, 8)
     batch = torch.cat([x, y, noise, matched.view(3, 1, 1, 1).expand(3, 1, 8, 8), weights, condition], dim=1)
 
-    exact = _Recorder(x)
+    exact = LossRecorder(x)
     assert stage3_loss(schedule)(exact, batch) == 0  # the target is the noisy slice x
     (inputs, timesteps), = exact.seen
     assert torch.equal(inputs[:, 1:], condition) and (timesteps <= matched.long()).all() and (timesteps >= 0).all()
@@ -249,7 +236,7 @@ def test_stage3_loss_targets_the_noisy_slice_from_a_state_without_its_noise():
     for item in range(3):  # a pixel shuffle of the matched noise: the same values, not in the same places
         assert torch.allclose(drawn[item].flatten().sort().values, noise[item].flatten().sort().values, atol=1e-4)
         assert not torch.allclose(drawn[item], noise[item], atol=1e-3)
-    wrong = _Recorder(y)
+    wrong = LossRecorder(y)
     expected = (((y - x) ** 2) * weights).mean()
     assert torch.isclose(stage3_loss(schedule)(wrong, batch), expected)  # weighted MSE against x
 
@@ -363,7 +350,7 @@ def test_stage3_training_draws_from_the_whole_chain_when_asked():
     batch = torch.zeros(64, 6, 8, 8)
     batch[:, 3], batch[:, 4] = 3.0, 1.0  # every slice matched to step 3
     for timesteps_from, top in (("matched", 3), ("chain", 99)):
-        recorder = _Recorder(torch.zeros(64, 1, 8, 8))
+        recorder = LossRecorder(torch.zeros(64, 1, 8, 8))
         stage3_loss(schedule, timesteps_from)(recorder, batch)
         (_, timesteps), = recorder.seen
         assert timesteps.max() <= top and (timesteps.max() > 3) == (timesteps_from == "chain")
