@@ -1,20 +1,19 @@
-"""How well the output blend's weight is fitted: the weight DiffDenoise fits on its recorrupted copy against the
-copy's twin, beside the best weights against the clean volume, on the copy and on the image itself.
+"""How well the output blend's weight is fitted: the weight DiffDenoise fits with SURE on the image itself,
+beside the weight fitted on the recorrupted copy against its twin and the best weight against the clean volume.
 
     python -m benchmarks.output_blend [--data knee mni lidc t1] [--noise gaussian rician poisson correlated]
         [--seeds 0] [--preset quick] [--steps 900 600 400] [--slices 24] [--out benchmarks/results/output_blend]
 
 Per case (the issue-27 grid's seeded noisy volume, its noise level): one ``denoise`` run of the whole
 pipeline. Where it blends the distilled NAFNet's output with the BSN estimate (``w * NAFNet + (1 - w) *
-BSN``), the stages' outputs on the image and on the recorrupted copy are kept, and the final output (the
-Rician bias taken out as the pipeline does) is scored against the clean volume at five weights:
+BSN``), the stages' outputs are kept, and the final output (the Rician bias taken out as the pipeline does) is
+scored against the clean volume at five weights:
 
 - ``BSN`` (0) and ``NAFNet`` (1);
-- ``fitted``: the pipeline's, least squares on the copy against its twin;
-- ``best on the copy``: least squares on the copy against the clean volume's noisy mean, what the fit would
-  give with a noise-free twin. Far from ``fitted``: the twin misleads the fit (halves not independent);
-- ``best``: the highest PSNR of the final output on the image itself. Far from ``best on the copy``: the
-  copy's stronger noise changes which stage is better.
+- ``SURE``: fitted on the image (:mod:`DiffDenoiseLib.sure`), the pipeline's weight for i.i.d. noise;
+- ``copy and twin``: least squares of the NAFNet's and the BSN stage's outputs on the recorrupted copy
+  against its twin, the pipeline's weight for correlated noise;
+- ``best``: the highest PSNR of the final output, weights 0 to 1 in steps of 0.01.
 
 Each finished case is ``<case>.csv`` (an interrupted run started again with the same folder goes on where it
 stopped); ``output_blend.md`` tables every finished case.
@@ -28,14 +27,12 @@ from unittest import mock
 
 import numpy as np
 
-from DiffDenoiseLib.denoise import denoise, from_slices, to_slices
+from DiffDenoiseLib.denoise import denoise, from_slices
 from DiffDenoiseLib.metrics import psnr
-from DiffDenoiseLib.noise import rician
-from DiffDenoiseLib.noise.model import NoiseModel
 from DiffDenoiseLib.pipelines import methods
 from DiffDenoiseLib.presets import PRESETS, PipelineSettings
 from DiffDenoiseLib.runtime.devices import cpu_model
-from DiffDenoiseLib.wiener import blend, blend_weight
+from DiffDenoiseLib.wiener import blend
 
 from .datasets import DATASETS, GRID_NOISES, noise_of
 from .scalar import case_name, noisy_case
@@ -43,17 +40,7 @@ from .suites import describe, grid_cases, with_steps
 from .volume_ablation import read_rows, scores, write_rows
 
 FIELDS = ("data", "noise", "seed", "weight_kind", "weight", "psnr_db", "ssim", "detail_psnr_db")
-KINDS = ("BSN", "NAFNet", "fitted", "best on the copy", "best")
-
-
-def noisy_mean(clean: np.ndarray, model: NoiseModel) -> np.ndarray:
-    """What the networks estimate of normalised ``clean`` slices: the clean slices themselves, the Rician mean
-    of them for Rician noise."""
-    if model.family != "rician":
-        return clean
-    sigma = np.sqrt(model.gain)
-    return (model.offset + sigma * rician.normalised_mean(np.maximum(clean - model.offset, 0) / sigma)
-            ).astype(np.float32)
+KINDS = ("BSN", "NAFNet", "SURE", "copy and twin", "best")
 
 
 def run_case(data: str, noise: str, seed: int, settings: PipelineSettings, slices: int) -> list[dict]:
@@ -65,32 +52,31 @@ def run_case(data: str, noise: str, seed: int, settings: PipelineSettings, slice
     fit_output_blend = methods.blend_with_bsn
 
     def keep_stages(run, settings, estimates, final_stage):
-        def keep_copy_output(noisy: np.ndarray, signal: np.ndarray) -> np.ndarray:  # the NAFNet on the copy
-            kept["copy_nafnet"] = final_stage(noisy, signal)
-            return kept["copy_nafnet"]
-
         nafnet = run.output.copy()
-        fit_output_blend(run, settings, estimates, keep_copy_output)
+        fit_output_blend(run, settings, estimates, final_stage)
         if run.output_blend_weight is None:
             raise SystemExit("these settings do not blend the output with the BSN estimate: nothing to measure")
-        kept.update(run=run, nafnet=nafnet, copy_bsn=estimates.recorrupted_output, twin=estimates.twin)
+        kept.update(run=run, estimates=estimates, nafnet=nafnet, final_stage=final_stage)
 
     with mock.patch.object(methods, "blend_with_bsn", keep_stages):
         denoise(noisy, preset=settings, seed=seed, spacing=dataset.spacing)
-    run = kept["run"]
+    run, estimates = kept["run"], kept["estimates"]
+    fitted = "copy and twin" if run.noise_kind == "correlated" else "SURE"
+    if estimates.recorrupted is None:
+        raise SystemExit("these settings make no recorrupted copy: nothing to compare the fit with")
     model, bsn, nafnet = run.noise_model, run.stages["bsn"], kept["nafnet"]
-    clean_slices = to_slices(run.scaling.normalise(clean), 0)
 
     def final(weight: float) -> np.ndarray:
         estimate = blend(nafnet, bsn, weight)
         return run.scaling.denormalise(from_slices(model.unbiased(estimate, bsn), clean.shape, 0))
 
-    fitted = blend_weight(kept["copy_nafnet"], kept["copy_bsn"], kept["twin"])
-    if abs(fitted - run.output_blend_weight) > 1e-6:  # the stages kept are not the ones the pipeline fitted on
-        raise RuntimeError(f"refitted weight {fitted:.6f} differs from the run's {run.output_blend_weight:.6f}")
-    weights = {"BSN": 0.0, "NAFNet": 1.0, "fitted": fitted,
-               "best on the copy": blend_weight(kept["copy_nafnet"], kept["copy_bsn"], noisy_mean(clean_slices, model)),
+    run.output = nafnet  # what the pipeline's fit saw
+    weights = {"BSN": 0.0, "NAFNet": 1.0, "SURE": methods.sure_output_weight(run, kept["final_stage"]),
+               "copy and twin": methods.copy_output_weight(estimates, kept["final_stage"]),
                "best": max(np.linspace(0, 1, 101), key=lambda weight: psnr(clean, final(weight), data_range))}
+    if abs(weights[fitted] - run.output_blend_weight) > 1e-6:  # the stages kept are not the ones the pipeline fitted on
+        raise RuntimeError(f"refitted {fitted} weight {weights[fitted]:.6f} differs from the run's "
+                           f"{run.output_blend_weight:.6f}")
     return [{"data": data, "noise": noise, "seed": seed, "weight_kind": kind, "weight": f"{weight:.2f}",
              **scores(clean, final(weight), data_range)} for kind, weight in weights.items()]
 

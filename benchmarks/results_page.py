@@ -57,8 +57,8 @@ EARLIER = {
                          "measures it (whether the neighbours' blind spot is masked)",
     "network_speed": "the quick preset's networks: a training step and an inference pass, with PyTorch's own and "
                      "our gradients of the dilated depthwise convolutions",
-    "output_blend": "the output blend's weight as fitted on the recorrupted copy, beside the best weights against "
-                    "the clean volume on the copy and on the image",
+    "output_blend": "the output blend's weight fitted with SURE on the image and on the recorrupted copy, beside "
+                    "the best weight against the clean volume",
 }
 
 

@@ -30,6 +30,7 @@ from ..preprocessing import IntensityScaling
 from ..runtime.inference import predict_slices, slices_per_call
 from ..runtime.progress import CancelCheck, ProgressCallback
 from ..runtime.training import training_record
+from ..sure import sure_blend_weight
 from ..wiener import blend, blend_weight, blend_with_filtering, wiener_filter
 from .bsn import train_bsn
 from .diffdenoise import (
@@ -288,15 +289,20 @@ def apply_bsn_stage(run: Run, bundle: ModelBundle, record: ScalarRecord) -> None
     training image: a cohort's scans differ in noise level."""
     estimate = run.predict(bundle.networks["bsn"], run.slices, stage="bsn inference")
     stage = record.bsn or BsnRecord()
-    posterior, weight = stage.posterior, stage.wiener_weight
-    if posterior or weight is not None:
+    if stage.posterior or stage.wiener_weight is not None:
         run.noise_model = fitted_noise(run.slices, estimate, run.noise_kind, run.noise_request, run.scaling)
-        if posterior:
-            estimate = combine_with_noisy(run.slices, estimate, run.noise_model)
-        if weight is not None:  # the training image's weight: refitting it would cost another BSN pass
-            depth = min(stage.wiener_depth, len(run.slices))  # bundles before 3D patches: 2D ones
-            estimate = blend_with_filtering(run.slices, estimate, run.noise_model, weight, depth)
+        estimate = refined_bsn_output(run.slices, estimate, run.noise_model, stage)
     run.stages["bsn"] = estimate
+
+
+def refined_bsn_output(noisy: np.ndarray, raw: np.ndarray, noise_model: NoiseModel, stage: BsnRecord) -> np.ndarray:
+    """The BSN stage's estimate of (N, 1, H, W) ``noisy`` slices from its network's ``raw`` output: combined with
+    the noisy pixel and blended with its Wiener filtering as ``stage`` records."""
+    estimate = combine_with_noisy(noisy, raw, noise_model) if stage.posterior else raw
+    if stage.wiener_weight is not None:  # the training image's weight: refitting it would cost another BSN pass
+        depth = min(stage.wiener_depth, len(noisy))  # bundles before 3D patches: 2D ones
+        estimate = blend_with_filtering(noisy, estimate, noise_model, stage.wiener_weight, depth)
+    return estimate
 
 
 def fitted_noise(slices: np.ndarray, bsn_output: np.ndarray, noise_kind: str, noise: str,
@@ -370,23 +376,45 @@ def train_diffusion_stage(run: Run, settings: PipelineSettings, estimates: BsnEs
     return sampler, sampled
 
 
+_PROBE_STREAM = 0x53555245  # "SURE": the blend's probe, a random stream apart from the recorruption's
+
+
 def blend_with_bsn(run: Run, settings: PipelineSettings, estimates: BsnEstimates | None,
                    final_stage: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
-    """Blend ``run.output`` with the BSN estimate where the settings ask for it and a recorrupted copy exists,
-    the weight fitted by :func:`output_blend_weight` with ``final_stage`` as the last stage's inference."""
-    if not (settings.blend_with_bsn and estimates is not None and estimates.recorrupted is not None):
+    """Blend ``run.output`` with the BSN estimate where the settings ask for it and a BSN was trained, as
+    ``w * output + (1 - w) * estimate``; ``final_stage`` maps noisy slices and their BSN estimate to the last
+    stage's output. The later stages see the noisy slice beside the estimate, so their errors differ from the
+    estimate's, and a mix beats both where neither is better everywhere. ``w`` is fitted with SURE
+    (:func:`sure_output_weight`); for correlated noise, whose colouring is not known closely enough for SURE
+    (docs/decisions.md, "The output blend's weight"), on the recorrupted copy (:func:`copy_output_weight`;
+    none: no blend)."""
+    if not (settings.blend_with_bsn and estimates is not None):
+        return
+    if run.noise_kind == "correlated" and estimates.recorrupted is None:
         return
     with run.timed("output_blend_s"):
-        weight = output_blend_weight(final_stage, estimates)
-        run.output = blend(run.output, run.stages["bsn"], weight)
+        weight = (copy_output_weight(estimates, final_stage) if run.noise_kind == "correlated"
+                  else sure_output_weight(run, final_stage))
+    run.output = blend(run.output, run.stages["bsn"], weight)
     run.output_blend_weight = weight
 
 
-def output_blend_weight(run_stage: Callable[[np.ndarray, np.ndarray], np.ndarray], estimates: BsnEstimates) -> float:
-    """The share of a later stage in its blend with the BSN estimate, ``w * stage + (1 - w) * estimate``: fitted
-    as the Wiener blend's weight is, on the recorrupted copy against its twin, with ``run_stage`` mapping
-    noisy slices and their BSN estimate to that stage's output. The later stages see the noisy slice beside
-    the estimate, so their errors differ from the estimate's, and a mix beats both where neither is better
-    everywhere. The whole copy runs (not a subset of slices): the networks read each slice's neighbours."""
+def sure_output_weight(run: Run, final_stage: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> float:
+    """The later stage's share in the output blend that minimises SURE on ``run.slices`` (:mod:`..sure`): one
+    more pass of the BSN stage and of ``final_stage`` on the whole volume plus a probe (the networks read each
+    slice's neighbours)."""
+    def both_stages(noisy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raw = run.predict(run.networks["bsn"], noisy, stage="bsn inference")
+        estimate = refined_bsn_output(noisy, raw, run.noise_model, run.bsn)
+        return final_stage(noisy, estimate), estimate
+
+    return sure_blend_weight(run.slices, run.output, run.stages["bsn"], both_stages, run.noise_model,
+                             np.random.default_rng((run.seed, _PROBE_STREAM)))
+
+
+def copy_output_weight(estimates: BsnEstimates,
+                       final_stage: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> float:
+    """The later stage's share in the output blend fitted as the Wiener blend's is: least squares on the
+    recorrupted copy against its twin, ``final_stage`` run once more, on the whole copy."""
     signal = estimates.recorrupted_output
-    return blend_weight(run_stage(estimates.recorrupted, signal), signal, estimates.twin)
+    return blend_weight(final_stage(estimates.recorrupted, signal), signal, estimates.twin)
