@@ -388,13 +388,11 @@ def blend_with_bsn(run: Run, settings: PipelineSettings, estimates: BsnEstimates
     (:func:`sure_output_weight`); for correlated noise, whose colouring is not known closely enough for SURE
     (docs/decisions.md, "The output blend's weight"), on the recorrupted copy (:func:`copy_output_weight`;
     none: no blend)."""
-    if not (settings.blend_with_bsn and estimates is not None):
-        return
-    if run.noise_kind == "correlated" and estimates.recorrupted is None:
+    correlated = run.noise_kind == "correlated"
+    if not settings.blend_with_bsn or estimates is None or (correlated and estimates.recorrupted is None):
         return
     with run.timed("output_blend_s"):
-        weight = (copy_output_weight(estimates, final_stage) if run.noise_kind == "correlated"
-                  else sure_output_weight(run, final_stage))
+        weight = copy_output_weight(estimates, final_stage) if correlated else sure_output_weight(run, final_stage)
     run.output = blend(run.output, run.stages["bsn"], weight)
     run.output_blend_weight = weight
 
