@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from torch import nn
 from . import __version__
 from .bundle_record import DDM2Record, ScalarRecord, is_int, record_of
 from .errors import BundleError, InputError
-from .io import move_into_place
+from .io import move_into_place, signals_held
 from .models import ARCHITECTURES, build_network
 
 FORMAT = "diffdenoise-bundle"
@@ -104,9 +105,11 @@ def bundle_sha256(bundle: ModelBundle) -> str:
     return bundle.metadata.get("bundle_sha256") or _content_digest(_tensors(bundle), bundle.describe())
 
 
-def save_bundle(path: str | os.PathLike, bundle: ModelBundle, overwrite: bool = False) -> Path:
+def save_bundle(path: str | os.PathLike, bundle: ModelBundle, overwrite: bool = False,
+                on_saved: Callable[[Path], object] | None = None) -> Path:
     """Write ``bundle`` to ``path`` (``.safetensors`` is appended if missing) atomically; returns the path.
-    An existing file is refused unless ``overwrite``."""
+    An existing file is refused unless ``overwrite``. ``on_saved(path)`` runs the moment the file is in place,
+    before an interrupt can land (as ``on_written`` of :func:`.io.write_volume`)."""
     path = Path(path)
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
@@ -125,7 +128,10 @@ def save_bundle(path: str | os.PathLike, bundle: ModelBundle, overwrite: bool = 
     try:
         save_file(tensors, temporary, metadata={_METADATA_KEY: json.dumps(metadata)})
         os.chmod(temporary, 0o644)  # readable by the lab like the images (mkstemp makes it private)
-        move_into_place(Path(temporary), path, overwrite)
+        with signals_held():
+            move_into_place(Path(temporary), path, overwrite)
+            if on_saved is not None:
+                on_saved(path)
     except SafetensorError as error:  # a full disk, as safetensors reports it
         raise OSError(errno.EIO, f"could not write the model bundle ({error}): is the disk full?", str(path)) from None
     except InputError as error:  # another run saved the same path meanwhile

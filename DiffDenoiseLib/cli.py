@@ -10,6 +10,8 @@ stdout instead (the protocol of :mod:`.worker`, read by the Slicer panel).
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import json
 import os
 import signal
@@ -114,9 +116,9 @@ def _write_outputs(input_volume: Volume, result: Denoised, output: Path, args: a
         companions = set(output_files(path)[1:])
         write_volume(path, input_volume.with_array(match_dtype(images[name], dtype)), description="DiffDenoise",
                      provenance=provenance, overwrite=args.overwrite,
-                     shared_sidecar=bool(companions & args.sidecars_written))  # planned as shared: same run
+                     shared_sidecar=bool(companions & args.sidecars_written),  # planned as shared: same run
+                     on_written=functools.partial(written.__setitem__, prefix + name, path))
         args.sidecars_written |= companions
-        written[prefix + name] = path
         if name != "denoised":
             print(f"wrote {name} to {path}")
 
@@ -129,7 +131,7 @@ def _save_model(path: Path | None, bundle: ModelBundle, args: argparse.Namespace
     if path is None:
         return None
     try:
-        written["model"] = save_bundle(path, bundle, overwrite=args.overwrite)
+        save_bundle(path, bundle, overwrite=args.overwrite, on_saved=functools.partial(written.__setitem__, "model"))
     except OSError as error:
         problem = f"the model bundle was not saved: {_describe_error(error)}"
         print(f"diffdenoise: warning: {problem}; writing the images anyway", file=sys.stderr)
@@ -255,8 +257,8 @@ def cmd_ddm2(args: argparse.Namespace, progress: Progress) -> Written:
     _check_finite({"denoised": result.denoised})
     unsaved = _save_model(model_path, result.bundle, args, args.written)
     write_dwi(args.output, DiffusionVolume(dwi.volume.with_array(match_dtype(result.denoised, dtype)), dwi.bvals,
-                                           dwi.bvecs), Provenance.of(result.bundle, not args.model), args.overwrite)
-    args.written["denoised"] = args.output
+                                           dwi.bvecs), Provenance.of(result.bundle, not args.model), args.overwrite,
+              on_written=functools.partial(args.written.__setitem__, "denoised", args.output))
     print(result.summary())
     print(f"wrote {args.output} ({len(series)} volumes, b-values and gradients kept) in "
           f"{result.timings['total_s']:.0f} s")
@@ -532,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
         if "--machine-progress" in (sys.argv[1:] if argv is None else argv):
             JsonLinesProgress().error(f"error: {error}", EXIT_USAGE)
         return EXIT_USAGE
+    # Whole lines, one write each: under PYTHONUNBUFFERED every print is several writes, and the processes of a
+    # torchrun share one pipe, so their lines would interleave mid-line.
+    for stream in (sys.__stdout__, sys.__stderr__):  # the process's own streams, not a test's capture
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True, write_through=False)
     args.written = {}  # every file in place so far, by name: what an interrupted or failed run reports
     args.sidecars_written = set()  # companion files this run wrote (a cohort's img.png and img.tif share img.json)
     signal.signal(signal.SIGTERM, _raise_terminated)

@@ -1,6 +1,8 @@
 """The diffdenoise command: real subprocess runs, exit codes and one-line errors."""
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +92,20 @@ def test_killed_training_resumes_from_its_checkpoints_to_the_same_result(tmp_pat
     options[2] = tmp_path / "uninterrupted.nrrd"
     assert run_cli(*options).returncode == 0
     np.testing.assert_array_equal(read_volume(resumed).array, read_volume(options[2]).array)
+
+
+def test_every_line_is_one_write_even_when_python_is_unbuffered(noisy_file):
+    # torchrun's processes share one pipe: a line written in pieces interleaves with another process's line.
+    # A packet socket as stdout keeps each write apart, so the test sees the writes themselves.
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with reader, writer:
+        subprocess.run([sys.executable, "-m", "DiffDenoiseLib.cli", "info", str(noisy_file)], stdout=writer,
+                       env=dict(os.environ, PYTHONUNBUFFERED="1"), check=True, timeout=120)
+        writer.close()
+        writes = []
+        while packet := reader.recv(65536):
+            writes.append(packet.decode())
+    assert len(writes) > 5 and all(text.endswith("\n") and text.count("\n") == 1 for text in writes), writes
 
 
 def test_bsn_method_has_no_uncertainty(tmp_path, noisy_file):

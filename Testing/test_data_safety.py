@@ -599,6 +599,37 @@ def test_sigterm_during_a_cohort_says_which_files_were_written(tmp_path, scan, m
     assert sorted(p.name for p in out.iterdir()) == ["scan.nii.gz"]
 
 
+class _Stopped(Exception):
+    pass
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped
+
+
+@pytest.mark.parametrize("writer", ["image", "bundle"])
+def test_a_sigterm_as_the_output_lands_is_held_until_it_is_recorded(tmp_path, model, noisy_int16, writer):  # S6
+    # The record of what was written is made before the signal lands, so an interrupted run never says "no output
+    # was written" about a file it left in place.
+    recorded = []
+
+    def record_then_terminate(*path):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the move is held: after this record, not before
+        recorded.append(path)
+
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        with pytest.raises(_Stopped):
+            if writer == "image":
+                write_volume(tmp_path / "out.nii.gz", Volume(noisy_int16, GEOMETRY), on_written=record_then_terminate)
+            else:
+                save_bundle(tmp_path / "out.safetensors", load_bundle(model), on_saved=record_then_terminate)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(recorded) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [f"out.{'nii.gz' if writer == 'image' else 'safetensors'}"]
+
+
 def test_sigterm_while_writing_leaves_no_partial_output(tmp_path, model, noisy_int16):  # S4
     long = tmp_path / "long.nrrd"
     write_volume(long, Volume(np.tile(noisy_int16, (16, 8, 8)), GEOMETRY))  # 64 slices of 512 x 512

@@ -12,7 +12,7 @@ Modules: ``volume`` (the in-memory types), ``formats`` (what a file name means a
 their gradients), ``atomic`` (moving finished outputs into place). The names below are the public API.
 """
 
-from .atomic import atomic_target, move_into_place
+from .atomic import atomic_target, move_into_place, signals_held
 from .dicom import is_replaceable_series
 from .dwi import fsl_to_world_bvecs, read_bvals_bvecs, read_dwi, world_to_fsl_bvecs, write_dwi
 from .formats import (
@@ -29,6 +29,6 @@ from .volume import DataWarning, DiffusionVolume, Geometry, Volume, volume_to_im
 __all__ = [
     "VOLUME_SUFFIXES", "DataWarning", "DiffusionVolume", "Geometry", "Volume", "atomic_target",
     "check_output_format", "fsl_to_world_bvecs", "input_files", "is_replaceable_series", "move_into_place",
-    "output_files", "read_bvals_bvecs", "read_dwi", "read_provenance", "read_volume", "split_image_name",
-    "volume_to_image", "world_to_fsl_bvecs", "write_dwi", "write_volume", "writes_series",
+    "output_files", "read_bvals_bvecs", "read_dwi", "read_provenance", "read_volume", "signals_held",
+    "split_image_name", "volume_to_image", "world_to_fsl_bvecs", "write_dwi", "write_volume", "writes_series",
 ]

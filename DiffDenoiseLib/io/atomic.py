@@ -9,7 +9,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import InputError
@@ -17,12 +17,15 @@ from .dicom import is_replaceable_series
 
 
 @contextlib.contextmanager
-def atomic_target(path: Path, overwrite: bool = False, replaceable: frozenset[str] = frozenset()) -> Iterator[Path]:
+def atomic_target(path: Path, overwrite: bool = False, replaceable: frozenset[str] = frozenset(),
+                  on_placed: Callable[[], object] | None = None) -> Iterator[Path]:
     """Yield a path inside a hidden temporary folder next to ``path``; move the results into place on success.
 
     Nothing that exists is replaced unless ``overwrite`` is set (or its name is in ``replaceable``), and even
     then a folder only when it holds nothing but a DICOM series DiffDenoise wrote (:func:`is_replaceable_series`).
     Multi-file outputs (NHDR/MHD header + data, PNG + JSON sidecar) move data first and the header last.
+    ``on_placed()`` runs as soon as everything is in place, with Ctrl-C and SIGTERM still held, so a caller's
+    record of what was written can never miss a file an interrupt left behind.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
@@ -31,12 +34,14 @@ def atomic_target(path: Path, overwrite: bool = False, replaceable: frozenset[st
         produced = sorted(staging.iterdir(), key=lambda p: p.name == path.name)
         for item in produced:  # every check first: a refusal leaves nothing half-moved
             _check_replaceable(path.parent / item.name, item.is_dir(), overwrite or item.name in replaceable)
-        with _signals_held():  # Ctrl-C or SIGTERM between two moves would leave an image without its sidecar
+        with signals_held():  # Ctrl-C or SIGTERM between two moves would leave an image without its sidecar
             for item in produced:
                 destination = path.parent / item.name
                 if item.is_dir() and destination.is_dir():  # an old series: moved aside, deleted with the staging
                     os.replace(destination, staging / ".replaced")
                 move_into_place(item, destination, overwrite or item.is_dir() or item.name in replaceable)
+            if on_placed is not None:
+                on_placed()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -62,7 +67,7 @@ def move_into_place(source: Path, destination: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
+def signals_held() -> Iterator[None]:
     """Hold SIGINT and SIGTERM (delivered on exit) for a few renames; a no-op off the main thread or POSIX."""
     held = {signal.SIGINT, signal.SIGTERM}
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():

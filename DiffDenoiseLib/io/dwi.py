@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import nrrd
@@ -72,17 +73,18 @@ def read_dwi(path: str | os.PathLike, bval_path: str | os.PathLike | None = None
 
 
 def write_dwi(path: str | os.PathLike, dwi: DiffusionVolume, provenance: Provenance | None = None,
-              overwrite: bool = False) -> None:
+              overwrite: bool = False, on_written: Callable[[], object] | None = None) -> None:
     """Write a 4D series: ``.nrrd`` / ``.nhdr`` as NRRD DWI (gradients in the header, as Slicer reads them),
     anything else plus ``<stem>.bval`` / ``<stem>.bvec`` next to it (FSL layout, one row per axis).
-    ``provenance`` is recorded as in :func:`write_volume`; existing files are refused unless ``overwrite``."""
+    ``provenance`` is recorded as in :func:`write_volume`; existing files are refused unless ``overwrite``;
+    ``on_written`` as in :func:`write_volume`."""
     path = Path(path)
     if is_nrrd(path):
-        _write_nrrd_dwi(path, dwi, provenance, overwrite)
+        _write_nrrd_dwi(path, dwi, provenance, overwrite, on_written)
         return
     path = Path(os.path.abspath(path))
     check_output_format(path, dwi.volume.array.shape, dwi.volume.array.dtype)
-    with atomic_target(path, overwrite) as target:  # image, .bval and .bvec move into place together
+    with atomic_target(path, overwrite, on_placed=on_written) as target:  # image, .bval, .bvec move together
         write_image_at(target, dwi.volume, "DiffDenoise output", provenance, is_series=False)
         bval_path, bvec_path = dwi_sidecars(target)
         np.savetxt(bval_path, dwi.bvals[None, :], fmt="%.10g")
@@ -141,7 +143,8 @@ def _read_nrrd_dwi(path: Path) -> DiffusionVolume:
     return DiffusionVolume(Volume(series, geometry.with_series_axis()), bvals, bvecs)
 
 
-def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume, provenance: Provenance | None, overwrite: bool) -> None:
+def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume, provenance: Provenance | None, overwrite: bool,
+                    on_written: Callable[[], object] | None) -> None:
     array = dwi.volume.array
     if array.ndim != 4:
         raise InputError(f"a DWI has 4 dimensions (volumes, z, y, x), got shape {array.shape}")
@@ -168,7 +171,7 @@ def _write_nrrd_dwi(path: Path, dwi: DiffusionVolume, provenance: Provenance | N
     }
     if array.dtype == np.float64:
         array = array.astype(np.float32)
-    with atomic_target(path, overwrite) as target:
+    with atomic_target(path, overwrite, on_placed=on_written) as target:
         detached = {"detached_header": True} if image_suffix(path) == ".nhdr" else {}
         nrrd.write(str(target), np.ascontiguousarray(np.moveaxis(array, 0, -1)), header, index_order="C",
                    **detached)

@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -214,7 +214,7 @@ def _to_luminance(image: sitk.Image) -> sitk.Image:
 
 def write_volume(path: str | os.PathLike, volume: Volume, description: str = "DiffDenoise output",
                  provenance: Provenance | None = None, overwrite: bool = False,
-                 shared_sidecar: bool = False) -> None:
+                 shared_sidecar: bool = False, on_written: Callable[[], object] | None = None) -> None:
     """Write ``volume`` with its geometry; the format follows the extension (a path without one: DICOM series).
 
     PNG stores 8- or 16-bit unsigned integers only: cast first (the CLI keeps the input's data type).
@@ -225,13 +225,14 @@ def write_volume(path: str | os.PathLike, volume: Volume, description: str = "Di
     (0008,2111) of every slice (DICOM); a ``<stem>.json`` sidecar (PNG, TIFF). :func:`read_provenance` reads
     it back. An existing file is refused unless ``overwrite``; a folder is only ever replaced when it holds
     nothing but a DICOM series. ``shared_sidecar``: the PNG/TIFF sidecar may replace the one an earlier write
-    of the same run made (``img.png`` and ``img.tif`` of one cohort share ``img.json``).
+    of the same run made (``img.png`` and ``img.tif`` of one cohort share ``img.json``). ``on_written()``
+    runs the moment the output is in place, before an interrupt can land (:func:`.atomic.atomic_target`).
     """
     path = Path(os.path.abspath(path))  # "." or "out/.." name a real folder
     check_output_format(path, volume.array.shape, volume.array.dtype)
     shares_sidecar = shared_sidecar and image_suffix(path) in SIDECAR_SUFFIXES
     shared = frozenset({sidecar_path(path).name}) if shares_sidecar else frozenset()
-    with atomic_target(path, overwrite, shared) as target:
+    with atomic_target(path, overwrite, shared, on_written) as target:
         write_image_at(target, volume, description, provenance, is_series=writes_series(path))
 
 
