@@ -1,16 +1,18 @@
-"""Empirical Wiener filtering with the blind-spot estimate as its pilot, blended with that estimate.
+"""Collaborative Wiener filtering with the blind-spot estimate as its pilot, blended with that estimate.
 
 The combination with the noisy pixel (:mod:`.posterior`) puts back each pixel's own measurement one pixel at a
-time. A Wiener filter in a local transform puts back what the whole patch measured: BM3D's second stage (Dabov
-et al. 2007, "Image denoising by sparse 3-D transform-domain collaborative filtering") shrinks each transform
-coefficient of the noisy patch by ``P^2 / (P^2 + S)``, with ``P`` the coefficient of a pilot estimate and
-``S`` the noise variance of that coefficient. Here the pilot is the BSN estimate and the transform the DCT
-of every 8 x 8 patch (stride 1, no block matching), or of every patch of 8 x 8 pixels across a few adjacent
-slices of a volume whose slices share anatomy and not noise (what BM4D's 3D blocks gain from); each pixel is
-the average of the patch estimates that cover it, weighted as in BM3D by ``1 / sum(W^2 S)``, so patches whose
-noise was kept weigh less. ``S`` is the noise model's variance at the pilot's mean over the patch
-(signal-dependent noise), times the coefficient's variance under the noise's in-plane colouring kernel (1 for
-white noise).
+time. A Wiener filter in a local transform puts back what whole patches measured: BM3D's second stage (Dabov
+et al. 2007, "Image denoising by sparse 3-D transform-domain collaborative filtering") stacks each reference
+patch with the patches most like it in the pilot (block matching), transforms the stack (the DCT of each
+patch, then a DCT along the stack), and shrinks each coefficient of the noisy stack by ``P^2 / (P^2 + S)``,
+with ``P`` the pilot stack's coefficient and ``S`` the noise variance of that coefficient. Here the pilot is
+the BSN estimate; patches are 8 x 8 pixels, or 8 x 8 pixels across a few adjacent slices of a volume whose
+slices share anatomy and not noise (what BM4D's 3D blocks gain from), matched within the same slices. Each
+pixel is the average of the patch estimates that cover it, weighted as in BM3D by ``1 / sum(W^2 S)`` over the
+stack, so stacks whose noise was kept weigh less. ``S`` is the noise model's variance at the pilot's mean over
+each patch (signal-dependent noise), times the coefficient's variance under the noise's in-plane colouring
+kernel (1 for white noise). Stacks of 16 found within 12 pixels gained 0.2 dB over each patch filtered alone
+on the knee (docs/decisions.md, "Grouped Wiener filtering").
 
 The patch mean (the DC coefficient) is the pilot's, not a shrunk noisy one: its gain ``P^2 / (P^2 + S)`` is
 about 1 wherever the image is not near 0 in the normalised units, so the noisy patch mean would pass whole,
@@ -19,10 +21,12 @@ regions; the pilot's error averages out over the patch (docs/decisions.md, "Wher
 measured").
 
 Neither estimate is better everywhere, and their errors are only partly shared, so a mix of the two beats
-both. The mixing weight is fitted without clean data on the recorrupted copy that also trains the diffusion
-stage (Pang et al. 2021, "Recorrupted-to-Recorrupted"): for estimates made from the first copy, the mean square
-difference from the second copy, whose noise is independent, is their squared error against the clean image
-plus a constant, so the least-squares weight against the second copy is the weight that minimises the error.
+both. The pipeline fits the mixing weight with SURE on the image for i.i.d. noise (:mod:`.sure`), and for
+correlated noise on the recorrupted copy that also trains the diffusion stage (Pang et al. 2021,
+"Recorrupted-to-Recorrupted"): for estimates made from the first copy, the mean square difference from the
+second copy, whose noise is independent, is their squared error against the clean image plus a constant, so
+the least-squares weight against the second copy is the weight that minimises the error
+(:func:`blend_weight`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from scipy.signal import fftconvolve
 from .noise.model import NoiseModel
 
 PATCH = 8  # BM3D's Wiener-stage block size
+STEP = 3  # BM3D's step between reference patches
+GROUP = 16  # patches filtered together (docs/decisions.md, "Grouped Wiener filtering")
+SEARCH_RADIUS = 12  # pixels around a reference patch searched for its group
 
 
 @functools.cache
@@ -66,17 +73,24 @@ def coefficient_variances(kernel: np.ndarray, size: int = PATCH, depth: int = 1)
 
 
 def wiener_filter(noisy: np.ndarray, pilot: np.ndarray, noise: NoiseModel, variance_factor: float = 1.0,
-                  size: int = PATCH, depth: int = 1) -> np.ndarray:
-    """The empirical Wiener estimate of (N, 1, H, W) noisy slices given a (N, 1, H, W) ``pilot`` estimate of
+                  size: int = PATCH, depth: int = 1, group: int = GROUP, radius: int = SEARCH_RADIUS,
+                  step: int = STEP) -> np.ndarray:
+    """The collaborative Wiener estimate of (N, 1, H, W) noisy slices given a (N, 1, H, W) ``pilot`` estimate of
     the same slices, for the noise of ``noise`` times ``variance_factor`` in variance (for a recorrupted
     copy). Patches span ``depth`` adjacent slices (1: each slice alone; more only for noise independent between
-    slices, at most N). Slices smaller than ``size`` are returned as the pilot."""
+    slices, at most N); every ``step``-th patch (and the last of each row and column) is filtered together with
+    the ``group`` - 1 patches of the same slices most like it in the pilot, within ``radius`` pixels (module
+    docstring); with coloured noise each patch alone, as neighbouring patches share its colouring. Slices smaller
+    than ``size`` are returned as the pilot."""
     if min(noisy.shape[-2:]) < size:
         return pilot.astype(np.float32)
     if not 1 <= depth <= len(noisy):
         raise ValueError(f"patch depth {depth} needs 1 to {len(noisy)} slices")
+    if noise.kernel.size > 1:  # coloured noise: each patch alone (docs/decisions.md, "Grouped Wiener filtering")
+        group, step = 1, 1
+    radius = radius if group > 1 else 0
     transform = PatchDct(size, depth)
-    gains = torch.from_numpy(coefficient_variances(noise.kernel, size, depth)).float()[None, :, None, None, None]
+    gains = torch.from_numpy(coefficient_variances(noise.kernel, size, depth)).float()
     ones = torch.ones(1, 1, depth, size, size)
 
     def volume(values: np.ndarray) -> torch.Tensor:  # (N, 1, H, W) -> (1, 1, N, H, W)
@@ -84,23 +98,89 @@ def wiener_filter(noisy: np.ndarray, pilot: np.ndarray, noise: NoiseModel, varia
 
     y, p = volume(noisy), volume(pilot)
     level = volume(noise.std(pilot) ** 2 * np.float32(variance_factor))
+    matcher = PatchMatcher(p[0, 0], size, radius, step)
+    group = min(group, matcher.fewest_candidates)
+    through_group = torch.from_numpy(dct_matrix(group)).float()
     total = torch.zeros_like(y, dtype=torch.float64)
     weights = torch.zeros_like(total)
-    # one patch position along the slices at a time: the coefficients take depth * size^2 times its memory
-    for first in range(len(noisy) - depth + 1):
+    distances = [matcher.distances(index) for index in range(depth - 1)]
+    for first in range(len(noisy) - depth + 1):  # one patch position along the slices at a time
         window = np.s_[:, :, first:first + depth]
-        variance = gains * F.avg_pool3d(level[window], (depth, size, size), stride=1)
-        power = transform.analyse(p[window])
-        mean = power[:, :1].clone()  # the patch mean comes from the pilot (module docstring)
-        shrink = power.square_() / (power + variance).clamp_min_(torch.finfo(torch.float32).tiny)
-        shrink[:, 0] = 0
-        noise_kept = (shrink * variance).mul_(shrink).sum(dim=1, keepdim=True)
-        patch_weight = 1 / (noise_kept + torch.finfo(torch.float32).eps)
-        coefficients = transform.analyse(y[window]).mul_(shrink)
-        coefficients[:, :1] = mean
-        total[window] += transform.synthesise(coefficients.mul_(patch_weight))
-        weights[window] += F.conv_transpose3d(patch_weight, ones)
+        distances.append(matcher.distances(first + depth - 1))
+        members = matcher.groups(sum(distances), group)  # (references, group) patch positions
+        distances.pop(0)
+        noisy_coefficients, pilot_coefficients = (transform.analyse(x[window])[0].flatten(1) for x in (y, p))
+        patch_level = F.avg_pool3d(level[window], (depth, size, size), stride=1).flatten()
+        summed = torch.zeros_like(noisy_coefficients)  # (coefficients, positions)
+        summed_weight = torch.zeros(summed.shape[1])
+        for chunk in torch.split(members, 4096):  # (references, group); the coefficients' axis stays first
+            pilot_group, noisy_group = (_along_groups(c, chunk, through_group)
+                                        for c in (pilot_coefficients, noisy_coefficients))
+            variance = gains[:, None, None] * (patch_level[chunk] @ through_group.square().T)
+            power = pilot_group.square()
+            shrink = power.div_((power + variance).clamp_min_(torch.finfo(torch.float32).tiny))
+            shrink[0] = 0
+            estimate = noisy_group.mul_(shrink)
+            estimate[0] = pilot_group[0]  # the patch means come from the pilot (module docstring)
+            group_weight = 1 / (shrink.square_().mul_(variance).sum(dim=(0, 2)) + torch.finfo(torch.float32).eps)
+            patches = (estimate @ through_group).mul_(group_weight[:, None])
+            summed.index_add_(1, chunk.flatten(), patches.flatten(1))
+            summed_weight.index_add_(0, chunk.flatten(), group_weight.repeat_interleave(group))
+        shape = (1, -1, 1, *matcher.positions)
+        total[window] += transform.synthesise(summed.reshape(shape))
+        weights[window] += F.conv_transpose3d(summed_weight.reshape(shape), ones)
     return (total / weights)[0, 0, :, None].numpy().astype(np.float32)
+
+
+def _along_groups(coefficients: torch.Tensor, members: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
+    """(coefficients, positions) patch coefficients -> (coefficients, references, group): the patches of each
+    group, transformed along the group."""
+    return coefficients.index_select(1, members.flatten()).unflatten(1, members.shape) @ transform.T
+
+
+class PatchMatcher:
+    """Block matching in a (N, H, W) pilot: for reference patches on a grid of ``step`` (plus the last row and
+    column, so that every pixel is covered), the squared distance to the patch at every in-plane offset within
+    ``radius``, one slice at a time (a patch across slices sums its slices' distances)."""
+
+    def __init__(self, pilot: torch.Tensor, size: int, radius: int, step: int) -> None:
+        self.pilot, self.size, self.radius = pilot, size, radius
+        height, width = (extent - size + 1 for extent in pilot.shape[1:])
+        self.positions = (height, width)
+        self.rows, self.columns = (torch.unique(torch.cat([torch.arange(0, n, step), torch.tensor([n - 1])]))
+                                   for n in self.positions)
+        span = torch.arange(-radius, radius + 1)
+        self.dy, self.dx = (d.flatten() for d in torch.meshgrid(span, span, indexing="ij"))
+        candidate_rows = self.rows[None, :] + self.dy[:, None]  # (offsets, reference rows)
+        candidate_columns = self.columns[None, :] + self.dx[:, None]
+        self.outside = (((candidate_rows < 0) | (candidate_rows >= height))[:, :, None]
+                        | ((candidate_columns < 0) | (candidate_columns >= width))[:, None, :])  # never matched
+        self.fewest_candidates = min(radius + 1, height) * min(radius + 1, width)  # a corner reference's
+
+    def distances(self, index: int) -> torch.Tensor:
+        """(offsets, reference rows, reference columns) squared distances in slice ``index``."""
+        image, size, radius = self.pilot[index], self.size, self.radius
+        height, width = image.shape
+        padded = F.pad(image, (radius,) * 4)
+        bands = []
+        for dy in range(-radius, radius + 1):  # every horizontal offset at once, as views of one band
+            shifted = padded[radius + dy:radius + dy + height].unfold(1, width, 1)  # (H, offsets, W)
+            squared = (image[:, None] - shifted).square_()
+            # box sums of size rows at the reference rows, then of size columns at the reference columns
+            rows = F.pad(squared.cumsum(0), (0, 0, 0, 0, 1, 0))
+            rows = rows[self.rows + size] - rows[self.rows]
+            columns = F.pad(rows.cumsum(2), (1, 0))
+            bands.append((columns[..., self.columns + size] - columns[..., self.columns]).transpose(0, 1))
+        return torch.cat(bands).masked_fill_(self.outside, float("inf"))
+
+    def groups(self, distances: torch.Tensor, group: int) -> torch.Tensor:
+        """(references, group) flat positions of each reference's ``group`` nearest patches, itself first."""
+        # the reference itself first, also among ties (a flat pilot): every pixel is then in some group
+        itself = torch.tensor([len(self.dy) // 2])
+        nearest = distances.index_fill(0, itself, -1).topk(group, dim=0, largest=False).indices  # (group, R, C)
+        rows = self.rows[None, :, None] + self.dy[nearest]
+        columns = self.columns[None, None, :] + self.dx[nearest]
+        return (rows * self.positions[1] + columns).flatten(1).T.contiguous()
 
 
 class PatchDct:

@@ -105,6 +105,18 @@ def test_a_good_pilot_removes_the_noise_and_keeps_the_detail():
     assert _rms(rebuilt[textured], clean[textured]) < 0.8 * _rms(blurred[textured], clean[textured])
 
 
+def test_patches_filtered_with_the_similar_patches_around_them_remove_more_noise():
+    # a texture that repeats every 10 pixels: each patch has many like it within the search radius
+    rng = np.random.default_rng(9)
+    tile = ndimage.gaussian_filter(rng.standard_normal((10, 10)), 1.0, mode="wrap")
+    clean = np.tile(0.5 + 0.3 * tile / tile.std(), (2, 1, 7, 7)).astype(np.float32)[..., :64, :64]
+    noisy = clean + rng.normal(0, SIGMA, clean.shape).astype(np.float32)
+    pilot = clean + rng.normal(0, SIGMA / 3, clean.shape).astype(np.float32)
+    alone = _rms(wiener_filter(noisy, pilot, NoiseModel.white(SIGMA), group=1, step=1), clean)
+    grouped = _rms(wiener_filter(noisy, pilot, NoiseModel.white(SIGMA)), clean)
+    assert grouped < 0.75 * alone
+
+
 def test_a_flat_pilot_lets_no_noise_through():
     """Every AC coefficient of a flat pilot is 0, so it shrinks them all away, and the patch mean is the
     pilot's: a noisy mean would pass almost whole and leave low-frequency noise (what SSIM punishes most)."""

@@ -260,25 +260,42 @@ def bsn_estimates(run_bsn: Callable[[np.ndarray], np.ndarray], slices: np.ndarra
                   noise_kind: str, noise: str, scaling: IntensityScaling, seed: int,
                   recorrupted: bool) -> BsnEstimates:
     """The BSN stage's estimates of (N, 1, H, W) normalised slices, ``run_bsn`` being the trained network's
-    inference. A recorrupted copy is made when ``recorrupted`` asks for it or the Wiener blend needs it to fit
-    its weight (:mod:`..wiener`); the copy carries 1 + alpha^2 times the noise variance."""
+    inference. The estimate's share in its blend with its Wiener filtering (:mod:`..wiener`) is fitted with SURE
+    on the slices for i.i.d. noise (one more BSN pass, on the slices plus a probe: :mod:`..sure`) and on a
+    recorrupted copy against its twin for correlated noise, whose colouring is not known closely enough for
+    SURE. The copy, made for that or when ``recorrupted`` asks for it, carries 1 + alpha^2 times the noise
+    variance."""
     raw = run_bsn(slices)
     noise_model = fitted_noise(slices, raw, noise_kind, noise, scaling)
     posterior, use_wiener = settings.bsn.posterior, settings.bsn.wiener
-    output = combine_with_noisy(slices, raw, noise_model) if posterior else raw
-    if not (recorrupted or use_wiener):
-        return BsnEstimates(output, noise_model)
+    depth = settings.bsn.wiener_patch_depth(len(slices))
+
+    def estimate(noisy: np.ndarray, network_output: np.ndarray, factor: float = 1.0) -> np.ndarray:
+        return combine_with_noisy(noisy, network_output, noise_model, factor) if posterior else network_output
+
+    def both(noisy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # the estimate and its Wiener filtering
+        combined = estimate(noisy, run_bsn(noisy))
+        return combined, wiener_filter(noisy, combined, noise_model, depth=depth)
+
+    output = estimate(slices, raw)
+    weight = filtered = None
+    if use_wiener:
+        filtered = wiener_filter(slices, output, noise_model, depth=depth)
+        if noise_kind != "correlated":
+            weight = sure_blend_weight(slices, output, filtered, both, noise_model,
+                                       np.random.default_rng((seed, _PROBE_STREAM, _WIENER_PROBE)))
+    if not recorrupted and (weight is not None or not use_wiener):
+        return BsnEstimates(output if filtered is None else blend(output, filtered, weight), noise_model, weight,
+                            depth)
     alpha = settings.diffusion.recorruption_alpha
     copy, twin = recorrupt(slices, noise_model, output, alpha, seed)
     factor = 1 + alpha**2
-    copy_output = run_bsn(copy)
-    copy_output = combine_with_noisy(copy, copy_output, noise_model, factor) if posterior else copy_output
-    weight, depth = None, settings.bsn.wiener_patch_depth(len(slices))
+    copy_output = estimate(copy, run_bsn(copy), factor)
     if use_wiener:
         copy_filtered = wiener_filter(copy, copy_output, noise_model, factor, depth=depth)
-        weight = blend_weight(copy_output, copy_filtered, twin)
-        output = blend_with_filtering(slices, output, noise_model, weight, depth)
-        copy_output = blend(copy_output, copy_filtered, weight)
+        if weight is None:
+            weight = blend_weight(copy_output, copy_filtered, twin)
+        output, copy_output = blend(output, filtered, weight), blend(copy_output, copy_filtered, weight)
     return BsnEstimates(output, noise_model, weight, depth, copy, twin, copy_output)
 
 
@@ -376,7 +393,8 @@ def train_diffusion_stage(run: Run, settings: PipelineSettings, estimates: BsnEs
     return sampler, sampled
 
 
-_PROBE_STREAM = 0x53555245  # "SURE": the blend's probe, a random stream apart from the recorruption's
+_PROBE_STREAM = 0x53555245  # "SURE": the blends' probes, random streams apart from the recorruption's
+_WIENER_PROBE = 1  # the Wiener blend's probe: a stream apart from the output blend's
 
 
 def blend_with_bsn(run: Run, settings: PipelineSettings, estimates: BsnEstimates | None,
