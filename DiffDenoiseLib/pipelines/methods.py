@@ -284,9 +284,8 @@ def bsn_estimates(run_bsn: Callable[[np.ndarray], np.ndarray], slices: np.ndarra
         if noise_kind != "correlated":
             weight = sure_blend_weight(slices, output, filtered, both, noise_model,
                                        np.random.default_rng((seed, _PROBE_STREAM, _WIENER_PROBE)))
-    if not recorrupted and (weight is not None or not use_wiener):
-        return BsnEstimates(output if filtered is None else blend(output, filtered, weight), noise_model, weight,
-                            depth)
+    if not (recorrupted or (use_wiener and weight is None)):  # no copy wanted, none needed for the weight
+        return BsnEstimates(blend(output, filtered, weight) if use_wiener else output, noise_model, weight, depth)
     alpha = settings.diffusion.recorruption_alpha
     copy, twin = recorrupt(slices, noise_model, output, alpha, seed)
     factor = 1 + alpha**2
