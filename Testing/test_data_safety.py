@@ -603,6 +603,10 @@ class _Stopped(Exception):
     pass
 
 
+def _record(records: list, item: object) -> None:
+    records.append(item)
+
+
 def _raise_stopped(signum, frame):
     raise _Stopped
 
@@ -612,10 +616,16 @@ def test_a_sigterm_as_the_output_lands_is_held_until_it_is_recorded(tmp_path, mo
     # The record of what was written is made before the signal lands, so an interrupted run never says "no output
     # was written" about a file it left in place.
     recorded = []
+    # The kernel hands a signal sent to the process to any thread that does not block it: torch's and tqdm's
+    # threads too. Its handler then runs on the main thread at the next Python call, wherever that is.
+    bystander_done = threading.Event()
+    bystander = threading.Thread(target=bystander_done.wait)
+    bystander.start()
 
     def record_then_terminate(*path):
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the move is held: after this record, not before
-        recorded.append(path)
+        signal.pthread_kill(bystander.ident, signal.SIGTERM)  # arrives while the output is placed
+        time.sleep(0.1)  # the bystander takes it
+        _record(recorded, path)  # a Python call, where a pending handler would run: after the hold, not here
 
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
@@ -626,6 +636,8 @@ def test_a_sigterm_as_the_output_lands_is_held_until_it_is_recorded(tmp_path, mo
                 save_bundle(tmp_path / "out.safetensors", load_bundle(model), on_saved=record_then_terminate)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        bystander_done.set()
+        bystander.join()
     assert len(recorded) == 1
     assert [p.name for p in tmp_path.iterdir()] == [f"out.{'nii.gz' if writer == 'image' else 'safetensors'}"]
 

@@ -68,16 +68,28 @@ def move_into_place(source: Path, destination: Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM (delivered on exit) for a few renames; a no-op off the main thread or POSIX."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Hold Ctrl-C and SIGTERM for a few renames: one that arrives meanwhile is delivered when they are done.
+
+    The handlers are swapped, not the signal mask: Python runs handlers on the main thread, whichever thread the
+    process took the signal on, while a mask set on the main thread leaves the signal to any other thread (torch's
+    workers, tqdm's monitor), whose handler would then interrupt the main thread in the middle of the moves. A
+    no-op off the main thread (only it may set handlers); a handler not set from Python is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    arrived: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    held = [signum for signum, handler in previous.items() if handler is not None]
+    for signum in held:
+        signal.signal(signum, lambda signum, frame: arrived.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum in held:
+            signal.signal(signum, previous[signum])
+        for signum in dict.fromkeys(arrived):  # each once, in the order they came
+            signal.raise_signal(signum)
 
 
 def _check_replaceable(destination: Path, is_series: bool, overwrite: bool) -> None:
