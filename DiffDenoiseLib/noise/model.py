@@ -16,7 +16,6 @@ Rician noise is also biased (:mod:`.rician`): :meth:`NoiseModel.unbiased` takes 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -31,8 +30,6 @@ BLOCK = 16  # px per side of the analysed blocks (i.i.d. noise)
 CORRELATED_BLOCK = 32  # larger blocks for correlated noise: its spectrum has detail at low frequencies
 LEVEL_BINS = 8  # intensity bins of the noise level function
 FLAT_FRACTION = 0.3  # flattest share of each intensity bin analysed (i.i.d. noise)
-DETAIL_ORDER = 4  # order of the differences that measure i.i.d. noise (:func:`_white_variance`)
-DETAIL_MIN_BLOCKS = 32  # blocks a bin needs for them, on average; fewer: the finest detail (order 1)
 CORRELATED_FLAT_FRACTION = 0.05  # flattest share of all blocks analysed (correlated noise)
 CORRELATED_MIN_BLOCKS = 16  # but at least this many: the spectrum of fewer is too noisy to colour with
 FAMILIES = ("gaussian", "poisson", "gamma", "rician")
@@ -229,8 +226,8 @@ def fit_noise_model(noisy: np.ndarray, signal: np.ndarray, correlated: bool) -> 
     anatomy. ``correlated`` is the noise analysis' verdict:
 
     * i.i.d. noise: blocks are binned by signal level and the flattest of each bin analysed; a block's noise
-      variance is the mean square of the noisy image's highest-frequency detail (:func:`_white_variance`),
-      which keeps white noise whole and cancels smooth signal; the model is white. (The BSN residual would not do: it
+      variance is the mean square of the noisy image's finest diagonal (Haar HH) detail, which keeps white
+      noise whole and cancels locally linear signal; the model is white. (The BSN residual would not do: it
       carries the BSN's own error, and the BSN's averaging of the neighbours' noise makes it anti-correlated
       at short lags.)
     * correlated noise: see :func:`_correlated_noise`: one level, and a colouring kernel.
@@ -247,29 +244,11 @@ def fit_noise_model(noisy: np.ndarray, signal: np.ndarray, correlated: bool) -> 
     for bin_index in np.unique(members):
         in_bin = np.flatnonzero(members == bin_index)
         chosen.append(in_bin[np.argsort(structure[in_bin])[:max(1, round(FLAT_FRACTION * len(in_bin)))]])
-    # The 4th differences scatter about 3 times as much as the finest detail (fewer independent values per
-    # block): with few blocks a bin, that scatter, not texture, would decide the family (MNI, Rician 0.05,
-    # single slices: Rician found on 16 of 24 with the 4th differences, 24 of 24 with the finest detail)
-    order = DETAIL_ORDER if sum(map(len, chosen)) >= DETAIL_MIN_BLOCKS * len(chosen) else 1
-    block_variance = _white_variance(image_blocks(noisy.astype(np.float64), size), order)
+    y = noisy.astype(np.float64)
+    diagonal = (y[:, 0:-1:2, 0:-1:2] - y[:, 0:-1:2, 1::2] - y[:, 1::2, 0:-1:2] + y[:, 1::2, 1::2]) / 2
+    block_variance = (image_blocks(diagonal, size // 2) ** 2).mean(axis=(1, 2))
     return NoiseModel(np.array([level[c].mean() for c in chosen]), np.array([block_variance[c].mean() for c in chosen]),
                       np.ones((1, 1)))
-
-
-def _white_variance(blocks: np.ndarray, order: int) -> np.ndarray:
-    """The variance of white noise in each of (M, S, S) ``blocks``: the mean square of their ``order``-th
-    difference along both axes, scaled to unit gain for white noise.
-
-    The difference cancels a signal that is a polynomial of lower degree along either axis, and passes only the
-    highest frequencies, where white noise keeps its full power and texture that is correlated over neighbouring
-    pixels has little. A real scan's own noise is such a texture: the 0.67 mm T1 has a lag-1 correlation of 0.3 to
-    0.46 in its flattest regions, and the finest Haar detail (order 1) measured the Rician sigma added to it
-    1.2 times too high; order 4 measures 1.06 times, and changes the level by under 1 % on the knee, MNI and
-    LIDC (docs/decisions.md, "The noise level under a real scan's own texture").
-    """
-    order = min(order, blocks.shape[-1] - 1)
-    detail = np.diff(np.diff(blocks, n=order, axis=1), n=order, axis=2)
-    return (detail**2).mean(axis=(1, 2)) / math.comb(2 * order, order) ** 2
 
 
 def _periodograms(blocks: np.ndarray) -> np.ndarray:
